@@ -1,0 +1,284 @@
+"""The adapter contract: configs, the ``Adapter`` base class, and ``attach`` / ``save`` / ``load``.
+
+An adapter never replaces a module of the base model. It adds one child module (named after its
+type, e.g. ``q_proj.preference_lora``) to every adapted ``nn.Linear`` and one forward hook that
+adds the child's output to the Linear's. So the base model's parameter names never change, and
+when several types adapt the same Linear their per-row deltas simply add up:
+
+    h = W0 x + Σ_types Δ_type(x, row)
+
+Runtime inputs (a preference vector per row, a user's LoRA per row) are batch tensors set with
+``with adapter.inputs(...)``; the hooks read them at call time, which also lets ``torch.onnx``
+trace them as graph inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from parsona.errors import ConfigError
+from parsona.io import atomic_dir
+
+from .registry import get
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+
+# All attention and MLP projections of Llama-family models (SmolLM2, Llama, Qwen2, Mistral).
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass
+class AdapterConfig:
+    """Base of every adapter config: a dataclass whose fields all have defaults.
+
+    Subclasses validate in ``__post_init__`` and raise :class:`ConfigError` naming the field.
+    """
+
+    adapter_type: ClassVar[str] = ""
+
+    @staticmethod
+    def checked_targets(targets: Any) -> tuple[str, ...]:
+        """``target_modules`` as a sorted tuple of names (their order means nothing)."""
+        targets = (targets,) if isinstance(targets, str) else tuple(targets or ())
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ConfigError("target_modules", "List Linear layer names, e.g. ['q_proj', 'v_proj'].",
+                              problem=f"got {targets!r}")
+        return tuple(sorted(set(targets)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any], source: str = "config") -> "AdapterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in sorted(set(fields) - known):
+            warnings.warn(f"{source}: ignoring unknown {cls.__name__} field {key!r}", stacklevel=2)
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class Adapter:
+    """One attached adapter of one type. Subclasses supply the per-Linear layer and the math.
+
+    Subclass hooks:
+      ``_make_layer(name, linear) -> nn.Module``   the delta module for one adapted Linear
+      ``_prepare_inputs(**values) -> dict``        validate runtime inputs (B is the first dim)
+      ``_delta_weight(layer, **single) -> Tensor``  ΔW (d_out, d_in) for ``merge``
+      ``example_inputs(batch_size, generator)``    valid per-row inputs (tests, ONNX export)
+    """
+
+    adapter_type: ClassVar[str] = ""
+    runtime_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, config: AdapterConfig):
+        self.model = model
+        self.config = config
+        self.layers: dict[str, nn.Module] = {}  # module path -> delta module
+        self._inputs: dict[str, Any] | None = None
+        self._handles: list[Any] = []
+        self._merged: dict[str, Any] | None = None
+        for path, linear in find_linears(model, config.target_modules, field="target_modules"):
+            layer = self._make_layer(path, linear).to(device=linear.weight.device)
+            linear.add_module(self.adapter_type, layer)
+            self._handles.append(linear.register_forward_hook(self._hook(layer)))
+            self.layers[path] = layer
+
+    # -- runtime inputs ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def inputs(self, **values: Any) -> Iterator["Adapter"]:
+        """Set per-row runtime inputs for the forward passes inside the block (nests)."""
+        if self._merged is not None:
+            raise RuntimeError(f"{self.adapter_type} is merged; call unmerge() before passing per-row inputs")
+        previous, self._inputs = self._inputs, self._prepare_inputs(**values)
+        try:
+            yield self
+        finally:
+            self._inputs = previous
+
+    def _hook(self, layer: nn.Module):
+        def add_delta(linear: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if self._merged is not None:
+                return output
+            if self._inputs is None:
+                raise RuntimeError(
+                    f"{self.adapter_type} adapter needs runtime inputs: call the model inside "
+                    f"`with adapter.inputs({', '.join(f'{n}=...' for n in self.runtime_inputs)}):`"
+                )
+            delta = layer(args[0], **self._inputs)
+            return output if delta is None else output + delta
+
+        return add_delta
+
+    # -- merge ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, **single: Any) -> None:
+        """Write ΔW for one fixed runtime input into the base weights (forward = unmerged forward)."""
+        if self._merged is not None:
+            raise RuntimeError(f"{self.adapter_type} is already merged; call unmerge() first")
+        for path, layer in self.layers.items():
+            linear = self.model.get_submodule(path)
+            linear.weight += self._delta_weight(layer, **single).to(linear.weight.dtype)
+        self._merged = single
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract what :meth:`merge` added."""
+        if self._merged is None:
+            return
+        for path, layer in self.layers.items():
+            linear = self.model.get_submodule(path)
+            linear.weight -= self._delta_weight(layer, **self._merged).to(linear.weight.dtype)
+        self._merged = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base model's weights live (runtime inputs are moved there once per ``inputs``)."""
+        return next(self.model.parameters()).device
+
+    @property
+    def merged(self) -> bool:
+        return self._merged is not None
+
+    # -- state ------------------------------------------------------------------------------
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for layer in self.layers.values():
+            yield from layer.parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors only, named as in ``model.state_dict()`` (``<path>.<adapter_type>.<name>``)."""
+        return {
+            f"{path}.{self.adapter_type}.{name}": tensor
+            for path, layer in self.layers.items()
+            for name, tensor in layer.state_dict().items()
+        }
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise ConfigError(source, "Save the adapter again with save_adapter().", problem=f"missing tensors {missing[:3]}")
+        for key in sorted(set(tensors) - set(expected)):
+            warnings.warn(f"{source}: ignoring unexpected tensor {key!r}", stacklevel=2)
+        with torch.no_grad():
+            for key, target in expected.items():
+                value = tensors[key]
+                if value.shape != target.shape:
+                    raise ConfigError(source, "Attach the adapter to the model it was trained on.",
+                                      problem=f"{key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                target.copy_(value)
+
+    def detach(self) -> nn.Module:
+        """Remove every hook and delta module: the model is the base model again."""
+        self.unmerge()
+        for handle in self._handles:
+            handle.remove()
+        for path in self.layers:
+            delattr(self.model.get_submodule(path), self.adapter_type)
+        self._handles, self.layers = [], {}
+        return self.model
+
+    # -- files ------------------------------------------------------------------------------
+    def _write(self, directory: Path) -> None:
+        """Write the Parsona format: ``adapter_config.json`` and ``adapter.safetensors``."""
+        from safetensors.torch import save_file
+
+        import parsona
+
+        header = {"adapter_type": self.adapter_type, "format_version": FORMAT_VERSION,
+                  "parsona_version": parsona.__version__}
+        (directory / CONFIG_FILE).write_text(json.dumps({**header, **self.config.to_dict()}, indent=2) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"adapter_type": self.adapter_type})
+
+    @classmethod
+    def _read(cls, model: nn.Module, directory: Path, fields: dict[str, Any]) -> "Adapter":
+        from safetensors.torch import load_file
+
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ConfigError(str(weights), "Save the adapter again with save_adapter().", problem="file is missing")
+        config = get(cls.adapter_type).config_cls.from_dict(fields, source=str(directory / CONFIG_FILE))
+        adapter = attach(model, config)
+        adapter.load_state_dict(load_file(str(weights)), source=str(weights))
+        return adapter
+
+
+def find_linears(model: nn.Module, targets: tuple[str, ...] | list[str], field: str) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` modules whose name is a target or ends with ``.<target>`` (PEFT's rule)."""
+    found, matched = [], set()
+    for path, module in model.named_modules():
+        hit = next((t for t in targets if path == t or path.endswith("." + t)), None)
+        if hit is None:
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ConfigError(field, "Target only nn.Linear modules.", problem=f"{path} is a {type(module).__name__}")
+        found.append((path, module))
+        matched.add(hit)
+    if not found or len(matched) < len(set(targets)):
+        linear_names = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, nn.Linear)})
+        unmatched = sorted(set(targets) - matched)
+        raise ConfigError(field, f"Choose from this model's Linear layers: {linear_names}.",
+                          problem=f"no Linear module matches {unmatched}")
+    return found
+
+
+def attach(model: nn.Module, config: AdapterConfig) -> Adapter:
+    """Attach a new adapter described by ``config`` to ``model`` (in place) and return it."""
+    if not isinstance(config, AdapterConfig):
+        raise ConfigError("config", "Pass an adapter config such as PreferenceLoRAConfig().",
+                          problem=f"got {type(config).__name__}")
+    kind = get(config.adapter_type)
+    for module in model.modules():
+        if hasattr(module, kind.name) and isinstance(getattr(module, kind.name), nn.Module):
+            raise ConfigError("model", "Detach the existing adapter first (adapter.detach()).",
+                              problem=f"a {kind.name} adapter is already attached")
+    return kind.adapter_cls(model, config)
+
+
+def save_adapter(adapter: Adapter, path: str | Path) -> Path:
+    """Save ``adapter`` to directory ``path`` atomically (a failed save leaves nothing behind)."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        adapter._write(tmp)
+    return path
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> Adapter:
+    """Attach the adapter saved at ``path`` to ``model`` and return it."""
+    directory = Path(path)
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(str(config_file), "Point to a directory written by save_adapter() or PEFT.",
+                          problem="file is missing")
+    try:
+        fields = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(config_file), "Save the adapter again; the file is not valid JSON.",
+                          problem=str(exc)) from None
+    if not isinstance(fields, dict):
+        raise ConfigError(str(config_file), "Save the adapter again.", problem="expected a JSON object")
+    if "adapter_type" not in fields and fields.get("peft_type") == "LORA":
+        fields = {"adapter_type": "lora", **fields}  # a plain PEFT LoRA directory
+    if "adapter_type" not in fields:
+        raise ConfigError(f"{config_file}: adapter_type", "Point to a directory written by save_adapter() or PEFT.",
+                          problem="not a Parsona or PEFT LoRA adapter config")
+    version = fields.pop("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(f"{config_file}: format_version", "Upgrade parsona to read this adapter.",
+                          problem=f"format {version!r} is newer than this parsona reads ({FORMAT_VERSION})")
+    kind = get(fields.pop("adapter_type"))
+    fields.pop("parsona_version", None)
+    return kind.adapter_cls._read(model, directory, fields)

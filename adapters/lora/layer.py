@@ -1,0 +1,96 @@
+"""The math of one Linear adapted by a bank of LoRAs, a different LoRA per row.
+
+For row b using LoRA u(b):   Δh_b = scale_u · B_u A_u x_b       A_u (r, d_in), B_u (d_out, r)
+
+Three paths, the same numbers:
+- training (gradients wanted): loop over the LoRAs present in the batch, as PEFT does;
+- one LoRA for the whole batch: two plain matmuls;
+- mixed batch at inference: gather each row's A and B from stacked copies and run two batched
+  matmuls (the S-LoRA / Punica idea in plain torch). Slot 0 of the stack is all zeros, for rows
+  without a LoRA; ranks are zero-padded to the largest, which leaves B A unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRABankLayer(nn.Module):
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.A = nn.ParameterDict()   # name -> (r, d_in)
+        self.B = nn.ParameterDict()   # name -> (d_out, r)
+        self.scale: dict[str, float] = {}
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._stack: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self.names: tuple[str, ...] = ()  # the bank's slot order, shared by every layer
+
+    def add(self, name: str, rank: int, scale: float) -> None:
+        """A fresh LoRA with PEFT's init: A Kaiming-uniform, B zero, so ΔW = 0."""
+        A = torch.empty(rank, self.d_in, device=self._device())
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        self.A[name] = nn.Parameter(A)
+        self.B[name] = nn.Parameter(torch.zeros(self.d_out, rank, device=self._device()))
+        self.scale[name] = scale
+
+    def set(self, name: str, A: torch.Tensor, B: torch.Tensor, scale: float) -> None:
+        self.A[name] = nn.Parameter(A.to(self._device()))
+        self.B[name] = nn.Parameter(B.to(self._device()))
+        self.scale[name] = scale
+
+    def remove(self, name: str) -> None:
+        if name in self.A:
+            del self.A[name], self.B[name], self.scale[name]
+
+    def _device(self) -> torch.device:
+        return next(iter(self.A.values())).device if len(self.A) else torch.device("cpu")
+
+    def forward(self, x: torch.Tensor, lora_index: torch.Tensor, lora_rows: tuple) -> torch.Tensor | None:
+        # x (B, T, d_in); lora_rows[b] is row b's LoRA name or None; lora_index (B,) its slot in `names`
+        present = [n for n in dict.fromkeys(lora_rows) if n is not None and n in self.A]
+        if not present:
+            return None
+        if torch.is_grad_enabled() and any(self.A[n].requires_grad or self.B[n].requires_grad for n in present):
+            return self._grouped(x, lora_rows, present)
+        if len(present) == 1 and all(n == present[0] for n in lora_rows):
+            return self._one(x, present[0])
+        return self._gathered(x, lora_index)
+
+    def _one(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        z = self.dropout(x) @ self.A[name].to(x.dtype).T               # (B, T, r)
+        return (z @ self.B[name].to(x.dtype).T) * self.scale[name]     # (B, T, d_out)
+
+    def _grouped(self, x: torch.Tensor, lora_rows: tuple, present: list[str]) -> torch.Tensor:
+        delta = x.new_zeros(*x.shape[:-1], self.d_out)                 # (B, T, d_out)
+        for name in present:
+            rows = torch.tensor([i for i, n in enumerate(lora_rows) if n == name], device=x.device)
+            delta = delta.index_add(0, rows, self._one(x.index_select(0, rows), name))
+        return delta
+
+    def _gathered(self, x: torch.Tensor, lora_index: torch.Tensor) -> torch.Tensor:
+        A, B = self.stacked(x.dtype)                                   # (N+1, r, d_in), (N+1, d_out, r)
+        idx = lora_index.to(x.device)                                  # (B,)
+        z = torch.bmm(x, A[idx].transpose(1, 2))                       # (B, T, r)
+        return torch.bmm(z, B[idx].transpose(1, 2))                    # (B, T, d_out)
+
+    def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[0, A_1..A_N] and [0, scale·B_1..scale·B_N] in the bank's order, rebuilt only on change.
+
+        Slot i+1 is ``self.names[i]``; a LoRA that does not cover this Linear keeps a zero slot.
+        """
+        key = (dtype, self.names, tuple((n, self.A[n]._version, self.B[n]._version, id(self.A[n])) for n in self.names if n in self.A))
+        if self._stack is None or self._stack[0] != key:
+            r = max((a.shape[0] for a in self.A.values()), default=1)
+            A = torch.zeros(len(self.names) + 1, r, self.d_in, dtype=dtype, device=self._device())
+            B = torch.zeros(len(self.names) + 1, self.d_out, r, dtype=dtype, device=self._device())
+            with torch.no_grad():
+                for slot, n in enumerate(self.names, start=1):
+                    if n in self.A:
+                        A[slot, : self.A[n].shape[0]] = self.A[n]
+                        B[slot, :, : self.B[n].shape[1]] = self.B[n] * self.scale[n]
+            self._stack = (key, A, B)
+        return self._stack[1], self._stack[2]

@@ -1,0 +1,39 @@
+"""Configuration of the preference LoRA (Panacea)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parsona.errors import ConfigError
+
+from ..base import LLAMA_PROJECTIONS, AdapterConfig
+
+
+@dataclass
+class PreferenceLoRAConfig(AdapterConfig):
+    """An SVD-LoRA whose last ``n_objectives`` singular values are the preference vector.
+
+    rank:            k, the learned (preference-independent) singular values per Linear.
+    n_objectives:    m, the length of the preference vector λ (2 for helpful vs harmless).
+    alpha:           the update is scaled by ``alpha / (rank + n_objectives)``, as LoRA scales by alpha / r.
+    target_modules:  Linear layers to adapt, by name or name suffix (PEFT's rule).
+    init_std:        std of the normal init of U and V (Panacea follows AdaLoRA: N(0, 0.02²)).
+    """
+
+    rank: int = 8
+    n_objectives: int = 2
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.target_modules = self.checked_targets(self.target_modules)
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError("rank", "Use a whole number ≥ 1 (8 is a good default).", problem=f"got {self.rank!r}")
+        if not isinstance(self.n_objectives, int) or self.n_objectives < 2:
+            raise ConfigError("n_objectives", "Use 2 or more objectives (one objective needs no preference vector).",
+                              problem=f"got {self.n_objectives!r}")
+        if not self.alpha > 0:
+            raise ConfigError("alpha", "Use a positive number (e.g. 2 × rank).", problem=f"got {self.alpha!r}")
+        if not self.init_std > 0:
+            raise ConfigError("init_std", "Use a small positive number such as 0.02.", problem=f"got {self.init_std!r}")

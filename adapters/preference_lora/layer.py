@@ -1,0 +1,49 @@
+"""The math of one preference-LoRA Linear (Panacea, arXiv 2402.02030).
+
+    h = W0 x + (alpha / (k + m)) · U · diag([σ_1..σ_k, s·λ_1..s·λ_m]) · Vᵀ x
+
+U (d_out, k+m), V (d_in, k+m), σ (k) learned, s a learned per-layer scale, λ (B, m) given per
+row. σ = s = 0 at init so the adapted model starts equal to the base; U and V start N(0, std²)
+as in Panacea (which follows AdaLoRA), so σ and s receive a gradient from the first step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PreferenceLoRALayer(nn.Module):
+    def __init__(self, d_in: int, d_out: int, rank: int, n_objectives: int, alpha: float, init_std: float):
+        super().__init__()
+        self.rank, self.n_objectives = rank, n_objectives
+        self.scaling = alpha / (rank + n_objectives)
+        self.U = nn.Parameter(torch.randn(d_out, rank + n_objectives) * init_std)
+        self.V = nn.Parameter(torch.randn(d_in, rank + n_objectives) * init_std)
+        self.sigma = nn.Parameter(torch.zeros(rank))
+        self.pref_scale = nn.Parameter(torch.zeros(()))
+
+    def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
+        """[σ, s·λ] per row: (B, m) -> (B, k+m)."""
+        B = preference.shape[0]
+        sigma = self.sigma.expand(B, self.rank)                  # (B, k)
+        return torch.cat([sigma, self.pref_scale * preference], dim=-1)  # (B, k+m)
+
+    def forward(self, x: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+        # x (B, T, d_in), preference (B, m)
+        if x.shape[0] != preference.shape[0]:
+            raise ValueError(f"preference has {preference.shape[0]} rows but the batch has {x.shape[0]}")
+        diag = self.singular_values(preference.to(x.dtype))     # (B, k+m)
+        z = x @ self.V.to(x.dtype)                               # (B, T, k+m)
+        z = z * diag.unsqueeze(1)                                # (B, T, k+m)
+        return (z @ self.U.to(x.dtype).T) * self.scaling         # (B, T, d_out)
+
+    def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
+        """ΔW (d_out, d_in) for one preference (m,)."""
+        diag = self.singular_values(preference.reshape(1, -1).to(self.U.dtype))[0]  # (k+m,)
+        return (self.U * diag) @ self.V.T * self.scaling
+
+    def peft_factors(self, preference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) with B @ A = ΔW: A = Vᵀ (k+m, d_in), B = scaling · U · diag (d_out, k+m)."""
+        diag = self.singular_values(preference.reshape(1, -1).to(self.U.dtype))[0]
+        return self.V.T.contiguous(), (self.U * diag * self.scaling).contiguous()

