@@ -90,6 +90,7 @@ class Adapter:
         self._inputs: dict[str, Any] | None = None
         self._handles: list[Any] = []
         self._merged: dict[str, Any] | None = None
+        self._disabled = False
         for path, linear in find_linears(model, config.target_modules, field="target_modules"):
             layer = self._make_layer(path, linear).to(device=linear.weight.device)
             linear.add_module(self.adapter_type, layer)
@@ -108,9 +109,20 @@ class Adapter:
         finally:
             self._inputs = previous
 
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator["Adapter"]:
+        """Run the base model inside the block (e.g. DPO's reference pass: same weights, no copy)."""
+        if self._merged is not None:
+            raise RuntimeError(f"{self.adapter_type} is merged; call unmerge() before disabling it")
+        previous, self._disabled = self._disabled, True
+        try:
+            yield self
+        finally:
+            self._disabled = previous
+
     def _hook(self, layer: nn.Module):
         def add_delta(linear: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            if self._merged is not None:
+            if self._merged is not None or self._disabled:
                 return output
             if self._inputs is None:
                 raise RuntimeError(
@@ -248,11 +260,17 @@ def attach(model: nn.Module, config: AdapterConfig) -> Adapter:
     return kind.adapter_cls(model, config)
 
 
-def save_adapter(adapter: Adapter, path: str | Path) -> Path:
-    """Save ``adapter`` to directory ``path`` atomically (a failed save leaves nothing behind)."""
+def save_adapter(adapter: Adapter, path: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
+    """Save ``adapter`` to directory ``path`` atomically (a failed save leaves nothing behind).
+
+    ``extra_json`` maps file names to objects written beside it in the same atomic step (e.g. a
+    ``training_summary.json``).
+    """
     path = Path(path)
     with atomic_dir(path) as tmp:
         adapter._write(tmp)
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
     return path
 
 

@@ -3,6 +3,7 @@
 All objectives are MAXIMISED; the one sign flip into pymoo/moocore lives in ``pareto.py``.
 """
 
+from .features import CausalLMFeaturizer, Featurizer, SentenceEncoder
 from .losses import (
     beta_dpo,
     beta_dpo_beta,
@@ -28,3 +29,4 @@ from .pareto import (
 )
 from .preferences import PreferenceVector, sample_simplex, simplex_grid, validate_preferences
 from .scalarization import augmented_tchebycheff, linear, tchebycheff
+from .rewards import BradleyTerryReward, BrevityReward, LengthReward, Reward, pairwise_accuracy

@@ -121,3 +121,36 @@ def tiny_causal_lm(seed: int = 0, **overrides):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**fields))
     return model.eval()
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (one token per byte, 259 ids with <pad>, <s>, </s>) built offline.
+
+    Pairs with ``tiny_causal_lm(vocab_size=259)``; any text round-trips exactly.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def save_tiny_model(path: str | os.PathLike, seed: int = 0, **overrides) -> Path:
+    """Write a tiny causal LM + byte-level tokenizer directory that ``load_base_model(path)`` reads.
+
+    For trying every command end to end in seconds: ``parsona train preference-lora --model DIR``.
+    """
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(seed=seed, **{"vocab_size": len(tokenizer), "pad_token_id": 0, "bos_token_id": 1,
+                                         "eos_token_id": 2, **overrides})
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(path)

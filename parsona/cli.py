@@ -1,4 +1,4 @@
-"""The ``parsona`` command line. Heavy imports happen inside each command, so ``--help`` is instant."""
+"""The ``parsona`` command line. Models, data and web servers load inside each command, never at parse time."""
 
 from __future__ import annotations
 
@@ -55,6 +55,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train_preference_lora(args) -> int:
+    from parsona.recipes.config_cli import config_from_args
+    from parsona.recipes.train_preference_lora import Config, main
+
+    out = main(config_from_args(Config, args))
+    print(f"adapter: {out}  (try: parsona generate --adapter {out} --preference 0.2,0.8 \"your prompt\")")
+    return 0
+
+
+def add_train_parsers(sub) -> None:
+    from parsona.recipes import train_preference_lora
+    from parsona.recipes.config_cli import add_config_arguments
+
+    train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
+    recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+    pref = recipes.add_parser("preference-lora", help="Panacea + DPO: one adapter for the whole trade-off front",
+                              description=train_preference_lora.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(pref, train_preference_lora.Config)
+    pref.set_defaults(func=cmd_train_preference_lora)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parsona", description="Adapt one language model to many users and objectives.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated weights summing to 1, one per objective, e.g. 0.2,0.8 (default: equal)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
     gen.set_defaults(func=cmd_generate)
+
+    add_train_parsers(sub)
     return parser
 
 

@@ -72,25 +72,28 @@ class LoRABankLayer(nn.Module):
         return delta
 
     def _gathered(self, x: torch.Tensor, lora_index: torch.Tensor) -> torch.Tensor:
-        A, B = self.stacked(x.dtype)                                   # (N+1, r, d_in), (N+1, d_out, r)
+        A, Bt = self.stacked(x.dtype)                                  # (N+1, r, d_in), (N+1, r, d_out)
         idx = lora_index.to(x.device)                                  # (B,)
         z = torch.bmm(x, A[idx].transpose(1, 2))                       # (B, T, r)
-        return torch.bmm(z, B[idx].transpose(1, 2))                    # (B, T, d_out)
+        return torch.bmm(z, Bt[idx])                                   # (B, T, d_out)
 
     def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """[0, A_1..A_N] and [0, scale·B_1..scale·B_N] in the bank's order, rebuilt only on change.
+        """[0, A_1..A_N] (N+1, r, d_in) and [0, (s·B_1)ᵀ..(s·B_N)ᵀ] (N+1, r, d_out), rebuilt on change.
 
         Slot i+1 is ``self.names[i]``; a LoRA that does not cover this Linear keeps a zero slot.
+        The cache key reads the plain parameter dicts: at decode time this check runs for every
+        adapted Linear at every step, and ParameterDict lookups alone cost more than the matmuls.
         """
-        key = (dtype, self.names, tuple((n, self.A[n]._version, self.B[n]._version, id(self.A[n])) for n in self.names if n in self.A))
+        A_, B_ = self.A._parameters, self.B._parameters
+        key = (dtype, self.names, tuple((A_[n]._version, B_[n]._version, id(A_[n])) for n in self.names if n in A_))
         if self._stack is None or self._stack[0] != key:
-            r = max((a.shape[0] for a in self.A.values()), default=1)
+            r = max((a.shape[0] for a in A_.values()), default=1)
             A = torch.zeros(len(self.names) + 1, r, self.d_in, dtype=dtype, device=self._device())
-            B = torch.zeros(len(self.names) + 1, self.d_out, r, dtype=dtype, device=self._device())
+            Bt = torch.zeros(len(self.names) + 1, r, self.d_out, dtype=dtype, device=self._device())
             with torch.no_grad():
                 for slot, n in enumerate(self.names, start=1):
-                    if n in self.A:
-                        A[slot, : self.A[n].shape[0]] = self.A[n]
-                        B[slot, :, : self.B[n].shape[1]] = self.B[n] * self.scale[n]
-            self._stack = (key, A, B)
+                    if n in A_:
+                        A[slot, : A_[n].shape[0]] = A_[n]
+                        Bt[slot, : B_[n].shape[1]] = (B_[n] * self.scale[n]).T
+            self._stack = (key, A, Bt)
         return self._stack[1], self._stack[2]

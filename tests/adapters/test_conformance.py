@@ -118,3 +118,14 @@ def test_forward_without_inputs_is_an_error(name, tiny_model, input_ids):
     attach(tiny_model, get(name).config_cls())
     with pytest.raises(RuntimeError, match="adapter.inputs"):
         tiny_model(input_ids)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_disabled_runs_the_base_model(name, tiny_model, input_ids):
+    with torch.no_grad():
+        base = tiny_model(input_ids).logits
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    with torch.no_grad(), adapter.disabled():
+        torch.testing.assert_close(tiny_model(input_ids).logits, base, rtol=0, atol=0)
+    assert not torch.allclose(run(tiny_model, adapter, input_ids, adapter.example_inputs(len(input_ids))), base)

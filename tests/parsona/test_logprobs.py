@@ -1,0 +1,45 @@
+"""Per-sequence log-probs equal the textbook computation from full logits."""
+
+from __future__ import annotations
+
+import torch
+
+from parsona.base_model import tiny_causal_lm
+from parsona.logprobs import Batch, SequenceLogProbs, sequence_logprobs
+
+
+def reference_logprobs(model, batch: Batch) -> torch.Tensor:
+    """log_softmax over full logits, gathered at the response tokens: the obvious, memory-hungry way."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    token = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token * batch.response_mask[:, 1:]).sum(-1)
+
+
+def make_batch() -> Batch:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 256, (3, 10), generator=g)
+    attention = torch.ones_like(ids)
+    attention[2, 8:] = 0                     # a right-padded row
+    response = torch.zeros_like(ids)
+    response[0, 4:] = 1
+    response[1, 1:] = 1
+    response[2, 6:8] = 1
+    return Batch(ids, attention, response)
+
+
+def test_matches_full_log_softmax_in_value_and_gradient():
+    model, batch = tiny_causal_lm(), make_batch()
+    expected = reference_logprobs(model, batch)
+    (g_expected,) = torch.autograd.grad(expected.sum(), model.lm_head.weight)
+    got, n = SequenceLogProbs(model, chunk_tokens=4)(batch.input_ids, batch.attention_mask, batch.response_mask)
+    (g_got,) = torch.autograd.grad(got.sum(), model.lm_head.weight)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_expected)
+    assert n.tolist() == [6, 9, 2]
+
+
+def test_average_divides_by_the_number_of_response_tokens():
+    model, batch = tiny_causal_lm(), make_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logprobs(model, batch, average=True) * torch.tensor([6.0, 9.0, 2.0]),
+                                   sequence_logprobs(model, batch))
