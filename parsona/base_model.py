@@ -8,6 +8,7 @@ Nothing is downloaded unless the caller names a hub id.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -58,12 +59,26 @@ def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torc
     directory = _resolve(id_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
+    with _quiet_progress():  # reading safetensors takes well under a second: no bar needed
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _resolve(id_or_path: str | os.PathLike | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 DEMO_PROMPT = "How do I pick a lock?"
@@ -38,20 +39,41 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Load the base model, attach a preference LoRA and answer one prompt at three preferences."""
+    """The main job, end to end on the real data: train a preference LoRA on HH helpful/harmless
+    pairs (one run for the whole front), evaluate it at 11 preferences, draw the front, and answer
+    one prompt at three preferences. About 10-15 minutes on 2 CPU cores with SmolLM2."""
+    from parsona.recipes import eval_front, train_preference_lora
+
+    out = Path(args.output_dir)
+    adapter = train_preference_lora.main(train_preference_lora.Config(
+        model=args.model, output_dir=str(out / "train"), max_steps=args.max_steps, max_length=args.max_length,
+        learning_rate=args.learning_rate, seed=args.seed))
+    plot = eval_front.main(eval_front.Config(adapter=str(adapter), out=str(out / "front"), model=args.model,
+                                             eval_pairs=args.eval_pairs, max_length=args.max_length))
+    args.adapter = str(adapter)
+    _answer_at_three_preferences(args)
+    print(f"\nfront plot: {plot}\nadapter:    {adapter}")
+    return 0
+
+
+def _answer_at_three_preferences(args) -> None:
     from parsona.generate import generate
 
     model, tokenizer, adapter = _load(args)
-    if not args.adapter:
-        print("note: no --adapter given, so the preference LoRA is freshly attached (identity at init):\n"
-              "      all three answers equal the base model's until a trained adapter is passed.\n")
     m = adapter.config.n_objectives
     grid = [[1.0] + [0.0] * (m - 1), [1.0 / m] * m, [0.0] * (m - 1) + [1.0]]
     texts = generate(model, tokenizer, [args.prompt] * len(grid), adapter=adapter, preference=grid,
                      max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(f"prompt: {args.prompt}\n")
+    print(f"\nprompt: {args.prompt}\n")
     for lam, text in zip(grid, texts):
         print(f"preference {', '.join(f'{x:.2f}' for x in lam)}:\n  {text.strip()}\n")
+
+
+def cmd_eval_front(args) -> int:
+    from parsona.recipes.config_cli import config_from_args
+    from parsona.recipes.eval_front import Config, main
+
+    main(config_from_args(Config, args))
     return 0
 
 
@@ -64,8 +86,16 @@ def cmd_train_preference_lora(args) -> int:
     return 0
 
 
+def cmd_train_baselines(args) -> int:
+    from parsona.recipes.baselines import Config, main
+    from parsona.recipes.config_cli import config_from_args
+
+    print(f"LoRAs: {main(config_from_args(Config, args))}")
+    return 0
+
+
 def add_train_parsers(sub) -> None:
-    from parsona.recipes import train_preference_lora
+    from parsona.recipes import baselines, train_preference_lora
     from parsona.recipes.config_cli import add_config_arguments
 
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
@@ -74,9 +104,16 @@ def add_train_parsers(sub) -> None:
                               description=train_preference_lora.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(pref, train_preference_lora.Config)
     pref.set_defaults(func=cmd_train_preference_lora)
+    base = recipes.add_parser("baselines", help="Rewarded Soups / DPS-grid baselines for the front",
+                              description=baselines.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(base, baselines.Config)
+    base.set_defaults(func=cmd_train_baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from parsona.recipes import eval_front
+    from parsona.recipes.config_cli import add_config_arguments
+
     parser = argparse.ArgumentParser(prog="parsona", description="Adapt one language model to many users and objectives.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -86,10 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
-    demo = sub.add_parser("demo", help="answer one prompt at three preferences (the quick end-to-end check)",
+    demo = sub.add_parser("demo", help="the main job: train one preference LoRA, evaluate and plot its front",
                           description=cmd_demo.__doc__)
-    common(demo)
-    demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"the prompt (default: {DEMO_PROMPT!r})")
+    demo.add_argument("--model", default=None, help="HF model id or local dir (default: SmolLM2-135M-Instruct)")
+    demo.add_argument("--output-dir", default="runs/demo", help="where the adapter and the front go (default: runs/demo)")
+    demo.add_argument("--max-steps", type=int, default=40, help="training steps, 4 pairs each (default: 40)")
+    demo.add_argument("--max-length", type=int, default=192, help="tokens per prompt + reply (default: 192)")
+    demo.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    demo.add_argument("--eval-pairs", type=int, default=48, help="held-out pairs scored per preference (default: 48)")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"answered at three preferences (default: {DEMO_PROMPT!r})")
+    demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="answer a prompt at one preference",
@@ -102,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     add_train_parsers(sub)
+    evaluate = sub.add_parser("eval", help="evaluate adapters", description="Evaluate adapters.")
+    what = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    front = what.add_parser("front", help="score a preference LoRA over a λ grid; write front.csv/json/png",
+                            description=eval_front.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(front, eval_front.Config)
+    front.set_defaults(func=cmd_eval_front)
     return parser
 
 

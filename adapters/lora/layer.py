@@ -28,6 +28,7 @@ class LoRABankLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._stack: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         self.names: tuple[str, ...] = ()  # the bank's slot order, shared by every layer
+        self._rows: tuple | None = None   # (lora_index, stack it came from, A rows, Bᵀ rows)
 
     def add(self, name: str, rank: int, scale: float) -> None:
         """A fresh LoRA with PEFT's init: A Kaiming-uniform, B zero, so ΔW = 0."""
@@ -72,10 +73,22 @@ class LoRABankLayer(nn.Module):
         return delta
 
     def _gathered(self, x: torch.Tensor, lora_index: torch.Tensor) -> torch.Tensor:
-        A, Bt = self.stacked(x.dtype)                                  # (N+1, r, d_in), (N+1, r, d_out)
-        idx = lora_index.to(x.device)                                  # (B,)
-        z = torch.bmm(x, A[idx].transpose(1, 2))                       # (B, T, r)
-        return torch.bmm(z, Bt[idx])                                   # (B, T, d_out)
+        A, Bt = self.rows(lora_index, x.dtype)                         # (B, r, d_in), (B, r, d_out)
+        z = torch.bmm(x, A.transpose(1, 2))                            # (B, T, r)
+        return torch.bmm(z, Bt)                                        # (B, T, d_out)
+
+    def rows(self, lora_index: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's A and (s·B)ᵀ, gathered once per ``inputs()`` block and reused while it lasts.
+
+        A decode step is B × 1 tokens, so copying 16 users' weights at every step costs as much as
+        the LoRA matmuls themselves; the batch's composition does not change during ``generate``.
+        """
+        A, Bt = self.stacked(dtype)
+        cached = self._rows
+        if cached is None or cached[0] is not lora_index or cached[1] is not A:
+            idx = lora_index.to(A.device)                              # (B,)
+            self._rows = cached = (lora_index, A, A[idx], Bt[idx])
+        return cached[2], cached[3]
 
     def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """[0, A_1..A_N] (N+1, r, d_in) and [0, (s·B_1)ᵀ..(s·B_N)ᵀ] (N+1, r, d_out), rebuilt on change.

@@ -17,7 +17,7 @@ from ..peft_format import PEFT_CONFIG, LoRAWeights, read_peft_lora, write_peft_l
 from .config import LoRAConfig
 from .layer import LoRABankLayer
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no ".": torch parameter names cannot hold it
 DEFAULT = "default"
 
 
@@ -49,7 +49,7 @@ class LoRA(Adapter):
     def add(self, name: str, source: str | Path | LoRAWeights | None = None) -> None:
         """Add LoRA ``name``: fresh (trainable, ΔW = 0) if ``source`` is None, else from a PEFT dir."""
         if not isinstance(name, str) or not NAME.match(name):
-            raise ConfigError("name", "Use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit.",
+            raise ConfigError("name", "Use 1-64 letters, digits, '_' or '-', starting with a letter or digit.",
                               problem=f"got {name!r}")
         if name in self.weights_meta:
             raise ConfigError("name", "Remove it first, or pick another name.", problem=f"LoRA {name!r} is already loaded")

@@ -17,13 +17,16 @@ class PreferenceLoRAConfig(AdapterConfig):
     n_objectives:    m, the length of the preference vector λ (2 for helpful vs harmless).
     alpha:           the update is scaled by ``alpha / (rank + n_objectives)``, as LoRA scales by alpha / r.
     target_modules:  Linear layers to adapt, by name or name suffix (PEFT's rule).
-    init_std:        std of the normal init of U and V (Panacea follows AdaLoRA: N(0, 0.02²)).
+    init:            "lora" (U = 0, V Kaiming, σ = s = 1: learns as fast as a LoRA) or "panacea"
+                     (σ = s = 0, U, V ~ N(0, init_std²), as in the paper); both start at ΔW = 0.
+    init_std:        std of the normal init of U and V for init="panacea".
     """
 
     rank: int = 8
     n_objectives: int = 2
     alpha: float = 16.0
     target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    init: str = "lora"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -35,5 +38,7 @@ class PreferenceLoRAConfig(AdapterConfig):
                               problem=f"got {self.n_objectives!r}")
         if not self.alpha > 0:
             raise ConfigError("alpha", "Use a positive number (e.g. 2 × rank).", problem=f"got {self.alpha!r}")
+        if self.init not in ("lora", "panacea"):
+            raise ConfigError("init", 'Use "lora" (default) or "panacea".', problem=f"got {self.init!r}")
         if not self.init_std > 0:
             raise ConfigError("init_std", "Use a small positive number such as 0.02.", problem=f"got {self.init_std!r}")

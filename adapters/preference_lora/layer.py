@@ -3,25 +3,41 @@
     h = W0 x + (alpha / (k + m)) · U · diag([σ_1..σ_k, s·λ_1..s·λ_m]) · Vᵀ x
 
 U (d_out, k+m), V (d_in, k+m), σ (k) learned, s a learned per-layer scale, λ (B, m) given per
-row. σ = s = 0 at init so the adapted model starts equal to the base; U and V start N(0, std²)
-as in Panacea (which follows AdaLoRA), so σ and s receive a gradient from the first step.
+row. Two initialisations, both with ΔW = 0 so the adapted model starts equal to the base:
+
+- "lora" (default): U = 0, V Kaiming-uniform, σ = s = 1, as LoRA starts B = 0 and A Kaiming.
+  Every entry of U gets a gradient at step 0, so ΔW grows as fast as a plain LoRA's.
+- "panacea": σ = s = 0, U and V ~ N(0, std²) (Panacea follows AdaLoRA). At step 0 only the k + 1
+  scalars σ and s have a gradient; on SmolLM2 ΔW was ~36× smaller than a plain LoRA's after 4
+  steps, too slow for short CPU runs. (U = 0 with σ = s = 0 would have no gradient at all.)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 
 class PreferenceLoRALayer(nn.Module):
-    def __init__(self, d_in: int, d_out: int, rank: int, n_objectives: int, alpha: float, init_std: float):
+    def __init__(self, d_in: int, d_out: int, rank: int, n_objectives: int, alpha: float, init: str = "lora",
+                 init_std: float = 0.02):
         super().__init__()
         self.rank, self.n_objectives = rank, n_objectives
         self.scaling = alpha / (rank + n_objectives)
-        self.U = nn.Parameter(torch.randn(d_out, rank + n_objectives) * init_std)
-        self.V = nn.Parameter(torch.randn(d_in, rank + n_objectives) * init_std)
-        self.sigma = nn.Parameter(torch.zeros(rank))
-        self.pref_scale = nn.Parameter(torch.zeros(()))
+        if init == "lora":
+            V = torch.empty(rank + n_objectives, d_in)
+            nn.init.kaiming_uniform_(V, a=math.sqrt(5))                      # as PEFT inits lora_A
+            self.U = nn.Parameter(torch.zeros(d_out, rank + n_objectives))
+            self.V = nn.Parameter(V.T.contiguous())
+            self.sigma = nn.Parameter(torch.ones(rank))
+            self.pref_scale = nn.Parameter(torch.ones(()))
+        else:
+            self.U = nn.Parameter(torch.randn(d_out, rank + n_objectives) * init_std)
+            self.V = nn.Parameter(torch.randn(d_in, rank + n_objectives) * init_std)
+            self.sigma = nn.Parameter(torch.zeros(rank))
+            self.pref_scale = nn.Parameter(torch.zeros(()))
 
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
         """[σ, s·λ] per row: (B, m) -> (B, k+m)."""

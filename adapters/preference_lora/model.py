@@ -29,7 +29,7 @@ class PreferenceLoRA(Adapter):
 
     def _make_layer(self, path: str, linear: nn.Linear) -> nn.Module:
         c = self.config
-        return PreferenceLoRALayer(linear.in_features, linear.out_features, c.rank, c.n_objectives, c.alpha, c.init_std)
+        return PreferenceLoRALayer(linear.in_features, linear.out_features, c.rank, c.n_objectives, c.alpha, c.init, c.init_std)
 
     def _prepare_inputs(self, preference: Any = None, **unknown: Any) -> dict[str, torch.Tensor]:
         if unknown:

@@ -21,7 +21,7 @@ def logits(model, adapter, input_ids, preference):
 @pytest.fixture
 def trained(tiny_model):
     adapter = attach(tiny_model, PreferenceLoRAConfig(rank=4, n_objectives=2))
-    perturb(adapter)
+    perturb(adapter, std=0.1)  # about the size a few hundred training steps reach
     return tiny_model, adapter
 
 
@@ -110,12 +110,22 @@ def test_detach_gives_back_the_base_model(input_ids):
     assert not any("preference_lora" in k for k in base.state_dict())
 
 
-def test_gradients_reach_sigma_and_the_preference_scale_from_init(tiny_model, input_ids):
-    adapter = attach(tiny_model, PreferenceLoRAConfig(rank=2))
-    with adapter.inputs(preference=[[0.2, 0.8]] * len(input_ids)):
-        tiny_model(input_ids).logits.square().mean().backward()
+@pytest.mark.parametrize("init, moving", [("lora", ["U"]), ("panacea", ["sigma", "pref_scale"])])
+def test_both_inits_start_at_the_base_and_get_gradients(init, moving, input_ids):
+    model = tiny_causal_lm()
+    with torch.no_grad():
+        base = model(input_ids).logits
+    adapter = attach(model, PreferenceLoRAConfig(rank=2, init=init))
+    lam = [[0.2, 0.8]] * len(input_ids)
+    with adapter.inputs(preference=lam):
+        out = model(input_ids).logits
+    torch.testing.assert_close(out, base, rtol=0, atol=0)
+    out.square().mean().backward()
     layer = next(iter(adapter.layers.values()))
-    assert layer.sigma.grad.abs().sum() > 0 and layer.pref_scale.grad.abs() > 0
+    for name in moving:
+        assert getattr(layer, name).grad.abs().sum() > 0, name
+    if init == "lora":  # the preference columns of U learn in proportion to λ_j
+        assert layer.U.grad[:, 2:].abs().sum() > 0
 
 
 # -- files: bad input and atomic saves --------------------------------------------------------

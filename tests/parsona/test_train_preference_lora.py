@@ -48,12 +48,12 @@ def test_one_step_lowers_the_preference_weighted_loss(tiny_dir, both_labelled):
     scalarize = scalarizer("linear")
     before = scalarize(losses_of(scorer, adapter, tokenizer, both_labelled, lam), lam).mean()
     torch.testing.assert_close(before, torch.tensor(0.6931472), rtol=0, atol=1e-6)  # ln 2: policy = reference
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=0.1)  # from σ = s = 0 only σ, s move at first
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
     before.backward()
     optimizer.step()
     with torch.no_grad():
         after = scalarize(losses_of(scorer, adapter, tokenizer, both_labelled, lam), lam).mean()
-    assert after < before - 1e-5  # float noise here is ~1e-7
+    assert after < before - 1e-4  # float noise here is ~1e-7
 
 
 def test_each_row_is_weighted_by_its_own_preference(tiny_dir, both_labelled):

@@ -1,0 +1,200 @@
+"""How good a trade-off front does each method learn, for how much compute? (tracker issue 5)
+
+Methods, all on one base model, the same HH pairs (front_data.front_pairs) and one LoRA rank:
+
+  pref_linear   preference LoRA (Panacea), DPO, linear scalarization      max_steps steps
+  pref_tcheb    the same with Tchebycheff scalarization                   max_steps steps
+  soups_linear  Rewarded Soups: a DPO LoRA per objective, factors interpolated per λ   max_steps in total
+  soups_cat     the same LoRAs, exact mixture Σ λ_i ΔW_i per λ
+  dps           one LoRA per λ of a (coarser) grid, fixed-λ scalarized DPO  n_dps × dps_steps_each
+
+Each front is scored on held-out pairs at every λ of simplex_grid(2, n_partitions) (dps: at its
+own grid points): per-objective preference accuracy of the DPO implicit reward (the cheap eval,
+parsona.evaluate). HV's reference point is fixed before the run: (0.4, 0.4), chance minus 0.1.
+IGD+ is measured against the union front of all methods of the same seed. Compute is optimizer
+steps × tokens (training tokens counted from attention masks), as the training summaries log it.
+
+Targets from the issue, printed with the measured ratios:
+  HV(pref_linear) ≥ 1.10 × HV(Rewarded Soups) at equal compute (both soups shown)
+  HV(pref_linear) ≥ 0.95 × HV(dps) while using ≤ 1/3 of dps's optimizer steps (tokens shown too)
+  Spearman ρ(λ_i, accuracy_i) ≥ 0.9 per objective (pref_linear)
+
+    .venv/bin/python bench/front_quality.py                       # SmolLM2, ≈ 40 min on 2 busy CPU cores
+    .venv/bin/python bench/front_quality.py --max-steps 4 --eval-pairs 12   # ≈ 20 min (the reported run)
+    .venv/bin/python bench/front_quality.py --model DIR            # a tiny model (save_tiny_model): seconds
+
+Real eval (greedy replies scored by trained reward models) is behind ``--reward-models
+helpful=DIR,harmless=DIR --reference-point a,b`` (objectives/rewards.py BradleyTerryReward dirs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+COLUMNS = ["method", "train_steps", "train_tokens", "train_s", "eval_seconds", "hypervolume", "reference_point",
+           "igd_plus", "sparsity", "inner_product", "spearman_helpful", "spearman_harmless", "n_non_dominated"]
+OBJECTIVES = ("helpful", "harmless")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model dir or id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--output-dir", default="runs/front_quality", help="adapters, results.json, front.png")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--max-steps", type=int, default=8, help="preference-LoRA steps = Rewarded Soups' total (default: 8)")
+    p.add_argument("--pairs-per-step", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=64, help="tokens per prompt + reply (default: 64)")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--eval-pairs", type=int, default=16, help="held-out pairs, both-labelled first (default: 16)")
+    p.add_argument("--eval-batch", type=int, default=16, help="pairs per eval forward (default: 16)")
+    p.add_argument("--n-partitions", type=int, default=10, help="eval grid simplex_grid(2, n): n + 1 λ (default: 10)")
+    p.add_argument("--dps-partitions", type=int, default=2, help="dps grid: n + 1 LoRAs (default: 2)")
+    p.add_argument("--dps-steps-each", type=int, default=0, help="steps per dps LoRA (0: ceil(3 max_steps / n_dps))")
+    p.add_argument("--methods", default="pref_linear,pref_tcheb,soups_linear,soups_cat,dps")
+    p.add_argument("--reward-models", default="", help="real eval: helpful=DIR,harmless=DIR (BradleyTerryReward)")
+    p.add_argument("--reference-point", default="", help="HV reference point for real eval rewards, e.g. 0,0")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    return p.parse_args(argv)
+
+
+def eval_set(n: int):
+    """Held-out pairs: both-labelled first (each serves both objectives), sorted by length (less padding)."""
+    from parsona.recipes.front_data import front_pairs
+
+    _, pairs = front_pairs(OBJECTIVES)
+    pairs = sorted(pairs, key=lambda p: (-len(p.labels), p.prompt, p.response_a))[:n]
+    return sorted(pairs, key=lambda p: len(p.prompt) + len(p.response_a) + len(p.response_b))
+
+
+def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]:
+    """Train what ``methods`` need; return {run: {dir, steps, tokens, seconds}}."""
+    from parsona.recipes import baselines, train_preference_lora
+
+    common = dict(model=args.model, objectives=OBJECTIVES, beta=args.beta, rank=args.rank, learning_rate=args.learning_rate,
+                  warmup_steps=args.warmup_steps, pairs_per_step=args.pairs_per_step, max_length=args.max_length, seed=seed)
+    runs = {}
+    for scal in ("linear", "tcheb"):
+        if f"pref_{scal}" in methods:
+            t = time.perf_counter()
+            d = train_preference_lora.main(train_preference_lora.Config(
+                output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=0,
+                scalarization="linear" if scal == "linear" else "tchebycheff", **common))
+            s = json.loads((d / "training_summary.json").read_text())
+            runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=time.perf_counter() - t)
+    n_dps = args.dps_partitions + 1
+    each = args.dps_steps_each or math.ceil(3 * args.max_steps / n_dps)
+    for method, run in (("rewarded_soups", "soups"), ("dps", "dps")):
+        if any(m.startswith(run) for m in methods):
+            t = time.perf_counter()
+            d = baselines.main(baselines.Config(method=method, output_dir=str(out / "baselines"), max_steps=args.max_steps,
+                                                n_partitions=args.dps_partitions, dps_steps_each=each, **common))
+            f = json.loads((d / baselines.FRONT_FILE).read_text())
+            runs[run] = dict(dir=d, steps=f["total_steps"], tokens=f["total_tokens"], seconds=time.perf_counter() - t,
+                             budget=f["budget"])
+    return runs
+
+
+def evaluate_all(args, runs: dict, methods: list[str], pairs) -> list:
+    from parsona.adapters import load_adapter
+    from parsona.base_model import load_base_model
+    from parsona.evaluate import evaluate_front, reference_logprobs
+    from parsona.front_policies import PreferenceLoRAPolicy
+    from parsona.objectives import simplex_grid
+    from parsona.recipes.baselines import load_front_policy
+
+    model, tokenizer = load_base_model(args.model, device="cpu", dtype=torch.float32)
+    grid = np.asarray(simplex_grid(2, args.n_partitions), dtype=float)
+    reward_models, reference_point = None, None
+    if args.reward_models:
+        from parsona.objectives.rewards import BradleyTerryReward
+
+        reward_models = {k: BradleyTerryReward.load(v) for k, v in (x.split("=", 1) for x in args.reward_models.split(","))}
+        reference_point = [float(x) for x in args.reference_point.split(",")] if args.reference_point else None
+    kw = dict(beta=args.beta, max_length=args.max_length, batch_size=args.eval_batch, reward_models=reward_models,
+              reference_point=reference_point, max_new_tokens=args.max_new_tokens)
+    results, ref = [], None
+    for method in methods:
+        run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
+        if method.startswith("pref"):
+            policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
+        else:
+            policy = load_front_policy(model, run["dir"], mode=method.split("_")[1] if "_" in method else "linear")
+        if ref is None:
+            ref = reference_logprobs(model, tokenizer, policy, pairs, max_length=args.max_length, batch_size=args.eval_batch)
+        g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
+        result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
+        result.info = {"train_steps": run["steps"], "train_tokens": run["tokens"], "train_s": round(run["seconds"], 1)}
+        results.append(result)
+        policy.adapter.detach()
+    return results
+
+
+def targets(rows: dict) -> list[str]:
+    lines = []
+    p = rows.get("pref_linear")
+    if p is None:
+        return lines
+    hv = p["hypervolume"]
+    for soup in ("soups_linear", "soups_cat"):
+        if soup in rows:
+            r = hv / rows[soup]["hypervolume"] if rows[soup]["hypervolume"] > 0 else float("inf")
+            tok = p["train_tokens"] / rows[soup]["train_tokens"]
+            lines.append(f"HV(pref_linear) / HV({soup}) = {r:.3f}  (target ≥ 1.10: {'MET' if r >= 1.10 else 'not met'}; "
+                         f"tokens ratio {tok:.2f}, steps {p['train_steps']} vs {rows[soup]['train_steps']})")
+    if "dps" in rows:
+        r = hv / rows["dps"]["hypervolume"] if rows["dps"]["hypervolume"] > 0 else float("inf")
+        c = p["train_steps"] / rows["dps"]["train_steps"]
+        tok = p["train_tokens"] / rows["dps"]["train_tokens"]
+        ok = r >= 0.95 and c <= 1 / 3 + 1e-9
+        lines.append(f"HV(pref_linear) / HV(dps) = {r:.3f} at {c:.3f} × dps's steps ({tok:.3f} × its tokens) "
+                     f"(target ≥ 0.95 at ≤ 0.333: {'MET' if ok else 'not met'})")
+    for o in OBJECTIVES:
+        rho = p[f"spearman_{o}"]
+        lines.append(f"Spearman ρ(λ_{o}, {p['metric']}_{o}) = {rho:.3f}  (target ≥ 0.9: "
+                     f"{'MET' if rho == rho and rho >= 0.9 else 'not met'})")
+    return lines
+
+
+def main(argv=None) -> None:
+    from parsona.evaluate import compare, format_table, plot_front
+    from parsona.io import write_json
+
+    args = parse(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    out_root = Path(args.output_dir)
+    pairs = eval_set(args.eval_pairs)
+    began = time.perf_counter()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"eval: {len(pairs)} held-out pairs ({sum('helpful' in p.labels for p in pairs)} helpful-labelled, "
+          f"{sum('harmless' in p.labels for p in pairs)} harmless-labelled), grid simplex_grid(2, {args.n_partitions}), "
+          f"dps grid simplex_grid(2, {args.dps_partitions})")
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        out = out_root / f"seed{seed}"
+        runs = train_all(args, seed, out, methods)
+        results = evaluate_all(args, runs, methods, pairs)
+        rows = compare(results)
+        print(f"\nseed {seed}  (metric: {results[0].metric}; HV reference point {results[0].reference_point.tolist()}, "
+              "fixed before the run; IGD+ vs the union front of these methods)")
+        print(format_table(rows, COLUMNS))
+        for r in results:
+            print(f"  {r.method:13s} " + "  ".join(f"λ={lam[0]:.1f}:({a[0]:.3f},{a[1]:.3f})" for lam, a in zip(r.preferences, r.points)))
+        print("\n".join(targets({r["method"]: r for r in rows})))
+        write_json(out / "results.json", [json.loads(r.to_json()) for r in results])
+        plot_front(results, out / "front.png")
+    print(f"\ntotal wall time {time.perf_counter() - began:.0f} s; results and front.png under {out_root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Evaluate a trade-off front: one policy per λ of a grid, scored per objective, then indicators.
+
+    result = evaluate_front(model, tokenizer, policy, eval_pairs, ("helpful", "harmless"),
+                            simplex_grid(2, 10), method="panacea")
+    table = compare([result, soups, dps])          # HV, IGD+ (vs the union front), sparsity, IP, ρ
+
+Two scores per λ (``policy.at(λ)`` merges the policy's ΔW(λ) into W0; see front_policies.py):
+
+* cheap, always: on held-out pairs, the DPO implicit reward r = β (log π − log π_ref) of each
+  reply. Per objective i, over the pairs labelled for i only: accuracy = how often the reply
+  labelled better gets the larger r (an exact tie counts ½, so the reference model itself scores
+  the random-guess level 0.5), and the held-out DPO loss. π_ref does not depend on λ, so its
+  log-probs are computed once per call (or passed in, once for several methods).
+* real, when ``reward_models`` are given: greedy replies to held-out prompts at each λ, scored
+  by one reward model per objective (anything with ``score(prompts, responses) -> (n,)``).
+
+Indicators use the real rewards when there are any, else the accuracies. All are maximised.
+The hypervolume's reference point is fixed before the run and stored next to every HV value:
+for accuracies it defaults to :data:`ACCURACY_REFERENCE` = 0.4 per objective, the random-guess
+level 0.5 minus a 0.1 margin: a λ counts only while it is no more than 10 points worse than
+chance on every objective, so a front may trade one objective for another but a collapsed
+objective adds nothing. Rewards have no such natural level; pass ``reference_point``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from parsona.errors import ConfigError
+
+ACCURACY_REFERENCE = 0.4
+HUMAN_TURN = "\n\nHuman:"  # HH dialogues: a greedy reply that starts the next user turn is cut there
+
+
+@dataclass
+class FrontResult:
+    """One method's front: a row per λ, and its indicators (see :func:`indicators`)."""
+
+    method: str
+    objectives: tuple[str, ...]
+    preferences: np.ndarray                 # (K, m) the grid
+    accuracy: np.ndarray                    # (K, m) held-out preference accuracy of the implicit reward
+    dpo_loss: np.ndarray                    # (K, m) held-out DPO loss (lower is better)
+    n_labelled: list[int]                   # (m,) eval pairs labelled per objective
+    reference_point: np.ndarray             # (m,) of the hypervolume, fixed before the run
+    reward: np.ndarray | None = None        # (K, m) mean reward of greedy replies, if scored
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)   # budget: steps, tokens, train seconds ...
+
+    @property
+    def metric(self) -> str:
+        return "reward" if self.reward is not None else "accuracy"
+
+    @property
+    def points(self) -> np.ndarray:
+        """(K, m) the objective values the indicators are computed on."""
+        return self.reward if self.reward is not None else self.accuracy
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per λ: preference, then accuracy / DPO loss / reward per objective."""
+        out = []
+        for k, lam in enumerate(self.preferences):
+            row: dict[str, Any] = {"method": self.method, "preference": [round(float(x), 6) for x in lam]}
+            for i, o in enumerate(self.objectives):
+                row[f"accuracy_{o}"] = float(self.accuracy[k, i])
+                row[f"dpo_loss_{o}"] = float(self.dpo_loss[k, i])
+                if self.reward is not None:
+                    row[f"reward_{o}"] = float(self.reward[k, i])
+            out.append(row)
+        return out
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        obj = {"method": self.method, "objectives": list(self.objectives), "metric": self.metric,
+               "reference_point": self.reference_point.tolist(), "n_labelled": self.n_labelled,
+               "indicators": indicators(self), "seconds": round(self.seconds, 2), "info": self.info, "rows": self.rows()}
+        text = json.dumps(_finite(obj), indent=2) + "\n"
+        if path is not None:
+            from parsona.io import atomic_file
+
+            with atomic_file(path) as f:
+                f.write(text)
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        rows = [{**r, "preference": " ".join(str(x) for x in r["preference"])} for r in self.rows()]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        if path is not None:
+            from parsona.io import atomic_file
+
+            with atomic_file(path) as f:
+                f.write(buffer.getvalue())
+        return buffer.getvalue()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN (e.g. ρ of a constant column) becomes null, so the JSON is standard."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+def _chunks(tokenizer, pairs, max_length: int, batch_size: int) -> list:
+    """Token batches of ``batch_size`` pairs, rows [a replies; b replies] (2b, T) each."""
+    from parsona.logprobs import tokenize_pairs
+
+    out = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        out.append(tokenize_pairs(tokenizer, [p.prompt for p in chunk] * 2,
+                                  [p.response_a for p in chunk] + [p.response_b for p in chunk], max_length))
+    return out
+
+
+@torch.no_grad()
+def _logps(scorer, chunks, device) -> torch.Tensor:
+    """(2, N) summed log-probs of reply a (row 0) and reply b (row 1) of every pair."""
+    a, b = [], []
+    for batch in chunks:
+        batch = batch.to(device)
+        sums, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2n,)
+        n = sums.shape[0] // 2
+        a.append(sums[:n].float().cpu())
+        b.append(sums[n:].float().cpu())
+    return torch.stack([torch.cat(a), torch.cat(b)])
+
+
+def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_wins: torch.Tensor,
+                has_label: torch.Tensor, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy (m,) and mean DPO loss (m,) over the labelled pairs, from (2, N) log-probs."""
+    from parsona.objectives import dpo_loss
+    from parsona.recipes.train_preference_lora import per_objective_losses
+
+    reward = beta * (policy_logps - reference_logps)                 # (2, N) implicit reward of a, b
+    margin = reward[0] - reward[1]                                   # (N,) > 0: a looks better
+    sign = torch.where(a_wins.bool(), 1.0, -1.0)                     # (N, m) +1 where a is labelled better
+    correct = ((margin[:, None] * sign).sign() + 1) / 2              # (N, m) 1 right, ½ tie, 0 wrong
+    n = has_label.sum(0).clamp(min=1)                                # (m,)
+    accuracy = (correct * has_label).sum(0) / n                      # (m,)
+    flat_policy, flat_reference = policy_logps.reshape(-1), reference_logps.reshape(-1)   # [a..., b...] (2N,)
+    losses = per_objective_losses(dpo_loss, flat_policy, flat_reference, a_wins, has_label, beta)  # (N, m)
+    return accuracy.numpy(), (losses.sum(0) / n).numpy()
+
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, max_length: int,
+                   batch_size: int = 8) -> list[str]:
+    """Greedy continuations of raw prompts (the text the pairs were scored after, no chat template)."""
+    device = next(model.parameters()).device
+    keep = max(1, max_length - max_new_tokens)                         # prompt tokens kept, from the end
+    replies = []
+    for s in range(0, len(prompts), batch_size):
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-keep:]
+               for p in prompts[s : s + batch_size]]
+        T = max(len(r) for r in ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (T - len(r)) + r for r in ids], device=device)        # (b, T) left-padded
+        attention = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in ids], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad)
+        for text in tokenizer.batch_decode(out[:, T:], skip_special_tokens=True):
+            replies.append(text.split(HUMAN_TURN)[0].strip())
+    return replies
+
+
+def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[str], grid, *, beta: float = 0.1,
+                   max_length: int = 256, max_pairs: int | None = None, batch_size: int = 8,
+                   reward_models: Mapping[str, Any] | None = None, prompts: Sequence[str] | None = None,
+                   max_new_tokens: int = 48, reference_point=None, reference_logps: torch.Tensor | None = None,
+                   method: str = "", progress: bool = True) -> FrontResult:
+    """Score ``policy`` at every λ of ``grid`` (K, m) on held-out data; see the module docstring.
+
+    ``reward_models`` maps each objective to a reward model (real eval, needs ``reference_point``);
+    ``prompts`` default to the distinct prompts of the evaluated pairs. ``reference_logps`` (2, N)
+    from :func:`reference_logprobs` skips the reference pass when several methods share the data.
+    """
+    from tqdm.auto import tqdm
+
+    from parsona.logprobs import SequenceLogProbs
+    from parsona.recipes.train_preference_lora import label_tensors
+
+    objectives = tuple(objectives)
+    m = len(objectives)
+    grid = np.asarray(grid.detach().cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.float64)
+    if grid.ndim != 2 or grid.shape[1] != m or policy.n_objectives != m:
+        raise ConfigError("grid", f"Pass (K, {m}) preferences, one column per objective, for a policy of {m} "
+                          "objectives.", problem=f"grid {grid.shape}, policy n_objectives {policy.n_objectives}")
+    pairs = list(eval_pairs)[:max_pairs]
+    if not pairs:
+        raise ConfigError("eval_pairs", "Pass at least one held-out pair.", problem="empty")
+    if reward_models is not None and set(reward_models) != set(objectives):
+        raise ConfigError("reward_models", f"Give one reward model per objective {objectives}.",
+                          problem=f"got {sorted(reward_models)}")
+    if reference_point is None and reward_models is not None:
+        raise ConfigError("reference_point", "Fix the HV reference point for rewards before the run, e.g. the "
+                          "base model's mean reward per objective.", problem="missing")
+    ref_point = np.full(m, ACCURACY_REFERENCE) if reference_point is None else np.asarray(reference_point, float)
+    if ref_point.shape != (m,):
+        raise ConfigError("reference_point", f"Give one value per objective ({m}).", problem=f"shape {ref_point.shape}")
+
+    began = time.perf_counter()
+    device = next(model.parameters()).device
+    scorer = SequenceLogProbs(model).eval()
+    a_wins, has_label = label_tensors(pairs, objectives)                                  # (N, m) each
+    chunks = _chunks(tokenizer, pairs, max_length, batch_size)
+    if reference_logps is None:
+        with policy.reference():
+            reference_logps = _logps(scorer, chunks, device)                              # (2, N)
+    if reference_logps.shape != (2, len(pairs)):
+        raise ConfigError("reference_logps", "Compute them with reference_logprobs() on the same pairs.",
+                          problem=f"shape {tuple(reference_logps.shape)} for {len(pairs)} pairs")
+    if reward_models is not None and prompts is None:
+        prompts = list(dict.fromkeys(p.prompt for p in pairs))
+
+    accuracy, losses, rewards = np.zeros((len(grid), m)), np.zeros((len(grid), m)), np.zeros((len(grid), m))
+    for k, lam in enumerate(tqdm(grid, desc=f"eval {method}".strip(), disable=not progress)):
+        with policy.at(lam.tolist()):
+            policy_logps = _logps(scorer, chunks, device)                                 # (2, N)
+            accuracy[k], losses[k] = pair_scores(policy_logps, reference_logps, a_wins, has_label, beta)
+            if reward_models is not None:
+                replies = greedy_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                         max_length=max_length, batch_size=batch_size)
+                rewards[k] = [float(np.mean(reward_models[o].score(prompts, replies))) for o in objectives]
+    return FrontResult(method, objectives, grid, accuracy, losses, [int(x) for x in has_label.sum(0)], ref_point,
+                       rewards if reward_models is not None else None, time.perf_counter() - began)
+
+
+def reference_logprobs(model, tokenizer, policy, eval_pairs, *, max_length: int = 256, max_pairs: int | None = None,
+                       batch_size: int = 8) -> torch.Tensor:
+    """(2, N) reference log-probs of replies a and b, to share across methods on the same base model."""
+    from parsona.logprobs import SequenceLogProbs
+
+    pairs = list(eval_pairs)[:max_pairs]
+    with policy.reference():
+        return _logps(SequenceLogProbs(model).eval(), _chunks(tokenizer, pairs, max_length, batch_size),
+                      next(model.parameters()).device)
+
+
+# -- indicators -------------------------------------------------------------------------------
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman ρ (scipy); NaN when either side is constant (no ranking to agree with)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def indicators(result: FrontResult, reference_front: np.ndarray | None = None) -> dict[str, Any]:
+    """HV (with its reference point), sparsity of the non-dominated points, Panacea's inner
+    product, Spearman ρ(λ_i, objective i) per objective, and IGD+ if a reference front is given."""
+    from parsona.objectives import hypervolume, igd_plus, inner_product, non_dominated, sparsity
+
+    P = result.points                                                    # (K, m)
+    front = P[non_dominated(P)]
+    out: dict[str, Any] = {
+        "metric": result.metric,
+        "hypervolume": hypervolume(P, result.reference_point),
+        "reference_point": result.reference_point.tolist(),
+        "sparsity": sparsity(front),
+        "inner_product": inner_product(P, result.preferences),
+        "n_points": int(len(P)),
+        "n_non_dominated": int(len(front)),
+    }
+    for i, o in enumerate(result.objectives):
+        out[f"spearman_{o}"] = spearman(result.preferences[:, i], P[:, i])
+    if reference_front is not None:
+        out["igd_plus"] = igd_plus(P, reference_front)
+    return out
+
+
+def union_front(results: Sequence[FrontResult]) -> np.ndarray:
+    """The non-dominated points of all methods together (distinct rows): IGD+'s reference front."""
+    from parsona.objectives import non_dominated
+
+    metrics = {r.metric for r in results}
+    if len(metrics) != 1:
+        raise ConfigError("results", "Compare results scored the same way (all rewards or all accuracies).",
+                          problem=f"metrics {sorted(metrics)}")
+    P = np.unique(np.concatenate([r.points for r in results]), axis=0)  # (n, m)
+    return P[non_dominated(P)]
+
+
+def compare(results: Sequence[FrontResult]) -> list[dict[str, Any]]:
+    """One row per method: its indicators, IGD+ against :func:`union_front`, time and budget."""
+    refs = {tuple(r.reference_point) for r in results}
+    if len(refs) != 1:
+        raise ConfigError("reference_point", "Use the same HV reference point for every compared method.",
+                          problem=f"got {sorted(refs)}")
+    front = union_front(results)
+    return [{"method": r.method, **indicators(r, front), "eval_seconds": round(r.seconds, 1), **r.info} for r in results]
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A plain fixed-width text table of ``columns`` (numbers to 4 significant digits)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if not np.isfinite(v) else f"{v:.4g}"
+        if isinstance(v, (list, tuple)):
+            return "(" + ", ".join(cell(x) for x in v) + ")"
+        return str(v)
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def plot_front(results: Sequence[FrontResult], path: str | Path, objectives: tuple[int, int] = (0, 1)) -> Path:
+    """A PNG of each method's points on two objectives (λ order joined by a line), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in tests and on servers
+    import matplotlib.pyplot as plt
+
+    from parsona.io import atomic_file
+
+    i, j = objectives
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for r in results:
+        P = r.points
+        ax.plot(P[:, i], P[:, j], marker="o", markersize=3, linewidth=1, label=r.method)
+    ref = results[0].reference_point
+    ax.scatter([ref[i]], [ref[j]], marker="x", color="black", label=f"HV reference ({ref[i]:.3g}, {ref[j]:.3g})")
+    ax.set_xlabel(f"{results[0].metric}: {results[0].objectives[i]}")
+    ax.set_ylabel(f"{results[0].metric}: {results[0].objectives[j]}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

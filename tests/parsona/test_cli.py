@@ -1,0 +1,62 @@
+"""The command line end to end on a tiny model: train -> eval front -> generate, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parsona.base_model import save_tiny_model
+from parsona.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def test_train_eval_generate_round_trip(tiny_dir, tmp_path, capsys):
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["train", "preference-lora", "--model", tiny_dir, "--output-dir", str(run), "--max-steps", "2",
+                 "--max-length", "48", "--pairs-per-step", "2", "--rank", "2"]) == 0
+    assert (run / "adapter" / "adapter.safetensors").is_file()
+    assert main(["eval", "front", "--adapter", str(run / "adapter"), "--out", str(front), "--eval-pairs", "4",
+                 "--max-length", "48", "--n-partitions", "4"]) == 0
+    assert {p.name for p in front.iterdir()} == {"front.csv", "front.json", "front.png"}
+    report = json.loads((front / "front.json").read_text())
+    assert report["objectives"] == ["helpful", "harmless"] and len(report["methods"][0]["rows"]) == 5
+    assert report["indicators"][0]["reference_point"] == [0.4, 0.4]
+    assert main(["generate", "--model", tiny_dir, "--adapter", str(run / "adapter"), "--preference", "0.2,0.8",
+                 "--max-new-tokens", "4", "hello"]) == 0
+    assert "plot:" in capsys.readouterr().out
+
+
+def test_three_objectives_train_and_evaluate_with_exact_hypervolume(tiny_dir, tmp_path):
+    from parsona.objectives import hypervolume_info
+
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["train", "preference-lora", "--model", tiny_dir, "--output-dir", str(run), "--max-steps", "2",
+                 "--max-length", "48", "--pairs-per-step", "2", "--rank", "2",
+                 "--objectives", "helpful,harmless,brevity", "--n-objectives", "3"]) == 0
+    assert main(["eval", "front", "--adapter", str(run / "adapter"), "--out", str(front), "--eval-pairs", "4",
+                 "--max-length", "48", "--n-partitions", "2"]) == 0
+    report = json.loads((front / "front.json").read_text())
+    assert report["objectives"] == ["helpful", "harmless", "brevity"]
+    rows = report["methods"][0]["rows"]
+    assert len(rows) == 6                                           # simplex_grid(3, 2)
+    points = [[r[f"accuracy_{o}"] for o in report["objectives"]] for r in rows]
+    value, method = hypervolume_info(points, [0.4, 0.4, 0.4])
+    assert method == "exact" and value == pytest.approx(report["indicators"][0]["hypervolume"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--preference", "0.5,0.6", "hi"], "sums to 1.1"),
+    (["train", "preference-lora", "--n-objectives", "3"], "n_objectives"),
+    (["eval", "front"], "adapter"),
+])
+def test_bad_input_is_one_clear_line(argv, message, capsys, tiny_dir):
+    if argv[0] == "generate":
+        argv = [argv[0], "--model", tiny_dir, *argv[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
