@@ -87,6 +87,60 @@ class SequenceLogProbs(nn.Module):
         return sums, mask.sum(-1)
 
 
+def tokenize_pair(tokenizer, prompt: str, responses: list[str], max_length: int = 256) -> tuple[list[int], list[list[int]]]:
+    """One prompt's ids, shared by its replies, and each reply's ids (+ EOS), as :func:`tokenize_pairs`
+    cuts them, except that the prompt is cut (from the left) so that the LONGEST reply fits: every reply
+    then sees the same prompt. Rows that fit ``max_length`` are identical to ``tokenize_pairs``'."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    replies = [(tokenizer(r, add_special_tokens=False)["input_ids"] + eos)[: max_length - 1] for r in responses]
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return p[max(0, len(p) - (max_length - max(len(r) for r in replies))):], replies
+
+
+class PairLogProbs(nn.Module):
+    """``forward(prompt_ids, replies, preference=None) -> (R,)`` Σ log π(reply | prompt) per reply.
+
+    The prompt runs once; its KV cache is repeated for the R replies (a DPO pair's chosen and rejected
+    share it), so prompt tokens cost one forward instead of one per reply, and nothing is padded but
+    the shorter reply. ``preference`` (1, m), if given, is the adapter's λ for every row of both calls
+    (the reference pass: call it inside ``adapter.disabled()`` without ``preference``). Logits exist
+    only at reply positions, in checkpointed chunks, as in :class:`SequenceLogProbs`.
+    """
+
+    def __init__(self, model: nn.Module, adapter=None, chunk_tokens: int = 512):
+        super().__init__()
+        self.model = model
+        self.adapter = adapter  # not an nn.Module: its layers are already the model's submodules
+        self.chunk_tokens = chunk_tokens
+
+    def _decode(self, preference, **kwargs):
+        if preference is None:
+            return self.model.get_decoder()(**kwargs)
+        with self.adapter.inputs(preference=preference.expand(kwargs["input_ids"].shape[0], -1)):
+            return self.model.get_decoder()(**kwargs)
+
+    def forward(self, prompt_ids: list[int], replies: list[list[int]], pad_token_id: int = 0,
+                preference: torch.Tensor | None = None) -> torch.Tensor:
+        head = self.model.get_output_embeddings()
+        device = head.weight.device
+        R, L, P = len(replies), max(len(r) for r in replies), len(prompt_ids)
+        out = self._decode(preference, input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+        last = out.last_hidden_state[0, -1:]                                # (1, d): predicts each reply's first token
+        cache = out.cache
+        cache.batch_repeat_interleave(R)
+        ids = torch.tensor([r + [pad_token_id] * (L - len(r)) for r in replies], device=device)        # (R, L)
+        mask = torch.tensor([[1] * (P + len(r)) + [0] * (L - len(r)) for r in replies], device=device)  # (R, P+L)
+        hidden = self._decode(preference, input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+        h = torch.cat([piece for i, r in enumerate(replies) for piece in (last, hidden[i, : len(r) - 1])])  # (N, d)
+        targets = torch.tensor([t for r in replies for t in r], device=device)                            # (N,)
+        rows = torch.tensor([i for i, r in enumerate(replies) for _ in r], device=device)                 # (N,)
+        c = self.chunk_tokens
+        pieces = [checkpoint(_token_logprobs, h[i : i + c], head.weight, targets[i : i + c], use_reentrant=False)
+                  if torch.is_grad_enabled() else _token_logprobs(h[i : i + c], head.weight, targets[i : i + c])
+                  for i in range(0, len(targets), c)]
+        return torch.zeros(R, device=device, dtype=torch.float32).index_add(0, rows, torch.cat(pieces))
+
+
 def sequence_logprobs(model: nn.Module, batch: Batch, average: bool = False) -> torch.Tensor:
     """Summed (or per-token averaged) log π(response | prompt) per row, (B,)."""
     sums, n = SequenceLogProbs(model)(batch.input_ids, batch.attention_mask, batch.response_mask)

@@ -16,6 +16,7 @@ same command continues from there. The final adapter is written atomically to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -157,6 +158,38 @@ def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives
     return losses, has_label, int(batch.attention_mask.sum())
 
 
+def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn, scalarize, beta: float,
+              max_length: int, accelerator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Accumulate the gradient of mean_b scalarize(L_b, λ_b) one pair at a time; return the per-objective
+    losses (B, m), has_label (B, m), the token count (as ``pair_losses`` counts it) and the loss.
+
+    ``scorer`` is a (prepared) :class:`parsona.logprobs.PairLogProbs`. Per pair: the reference pass
+    (adapter disabled, no grad) and the policy pass (λ_b) each run the prompt once for both replies,
+    then that pair's backward frees its activations before the next pair runs, so at most one pair's
+    activations are alive. Exact: the loss is a mean of per-pair terms (same gradient as
+    ``pair_losses`` + backward of the mean, up to float rounding, for pairs that fit ``max_length``).
+    """
+    from parsona.logprobs import tokenize_pair
+
+    a_wins, has_label = (t.to(lam.device) for t in label_tensors(pairs, objectives))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    B, rows, n_tokens, total = len(pairs), [], 0, 0.0
+    for b, pair in enumerate(pairs):
+        prompt, replies = tokenize_pair(tokenizer, pair.prompt, [pair.response_a, pair.response_b], max_length)
+        n_tokens += 2 * len(prompt) + sum(len(r) for r in replies)
+        with torch.no_grad(), adapter.disabled():
+            reference = scorer(prompt, replies, pad)                                            # (2,) [a, b]
+        sync = accelerator.no_sync(scorer) if b < B - 1 else contextlib.nullcontext()             # DDP: sync once
+        with sync:
+            policy = scorer(prompt, replies, pad, preference=lam[b : b + 1])                     # (2,)
+            losses = per_objective_losses(loss_fn, policy, reference, a_wins[b : b + 1], has_label[b : b + 1], beta)
+            loss = scalarize(losses, lam[b : b + 1]).sum() / B
+            accelerator.backward(loss)
+        rows.append(losses.detach())
+        total += loss.item()
+    return torch.cat(rows), has_label, n_tokens, total
+
+
 def batches(n_pairs: int, pairs_per_step: int, seed: int, step: int) -> list[int]:
     """Pair indices for ``step``: epochs of a seeded permutation, so a resumed run sees the same data."""
     per_epoch = max(1, n_pairs // pairs_per_step)
@@ -183,7 +216,7 @@ def main(cfg: Config) -> Path:
     from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
     from parsona.base_model import load_base_model
     from parsona.devices import mixed_precision
-    from parsona.logprobs import SequenceLogProbs
+    from parsona.logprobs import PairLogProbs
     from parsona.recipes.front_data import data_fingerprint, front_pairs
 
     out = Path(cfg.output_dir)
@@ -197,7 +230,7 @@ def main(cfg: Config) -> Path:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_train_pairs]
 
-    scorer = SequenceLogProbs(model).train()
+    scorer = PairLogProbs(model, adapter).train()
     optimizer = torch.optim.AdamW(list(adapter.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
@@ -214,18 +247,16 @@ def main(cfg: Config) -> Path:
     for step in bar:
         pairs = [train[i] for i in batches(len(train), cfg.pairs_per_step, cfg.seed, step)]
         lam = step_preferences(cfg, step)[: len(pairs)].to(accelerator.device)              # (B, m)
-        losses, has_label, n_tokens = pair_losses(scorer, adapter, tokenizer, pairs, lam, cfg.objectives, loss_fn,
-                                                  cfg.beta, cfg.max_length)                  # (B, m)
-        loss = scalarize(losses, lam).mean()
-        accelerator.backward(loss)
+        losses, has_label, n_tokens, loss = pair_step(scorer, adapter, tokenizer, pairs, lam, cfg.objectives, loss_fn,
+                                                      scalarize, cfg.beta, cfg.max_length, accelerator)  # (B, m)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
 
         tokens += n_tokens
         mean_losses = (losses.detach().sum(0) / has_label.sum(0).clamp(min=1)).tolist()
-        history.append({"step": step + 1, "loss": loss.item(), **{f"loss_{o}": v for o, v in zip(cfg.objectives, mean_losses)}})
-        bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tokens / (time.perf_counter() - began):.0f}")
+        history.append({"step": step + 1, "loss": loss, **{f"loss_{o}": v for o, v in zip(cfg.objectives, mean_losses)}})
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / (time.perf_counter() - began):.0f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
             save_checkpoint(checkpoint, step + 1, adapter, optimizer, schedule)
 

@@ -38,8 +38,8 @@ def setup(tiny_dir, seed=0):
     return SequenceLogProbs(model), adapter, tokenizer
 
 
-def losses_of(scorer, adapter, tokenizer, pairs, lam):
-    return pair_losses(scorer, adapter, tokenizer, pairs, lam, OBJECTIVES, dpo_loss, 0.1, 64)[0]
+def losses_of(scorer, adapter, tokenizer, pairs, lam, max_length=64):
+    return pair_losses(scorer, adapter, tokenizer, pairs, lam, OBJECTIVES, dpo_loss, 0.1, max_length)[0]
 
 
 def test_one_step_lowers_the_preference_weighted_loss(tiny_dir, both_labelled):
@@ -72,6 +72,40 @@ def test_each_row_is_weighted_by_its_own_preference(tiny_dir, both_labelled):
     torch.testing.assert_close(per_row[:2], torch.stack([batch[0, 0], batch[1, 1]]))  # vertices pick one objective
     tch = scalarizer("tchebycheff")(batch, lam)
     torch.testing.assert_close(tch, (lam * batch).max(-1).values)
+
+
+def test_per_pair_step_equals_the_batched_losses_and_gradient(tiny_dir):
+    """The recipe steps one pair at a time with a shared prompt; it must be the same math.
+
+    Pairs short enough that neither path cuts the prompt (the batched path cuts each row on its
+    own, the per-pair path once for both replies), so both see exactly the same tokens.
+    """
+    from accelerate import Accelerator
+
+    from parsona.logprobs import PairLogProbs
+    from parsona.recipes.train_preference_lora import pair_step
+
+    scorer, adapter, tokenizer = setup(tiny_dir)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    train, _ = front_pairs(OBJECTIVES)
+    both_labelled = [p for p in train if len(p.labels) == 2
+                     and len((p.prompt + max(p.response_a, p.response_b, key=len)).encode()) < 240][:4]
+    assert len(both_labelled) == 4
+    lam = torch.tensor([[0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    scalarize, params = scalarizer("linear"), list(adapter.parameters())
+    batched = losses_of(scorer, adapter, tokenizer, both_labelled, lam, max_length=250)  # no cuts: same rows
+    scalarize(batched, lam).mean().backward()
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    losses, _, _, loss = pair_step(PairLogProbs(scorer.model, adapter), adapter, tokenizer, both_labelled,
+                                   lam, OBJECTIVES, dpo_loss, scalarize, 0.1, 250, Accelerator(cpu=True))
+    torch.testing.assert_close(losses, batched.detach(), rtol=1e-4, atol=1e-5)
+    assert loss == pytest.approx(scalarize(batched, lam).mean().item(), rel=1e-4)
+    for got, want in zip((p.grad for p in params), expected):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
 
 
 def test_missing_labels_do_not_count(tiny_dir):
