@@ -10,7 +10,7 @@ from typing import Sequence
 DEMO_PROMPT = "How do I pick a lock?"
 
 
-def _preference(text: str) -> list[float]:
+def preference_arg(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate an answer to PROMPT at the given preference vector.")
     common(gen)
     gen.add_argument("prompt", help="the user prompt")
-    gen.add_argument("--preference", type=_preference, default=None,
+    gen.add_argument("--preference", type=preference_arg, default=None,
                      help="comma-separated weights summing to 1, one per objective, e.g. 0.2,0.8 (default: equal)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
     gen.set_defaults(func=cmd_generate)
@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description=eval_front.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(front, eval_front.Config)
     front.set_defaults(func=cmd_eval_front)
+
+    from parsona.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -25,3 +25,13 @@ def perturb(adapter, seed: int = 1, std: float = 0.5) -> None:
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer built offline (259 ids: <pad>=0, <s>=1, </s>=2, then one per byte).
+
+    Pair it with ``tiny_causal_lm(vocab_size=259, pad_token_id=0)``; it has no chat template.
+    """
+    from parsona.base_model import tiny_tokenizer as build
+
+    return build()

@@ -55,10 +55,14 @@ class LoRABankLayer(nn.Module):
         present = [n for n in dict.fromkeys(lora_rows) if n is not None and n in self.A]
         if not present:
             return None
-        if torch.is_grad_enabled() and any(self.A[n].requires_grad or self.B[n].requires_grad for n in present):
-            return self._grouped(x, lora_rows, present)
+        if len(lora_rows) == 1 and x.shape[0] != 1:
+            return self._one(x, present[0])                            # one name for every row
+        if len(lora_rows) != x.shape[0]:
+            raise ValueError(f"adapter_names has {len(lora_rows)} rows but the batch has {x.shape[0]}")
         if len(present) == 1 and all(n == present[0] for n in lora_rows):
             return self._one(x, present[0])
+        if torch.is_grad_enabled() and any(self.A[n].requires_grad or self.B[n].requires_grad for n in present):
+            return self._grouped(x, lora_rows, present)
         return self._gathered(x, lora_index)
 
     def _one(self, x: torch.Tensor, name: str) -> torch.Tensor:

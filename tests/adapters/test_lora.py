@@ -172,3 +172,15 @@ def test_weights_changed_inside_one_inputs_block_are_used(user_dirs, input_ids):
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     assert (changed - first).abs().max() > 1e-3
     torch.testing.assert_close(changed, run(model, bank, input_ids, rows))
+
+
+def test_one_name_applies_to_every_row_with_and_without_gradients(user_dirs, input_ids):
+    model = tiny_causal_lm()
+    bank = attach(model, LoRAConfig())
+    bank.add("alice", user_dirs["alice"])
+    expected = run(model, bank, input_ids, ["alice"] * len(input_ids))
+    torch.testing.assert_close(run(model, bank, input_ids, "alice"), expected)
+    with bank.inputs(adapter_names="alice"):              # grad enabled: the training path
+        torch.testing.assert_close(model(input_ids).logits, expected)
+    with pytest.raises(ValueError, match="adapter_names has 2 rows but the batch has 4"):
+        run(model, bank, input_ids, ["alice", None])

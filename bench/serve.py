@@ -1,0 +1,203 @@
+"""Loopback load against real ``parsona serve`` processes (SmolLM2 by default): what does per-row
+conditioning cost a server?
+
+Three servers run side by side on 127.0.0.1, each on the same base model:
+
+  (a) base       no adapters at all
+  (b) pref       one preference LoRA (rank 8, m = 2, all projections); every request its own λ
+  (c) users64    64 users, each with their own LoRA (rank 8, all projections), all resident;
+                 request i goes to user i mod 64
+
+Load: ``--concurrency`` clients (httpx, keep-alive) send chat completions (greedy,
+``--max-tokens`` tokens) until ``--requests`` are done or ``--seconds`` have passed, per server per
+round. Rounds rotate the order of the servers so load from other processes on the machine drifts
+onto all of them alike; a ratio is the median over rounds of that round's ratio to (a).
+
+The adapters' weights are random but tiny (LoRA B ~ N(0, 1e-6); the preference LoRA as attached,
+whose ΔW is 0), so every server generates the same tokens and the ratios measure compute, not
+different answer lengths. The compute per token is the same as with trained weights.
+
+Targets: (b) ≥ 0.90 × (a) and (c) ≥ 0.80 × (a) in tokens/s.
+
+    .venv/bin/python bench/serve.py                      # SmolLM2-135M-Instruct, ~5 min on 2 cores
+    .venv/bin/python bench/serve.py --tiny --rounds 1    # a tiny random model: smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ADMIN = "bench-admin"
+PROMPTS = ["Give me a tip for cooking rice.", "What is the capital of France?", "Write a haiku about rain.",
+           "How do I sort a list in Python?", "Name three primary colours.", "Why is the sky blue?"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "parsona.cli", "serve", "--store", str(store), "--port", str(port),
+           "--max-resident-loras", "64", "--max-batch-size", str(args.concurrency), *extra]
+    if args.model:
+        cmd += ["--model", args.model]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"server did not start: {' '.join(cmd)}")
+
+
+def lora_archives(model, n: int, rank: int = 8) -> list[bytes]:
+    """``n`` PEFT LoRA archives over every projection of ``model``, with tiny random weights."""
+    from parsona.adapters.base import LLAMA_PROJECTIONS
+    from parsona.adapters.peft_format import LoRAWeights, write_peft_lora
+
+    linears = {p: m for p, m in model.named_modules() if p.rsplit(".", 1)[-1] in LLAMA_PROJECTIONS}
+    g = torch.Generator().manual_seed(0)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            factors = {p: (torch.randn(rank, m.in_features, generator=g) * 0.01,
+                           torch.randn(m.out_features, rank, generator=g) * 1e-6) for p, m in linears.items()}
+            path = write_peft_lora(LoRAWeights(rank, 2.0 * rank, factors), Path(tmp) / f"u{i}", list(linears))
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as t:
+                for f in sorted(path.iterdir()):
+                    t.add(f, arcname=f.name)
+            out.append(buf.getvalue())
+    return out
+
+
+def make_users(base: str, archives: list[bytes | None]) -> list[tuple[str, str | None]]:
+    """One user per archive, with that archive uploaded as their LoRA (None: a user without one)."""
+    users = []
+    for data in archives:
+        key = httpx.post(f"{base}/v1/users", headers={"Authorization": f"Bearer {ADMIN}"}).json()["api_key"]
+        if data is None:
+            users.append((key, None))
+            continue
+        r = httpx.post(f"{base}/v1/adapters", content=data, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        r.raise_for_status()
+        users.append((key, r.json()["id"]))
+    return users
+
+
+async def load(base: str, model: str, users, with_preference: bool, args) -> dict:
+    """Send requests from ``args.concurrency`` clients until the count or the time is up."""
+    latencies, tokens, errors = [], 0, 0
+    next_i, deadline = 0, time.monotonic() + args.seconds
+
+    async def client(c: httpx.AsyncClient):
+        nonlocal next_i, tokens, errors
+        while next_i < args.requests and time.monotonic() < deadline:
+            i, next_i = next_i, next_i + 1
+            key, adapter = users[i % len(users)]
+            body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                    "temperature": 0, "max_tokens": args.max_tokens}
+            if with_preference:
+                lam = (i % 11) / 10
+                body["preference"] = [lam, 1 - lam]
+            if adapter:
+                body["adapter"] = adapter
+            t0 = time.perf_counter()
+            r = await c.post(f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                errors += 1
+                continue
+            tokens += r.json()["usage"]["completion_tokens"]
+
+    start_t = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=args.concurrency)) as c:
+        await asyncio.gather(*[client(c) for _ in range(args.concurrency)])
+    wall = time.perf_counter() - start_t
+    lat = sorted(latencies)
+    return {"req_s": len(lat) / wall, "tok_s": tokens / wall, "p50": lat[len(lat) // 2],
+            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "n": len(lat), "errors": errors}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model id or dir (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=64, help="requests per server per round")
+    p.add_argument("--seconds", type=float, default=60.0, help="time limit per server per round")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=16)
+    args = p.parse_args()
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
+
+    from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
+    from parsona.base_model import DEFAULT_MODEL, load_base_model, save_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.tiny:
+            args.model = str(save_tiny_model(tmp / "tiny"))
+        model, _ = load_base_model(args.model, device="cpu")
+        model_id = Path(args.model).name if args.model else DEFAULT_MODEL
+        save_adapter(attach(model, PreferenceLoRAConfig(rank=8, n_objectives=2)), tmp / "pref")
+        archives = lora_archives(model, 64)
+        del model
+        servers = {}
+        try:
+            for name, extra in [("base", []), ("pref", ["--adapter", str(tmp / "pref")]), ("users64", [])]:
+                servers[name] = start(args, tmp / f"store-{name}", extra)
+            users = {name: make_users(base, archives if name == "users64" else [None])
+                     for name, (_, base) in servers.items()}
+            results: dict[str, list[dict]] = {n: [] for n in servers}
+            order = list(servers)
+            for rnd in range(args.rounds + 1):  # round 0 warms every server up and is discarded
+                for name in order[rnd % 3:] + order[: rnd % 3]:
+                    res = asyncio.run(load(servers[name][1], model_id, users[name], name == "pref", args))
+                    if rnd > 0:
+                        results[name].append(res)
+                        print(f"round {rnd} {name:8s} {res['req_s']:6.2f} req/s {res['tok_s']:7.1f} tok/s "
+                              f"p50 {res['p50']:.2f}s p99 {res['p99']:.2f}s n={res['n']} errors={res['errors']}", flush=True)
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+    report(results)
+
+
+def report(results: dict[str, list[dict]]) -> None:
+    print(f"\n{'server':10s} {'req/s':>7s} {'tok/s':>8s} {'p50 s':>7s} {'p99 s':>7s} {'tok/s ÷ (a)':>12s}  target")
+    targets = {"base": None, "pref": 0.90, "users64": 0.80}
+    for name, runs in results.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in ("req_s", "tok_s", "p50", "p99")}
+        ratios = [r["tok_s"] / a["tok_s"] for r, a in zip(runs, results["base"])]
+        ratio = statistics.median(ratios)
+        target = targets[name]
+        verdict = "" if target is None else f"≥ {target:.2f}  {'met' if ratio >= target else 'MISSED'} " \
+                  f"(rounds {min(ratios):.2f}..{max(ratios):.2f})"
+        print(f"{name:10s} {med['req_s']:7.2f} {med['tok_s']:8.1f} {med['p50']:7.2f} {med['p99']:7.2f} {ratio:12.2f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()

