@@ -94,8 +94,8 @@ class Adapter:
         for path, linear in find_linears(model, config.target_modules, field="target_modules"):
             layer = self._make_layer(path, linear).to(device=linear.weight.device)
             linear.add_module(self.adapter_type, layer)
-            self._handles.append(linear.register_forward_hook(self._hook(layer)))
             self.layers[path] = layer
+        self._install_hooks()
 
     # -- runtime inputs ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -119,6 +119,15 @@ class Adapter:
             yield self
         finally:
             self._disabled = previous
+
+    def _install_hooks(self) -> None:
+        for path, layer in self.layers.items():
+            self._handles.append(self.model.get_submodule(path).register_forward_hook(self._hook(layer)))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _hook(self, layer: nn.Module):
         def add_delta(linear: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -144,6 +153,7 @@ class Adapter:
             linear = self.model.get_submodule(path)
             linear.weight += self._delta_weight(layer, **single).to(linear.weight.dtype)
         self._merged = single
+        self._remove_hooks()  # a merged model runs exactly the base model's code: no hook calls at all
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -154,6 +164,7 @@ class Adapter:
             linear = self.model.get_submodule(path)
             linear.weight -= self._delta_weight(layer, **self._merged).to(linear.weight.dtype)
         self._merged = None
+        self._install_hooks()
 
     @property
     def device(self) -> torch.device:
@@ -195,11 +206,10 @@ class Adapter:
     def detach(self) -> nn.Module:
         """Remove every hook and delta module: the model is the base model again."""
         self.unmerge()
-        for handle in self._handles:
-            handle.remove()
+        self._remove_hooks()
         for path in self.layers:
             delattr(self.model.get_submodule(path), self.adapter_type)
-        self._handles, self.layers = [], {}
+        self.layers = {}
         return self.model
 
     # -- files ------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def test_merge_equals_unmerged(name, tiny_model, input_ids):
     unmerged = run(tiny_model, adapter, input_ids, rows)
     weights = {k: v.clone() for k, v in tiny_model.state_dict().items() if f".{name}." not in k}
     adapter.merge(**single)
+    assert not any(m._forward_hooks for m in tiny_model.modules())  # merged runs the bare model's code
     with torch.no_grad():
         merged = tiny_model(input_ids).logits
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
