@@ -34,7 +34,6 @@ ratios; ``--all-logits`` computes them for every position instead.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import gc
@@ -346,22 +345,13 @@ def main(cfg: Config) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(
-        prog="bench/adapter_overhead.py",
-        description=__doc__.split("\n\n")[0] + " Prints a table per shape, the ratios with PASS/FAIL per "
-                    "target, and the command that reproduces the run.",
-        epilog="Variants: bare, pref_single, pref_mixed, peft_r{k+m}, pref_merged, bank_one, bank_users, "
-               "peft_users (see the module docstring). Exit status 1 when a target fails.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
-    return Config(**vars(parser.parse_args(argv)))
+    from bench_cli import parse_config
+
+    return parse_config(Config, "bench/adapter_overhead.py",
+                        __doc__.split("\n\n")[0] + " Prints a table per shape, the ratios with PASS/FAIL per "
+                        "target, and the command that reproduces the run.",
+                        "Variants: bare, pref_single, pref_mixed, peft_r{k+m}, pref_merged, bank_one, bank_users, "
+                        "peft_users (see the module docstring). Exit status 1 when a target fails.", argv)
 
 
 if __name__ == "__main__":

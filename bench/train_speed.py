@@ -463,21 +463,12 @@ def main(cfg: Config) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(
-        prog="bench/train_speed.py",
-        description=__doc__.split("\n\n")[0] + " Prints a table, PASS/FAIL per target and the command that "
-                    "reproduces the run. Exit status 1 when a target fails.",
-        epilog="Each contender runs in its own subprocess; its per-step progress goes to stderr.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
-    return Config(**vars(parser.parse_args(argv)))
+    from bench_cli import parse_config
+
+    return parse_config(Config, "bench/train_speed.py",
+                        __doc__.split("\n\n")[0] + " Prints a table, PASS/FAIL per target and the command that "
+                        "reproduces the run. Exit status 1 when a target fails.",
+                        "Each contender runs in its own subprocess; its per-step progress goes to stderr.", argv)
 
 
 if __name__ == "__main__":
