@@ -102,7 +102,7 @@ class Config:
             raise SystemExit("nothing to measure: pass --prefill-tokens > 0 or --decode")
 
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # noqa: E402  (after the sys.path line)
 
 
 # -- setup --------------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@ optimizer step, tokens/s and peak RSS, side by side in one run.
 
 Contenders, each in its own subprocess (so that peak RSS is per contender and nothing is shared):
 
-  parsona   the recipe's own step (parsona.recipes.train_preference_lora): pair_losses (one forward
-            of chosen and rejected rows with λ per row serves all m objectives; the reference pass
-            is the same model with the adapter off, without grad) + scalarizer + backward + AdamW
-            on the preference-LoRA parameters, under the recipe's Accelerator. Rank k, m objectives.
+  parsona   the recipe's own step (parsona.recipes.train_preference_lora.pair_step): pair by pair,
+            the prompt runs once for both replies (PairLogProbs), one forward serves all m objectives,
+            the reference pass is the same model with the adapter off, without grad; backward per
+            pair; then AdamW on the preference-LoRA parameters, under the recipe's Accelerator.
   trl       trl.DPOTrainer (what a user would otherwise pick) with a PEFT LoraConfig of rank k on
             all 7 projections (lora_alpha = alpha, dropout 0), reference = the same model with the
             adapter off (TRL's default for PEFT), fp32, CPU, no eval, no saving, logging off, TRL's
@@ -56,7 +56,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing: `python
 
 CONTENDERS = ("parsona", "trl")
 OBJECTIVES = ("helpful", "harmless", "brevity")
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # noqa: E402  (after the sys.path line)
 
 
 @dataclass
@@ -214,7 +214,7 @@ def run_parsona(cfg: Config, tmp: Path) -> dict:
     from parsona.adapters import PreferenceLoRAConfig, attach
     from parsona.base_model import load_base_model
     from parsona.devices import mixed_precision
-    from parsona.logprobs import SequenceLogProbs
+    from parsona.logprobs import PairLogProbs
     from parsona.recipes import train_preference_lora as recipe
 
     rcfg = recipe.Config(model=model_source(cfg, tmp), output_dir=str(tmp / "run"), objectives=cfg.objectives,
@@ -228,7 +228,7 @@ def run_parsona(cfg: Config, tmp: Path) -> dict:
     model.requires_grad_(False)
     adapter = attach(model, PreferenceLoRAConfig(rank=rcfg.rank, n_objectives=rcfg.n_objectives, alpha=rcfg.alpha))
     train = bench_pairs(cfg, tokenizer)
-    scorer = SequenceLogProbs(model).train()
+    scorer = PairLogProbs(model, adapter).train()
     optimizer = torch.optim.AdamW(list(adapter.parameters()), lr=rcfg.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, rcfg.warmup_steps)))
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
@@ -240,14 +240,12 @@ def run_parsona(cfg: Config, tmp: Path) -> dict:
         # The body of recipe.main()'s loop, with pairs taken in order instead of the seeded permutation.
         pairs = train[i * B : (i + 1) * B]
         lam = recipe.step_preferences(rcfg, i)[: len(pairs)].to(accelerator.device)           # (B, m)
-        losses, has_label, n_tokens = recipe.pair_losses(scorer, adapter, tokenizer, pairs, lam, rcfg.objectives,
-                                                         loss_fn, rcfg.beta, rcfg.max_length)  # (B, m)
-        loss = scalarize(losses, lam).mean()
-        accelerator.backward(loss)
+        _, _, n_tokens, loss = recipe.pair_step(scorer, adapter, tokenizer, pairs, lam, rcfg.objectives, loss_fn,
+                                                scalarize, rcfg.beta, rcfg.max_length, accelerator)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        return n_tokens, loss.item()
+        return n_tokens, loss
 
     clock = StepClock()
     clock.start()

@@ -96,23 +96,27 @@ def cmd_train_baselines(args) -> int:
 
 def add_train_parsers(sub) -> None:
     from parsona.recipes import baselines, train_preference_lora
-    from parsona.recipes.config_cli import add_config_arguments
 
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
     recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
-    pref = recipes.add_parser("preference-lora", help="Panacea + DPO: one adapter for the whole trade-off front",
-                              description=train_preference_lora.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(pref, train_preference_lora.Config)
-    pref.set_defaults(func=cmd_train_preference_lora)
-    base = recipes.add_parser("baselines", help="Rewarded Soups / DPS-grid baselines for the front",
-                              description=baselines.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(base, baselines.Config)
-    base.set_defaults(func=cmd_train_baselines)
+    add_recipe_parser(recipes, "preference-lora", "Panacea + DPO: one adapter for the whole trade-off front",
+                      train_preference_lora, cmd_train_preference_lora)
+    add_recipe_parser(recipes, "baselines", "Rewarded Soups / DPS-grid baselines for the front", baselines,
+                      cmd_train_baselines)
+
+
+def add_recipe_parser(sub, name: str, help_text: str, module, func) -> None:
+    """A subcommand whose flags are ``module.Config``'s fields and whose description is its docstring."""
+    from parsona.recipes.config_cli import add_config_arguments
+
+    parser = sub.add_parser(name, help=help_text, description=module.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, module.Config)
+    parser.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from parsona.recipes import eval_front
-    from parsona.recipes.config_cli import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="parsona", description="Adapt one language model to many users and objectives.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -148,10 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     evaluate = sub.add_parser("eval", help="evaluate adapters", description="Evaluate adapters.")
     what = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
-    front = what.add_parser("front", help="score a preference LoRA over a λ grid; write front.csv/json/png",
-                            description=eval_front.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(front, eval_front.Config)
-    front.set_defaults(func=cmd_eval_front)
+    add_recipe_parser(what, "front", "score a preference LoRA over a λ grid; write front.csv/json/png", eval_front,
+                      cmd_eval_front)
 
     from parsona.serve.cli import add_parser as add_serve_parser
 
