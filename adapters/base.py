@@ -2,8 +2,9 @@
 
 An adapter never replaces a module of the base model. It adds one child module (named after its
 type, e.g. ``q_proj.preference_lora``) to every adapted ``nn.Linear`` and one forward hook that
-adds the child's output to the Linear's. So the base model's parameter names never change, and
-when several types adapt the same Linear their per-row deltas simply add up:
+passes the child the Linear's input and output; the child returns output + its delta (the add
+fused into its last GEMM). So the base model's parameter names never change, and when several
+types adapt the same Linear their per-row deltas simply add up:
 
     h = W0 x + Σ_types Δ_type(x, row)
 
@@ -74,7 +75,8 @@ class Adapter:
     """One attached adapter of one type. Subclasses supply the per-Linear layer and the math.
 
     Subclass hooks:
-      ``_make_layer(name, linear) -> nn.Module``   the delta module for one adapted Linear
+      ``_make_layer(name, linear) -> nn.Module``   one adapted Linear's module: ``layer(x, out, **inputs)``
+                                                   returns ``out + Δ(x)`` per row
       ``_prepare_inputs(**values) -> dict``        validate runtime inputs (B is the first dim)
       ``_delta_weight(layer, **single) -> Tensor``  ΔW (d_out, d_in) for ``merge``
       ``example_inputs(batch_size, generator)``    valid per-row inputs (tests, ONNX export)
@@ -138,8 +140,7 @@ class Adapter:
                     f"{self.adapter_type} adapter needs runtime inputs: call the model inside "
                     f"`with adapter.inputs({', '.join(f'{n}=...' for n in self.runtime_inputs)}):`"
                 )
-            delta = layer(args[0], **self._inputs)
-            return output if delta is None else output + delta
+            return layer(args[0], output, **self._inputs)
 
         return add_delta
 
@@ -236,6 +237,24 @@ class Adapter:
         adapter = attach(model, config)
         adapter.load_state_dict(load_file(str(weights)), source=str(weights))
         return adapter
+
+
+def plain_inference() -> bool:
+    """No autograd recording and no tracing. Only then may a layer reuse per-batch values across
+    forwards (one ``inputs()`` block's decode steps) and write into the Linear's output in place:
+    gradients must reach the parameters, and a traced graph (ONNX export) must keep the runtime
+    inputs as graph inputs rather than constants."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def add_product(out: torch.Tensor, z: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``out + alpha · z @ weight_t`` over the last dim: the LoRA up-projection and the add to the
+    Linear's output in one GEMM (in place at plain inference). out (..., d_out), z (..., r), weight_t (r, d_out)."""
+    z2 = z.reshape(-1, z.shape[-1])
+    if plain_inference() and out.is_contiguous():
+        out.view(-1, out.shape[-1]).addmm_(z2, weight_t, alpha=alpha)
+        return out
+    return torch.addmm(out.reshape(-1, out.shape[-1]), z2, weight_t, alpha=alpha).view(out.shape)
 
 
 def find_linears(model: nn.Module, targets: tuple[str, ...] | list[str], field: str) -> list[tuple[str, nn.Linear]]:

@@ -13,6 +13,13 @@ Load: ``--concurrency`` clients (httpx, keep-alive) send chat completions (greed
 round. Rounds rotate the order of the servers so load from other processes on the machine drifts
 onto all of them alike; a ratio is the median over rounds of that round's ratio to (a).
 
+Batches: the servers run with ``--batch-wait-ms`` (default 250) and a batch size equal to the
+concurrency, so every batch waits until all clients have sent their next request. With the
+server's 10 ms default, how many of the 16 requests made it into a batch depended on how fast
+16 responses were parsed and re-sent on these 2 cores; whole rounds ran at half batch size and the
+per-round ratios spread over 0.57..1.17, which measured luck, not adapters. The mean batch size
+each server saw (from its ``/metrics``) is printed beside its numbers.
+
 The adapters' weights are random but tiny (LoRA B ~ N(0, 1e-6); the preference LoRA as attached,
 whose ΔW is 0), so every server generates the same tokens and the ratios measure compute, not
 different answer lengths. The compute per token is the same as with trained weights.
@@ -55,7 +62,8 @@ def free_port() -> int:
 def start(args, store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "parsona.cli", "serve", "--store", str(store), "--port", str(port),
-           "--max-resident-loras", "64", "--max-batch-size", str(args.concurrency), *extra]
+           "--max-resident-loras", "64", "--max-batch-size", str(args.concurrency),
+           "--batch-wait-ms", str(args.batch_wait_ms), *extra]
     if args.model:
         cmd += ["--model", args.model]
     proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL,
@@ -106,6 +114,13 @@ def make_users(base: str, archives: list[bytes | None]) -> list[tuple[str, str |
     return users
 
 
+def batch_stats(base: str) -> tuple[float, float]:
+    """(rows decoded, batches) so far, from the server's Prometheus metrics."""
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("parsona_batch_size_"))
+    return float(values["parsona_batch_size_sum"]), float(values["parsona_batch_size_count"])
+
+
 async def load(base: str, model: str, users, with_preference: bool, args) -> dict:
     """Send requests from ``args.concurrency`` clients until the count or the time is up."""
     latencies, tokens, errors = [], 0, 0
@@ -145,10 +160,12 @@ def main() -> None:
     p.add_argument("--model", default=None, help="model id or dir (default: SmolLM2-135M-Instruct)")
     p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests", type=int, default=64, help="requests per server per round")
+    p.add_argument("--requests", type=int, default=96, help="requests per server per round")
     p.add_argument("--seconds", type=float, default=60.0, help="time limit per server per round")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=250.0,
+                   help="the servers' --batch-wait-ms: long enough that every batch fills (default: 250)")
     args = p.parse_args()
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
 
@@ -174,11 +191,15 @@ def main() -> None:
             order = list(servers)
             for rnd in range(args.rounds + 1):  # round 0 warms every server up and is discarded
                 for name in order[rnd % 3:] + order[: rnd % 3]:
+                    before = batch_stats(servers[name][1])
                     res = asyncio.run(load(servers[name][1], model_id, users[name], name == "pref", args))
+                    after = batch_stats(servers[name][1])
+                    res["batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
                     if rnd > 0:
                         results[name].append(res)
                         print(f"round {rnd} {name:8s} {res['req_s']:6.2f} req/s {res['tok_s']:7.1f} tok/s "
-                              f"p50 {res['p50']:.2f}s p99 {res['p99']:.2f}s n={res['n']} errors={res['errors']}", flush=True)
+                              f"p50 {res['p50']:.2f}s p99 {res['p99']:.2f}s n={res['n']} errors={res['errors']} "
+                              f"mean batch {res['batch']:.1f}", flush=True)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
@@ -187,16 +208,17 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict]]) -> None:
-    print(f"\n{'server':10s} {'req/s':>7s} {'tok/s':>8s} {'p50 s':>7s} {'p99 s':>7s} {'tok/s ÷ (a)':>12s}  target")
+    print(f"\n{'server':10s} {'req/s':>7s} {'tok/s':>8s} {'p50 s':>7s} {'p99 s':>7s} {'batch':>6s} {'tok/s ÷ (a)':>12s}  target")
     targets = {"base": None, "pref": 0.90, "users64": 0.80}
     for name, runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in ("req_s", "tok_s", "p50", "p99")}
+        med = {k: statistics.median(r[k] for r in runs) for k in ("req_s", "tok_s", "p50", "p99", "batch")}
         ratios = [r["tok_s"] / a["tok_s"] for r, a in zip(runs, results["base"])]
         ratio = statistics.median(ratios)
         target = targets[name]
         verdict = "" if target is None else f"≥ {target:.2f}  {'met' if ratio >= target else 'MISSED'} " \
                   f"(rounds {min(ratios):.2f}..{max(ratios):.2f})"
-        print(f"{name:10s} {med['req_s']:7.2f} {med['tok_s']:8.1f} {med['p50']:7.2f} {med['p99']:7.2f} {ratio:12.2f}  {verdict}")
+        print(f"{name:10s} {med['req_s']:7.2f} {med['tok_s']:8.1f} {med['p50']:7.2f} {med['p99']:7.2f} {med['batch']:6.1f} "
+              f"{ratio:12.2f}  {verdict}")
 
 
 if __name__ == "__main__":

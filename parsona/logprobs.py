@@ -3,8 +3,9 @@
 A DPO step needs log π(y | x) summed over the response tokens of 4 sequences per pair. Computing
 full-vocabulary logits for every position and keeping ``log_softmax`` alive for the backward pass
 costs B × T × V floats per tensor (8 × 256 × 49,152 fp32 ≈ 400 MB, several times over). Here
-logits are computed only at response positions, in chunks, each under activation checkpointing,
-so at most one chunk of logits exists at a time, in the forward and in the backward pass.
+logits are computed only at response positions, in chunks, by :class:`TokenLogProbs`, whose
+backward needs one (N, V) softmax per chunk (kept, or recomputed as checkpointing would) and no
+other copy of the logits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -51,10 +52,54 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_leng
     return Batch(ids, attention, response)
 
 
-def _token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.T).float()                                   # (N, V)
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)          # (N,)
-    return picked - torch.logsumexp(logits, dim=-1)                        # (N,)
+class TokenLogProbs(torch.autograd.Function):
+    """``log softmax(h Wᵀ)[target]`` per row, (N, d) -> (N,), without autograd's copies of the logits.
+
+    ∂(z_t − logsumexp z)/∂z = onehot(t) − softmax(z), so the backward needs only softmax(z). With
+    ``keep_softmax`` it is kept from the forward, in the logits' own buffer (one (N, V) tensor, one
+    matmul less in the backward); without, only h is kept and the backward recomputes z = h Wᵀ
+    (activation checkpointing's cost, for when many chunks are alive before the backward).
+
+        TokenLogProbs.apply(hidden (N, d), weight (V, d), targets (N,), keep_softmax) -> (N,)
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, keep_softmax: bool):
+        logits = (hidden @ weight.to(hidden.dtype).T).to(_at_least_fp32(hidden.dtype))  # (N, V), bf16 -> fp32
+        lse = torch.logsumexp(logits, dim=-1)                               # (N,)
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)       # (N,)
+        saved = logits.sub_(lse.unsqueeze(-1)).exp_() if keep_softmax else lse  # softmax (N, V) or lse (N,)
+        ctx.save_for_backward(hidden, weight, targets, saved)
+        ctx.keep_softmax = keep_softmax
+        return picked - lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):                                                # grad (N,)
+        hidden, weight, targets, saved = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        probs = saved if ctx.keep_softmax else ((hidden @ w.T).to(saved.dtype) - saved.unsqueeze(-1)).exp()  # (N, V)
+        g = probs * -grad.unsqueeze(-1)                                     # grad · (onehot − softmax)
+        g.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))
+        g = g.to(hidden.dtype)
+        grad_hidden = g @ w if ctx.needs_input_grad[0] else None            # (N, d)
+        grad_weight = (g.T @ hidden).to(weight.dtype) if ctx.needs_input_grad[1] else None  # (V, d)
+        return grad_hidden, grad_weight, None, None
+
+
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                   keep_softmax: bool) -> torch.Tensor:
+    """:class:`TokenLogProbs` over chunks of ``chunk`` rows: at most one chunk's logits exist at a time
+    in the forward (and, with ``keep_softmax``, every chunk's softmax until the backward)."""
+    if len(targets) == 0:
+        return hidden.new_zeros(0, dtype=_at_least_fp32(hidden.dtype))
+    keep_softmax = keep_softmax and torch.is_grad_enabled()  # no backward coming: nothing to keep
+    return torch.cat([TokenLogProbs.apply(hidden[i : i + chunk], weight, targets[i : i + chunk], keep_softmax)
+                      for i in range(0, len(targets), chunk)])
 
 
 class SequenceLogProbs(nn.Module):
@@ -76,13 +121,7 @@ class SequenceLogProbs(nn.Module):
         rows, cols = mask.nonzero(as_tuple=True)                           # (N,), (N,)
         h = hidden[:, :-1][rows, cols]                                     # (N, d)
         targets = input_ids[:, 1:][rows, cols]                             # (N,)
-        pieces = [
-            checkpoint(_token_logprobs, h[i : i + self.chunk_tokens], head.weight, targets[i : i + self.chunk_tokens],
-                       use_reentrant=False) if torch.is_grad_enabled() else
-            _token_logprobs(h[i : i + self.chunk_tokens], head.weight, targets[i : i + self.chunk_tokens])
-            for i in range(0, len(targets), self.chunk_tokens)
-        ]
-        token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+        token_logps = token_logprobs(h, head.weight, targets, self.chunk_tokens, keep_softmax=False)  # (N,)
         sums = torch.zeros(input_ids.shape[0], device=hidden.device, dtype=torch.float32).index_add(0, rows, token_logps)
         return sums, mask.sum(-1)
 
@@ -104,7 +143,7 @@ class PairLogProbs(nn.Module):
     share it), so prompt tokens cost one forward instead of one per reply, and nothing is padded but
     the shorter reply. ``preference`` (1, m), if given, is the adapter's λ for every row of both calls
     (the reference pass: call it inside ``adapter.disabled()`` without ``preference``). Logits exist
-    only at reply positions, in checkpointed chunks, as in :class:`SequenceLogProbs`.
+    only at reply positions; the pair's softmax is kept for its backward (one matmul less).
     """
 
     def __init__(self, model: nn.Module, adapter=None, chunk_tokens: int = 512):
@@ -134,11 +173,9 @@ class PairLogProbs(nn.Module):
         h = torch.cat([piece for i, r in enumerate(replies) for piece in (last, hidden[i, : len(r) - 1])])  # (N, d)
         targets = torch.tensor([t for r in replies for t in r], device=device)                            # (N,)
         rows = torch.tensor([i for i, r in enumerate(replies) for _ in r], device=device)                 # (N,)
-        c = self.chunk_tokens
-        pieces = [checkpoint(_token_logprobs, h[i : i + c], head.weight, targets[i : i + c], use_reentrant=False)
-                  if torch.is_grad_enabled() else _token_logprobs(h[i : i + c], head.weight, targets[i : i + c])
-                  for i in range(0, len(targets), c)]
-        return torch.zeros(R, device=device, dtype=torch.float32).index_add(0, rows, torch.cat(pieces))
+        # one pair's replies: its softmax (≤ 2 × max_length × V floats) may stay alive until its backward
+        token_logps = token_logprobs(h, head.weight, targets, self.chunk_tokens, keep_softmax=True)       # (N,)
+        return torch.zeros(R, device=device, dtype=torch.float32).index_add(0, rows, token_logps)
 
 
 def sequence_logprobs(model: nn.Module, batch: Batch, average: bool = False) -> torch.Tensor:

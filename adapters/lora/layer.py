@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from ..base import add_product, plain_inference
+
 
 class LoRABankLayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, dropout: float = 0.0):
@@ -28,7 +30,7 @@ class LoRABankLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._stack: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         self.names: tuple[str, ...] = ()  # the bank's slot order, shared by every layer
-        self._rows: tuple | None = None   # (lora_index, stack it came from, A rows, Bᵀ rows)
+        self._rows: tuple | None = None   # (lora_index, names, (dtype, version), A rows, Bᵀ rows): rows()
 
     def add(self, name: str, rank: int, scale: float) -> None:
         """A fresh LoRA with PEFT's init: A Kaiming-uniform, B zero, so ΔW = 0."""
@@ -50,49 +52,59 @@ class LoRABankLayer(nn.Module):
     def _device(self) -> torch.device:
         return next(iter(self.A.values())).device if len(self.A) else torch.device("cpu")
 
-    def forward(self, x: torch.Tensor, lora_index: torch.Tensor, lora_rows: tuple) -> torch.Tensor | None:
-        # x (B, T, d_in); lora_rows[b] is row b's LoRA name or None; lora_index (B,) its slot in `names`
-        present = [n for n in dict.fromkeys(lora_rows) if n is not None and n in self.A]
-        if not present:
-            return None
-        if len(lora_rows) == 1 and x.shape[0] != 1:
-            return self._one(x, present[0])                            # one name for every row
+    def forward(self, x: torch.Tensor, out: torch.Tensor, lora_index: torch.Tensor, lora_rows: tuple,
+                lora_present: tuple[str, ...], lora_uniform: str | None) -> torch.Tensor:
+        """``out`` + each row's LoRA delta. x (B, T, d_in), out (B, T, d_out).
+
+        lora_rows[b] is row b's LoRA name or None, lora_index (B,) its slot in ``names``,
+        lora_present the distinct names, lora_uniform the name when every row has the same one.
+        """
+        A_ = self.A._parameters
+        if lora_uniform is not None:
+            return self._one(x, out, lora_uniform) if lora_uniform in A_ else out
         if len(lora_rows) != x.shape[0]:
             raise ValueError(f"adapter_names has {len(lora_rows)} rows but the batch has {x.shape[0]}")
-        if len(present) == 1 and all(n == present[0] for n in lora_rows):
-            return self._one(x, present[0])
-        if torch.is_grad_enabled() and any(self.A[n].requires_grad or self.B[n].requires_grad for n in present):
-            return self._grouped(x, lora_rows, present)
-        return self._gathered(x, lora_index)
+        present = [n for n in lora_present if n in A_]                 # the LoRAs that adapt this Linear
+        if not present:
+            return out
+        if torch.is_grad_enabled() and any(A_[n].requires_grad or self.B._parameters[n].requires_grad for n in present):
+            return self._grouped(x, out, lora_rows, present)
+        return self._gathered(x, out, lora_index, present)
 
-    def _one(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _one(self, x: torch.Tensor, out: torch.Tensor, name: str) -> torch.Tensor:
         z = self.dropout(x) @ self.A[name].to(x.dtype).T               # (B, T, r)
-        return (z @ self.B[name].to(x.dtype).T) * self.scale[name]     # (B, T, d_out)
+        return add_product(out, z, self.B[name].to(x.dtype).T, alpha=self.scale[name])  # (B, T, d_out)
 
-    def _grouped(self, x: torch.Tensor, lora_rows: tuple, present: list[str]) -> torch.Tensor:
-        delta = x.new_zeros(*x.shape[:-1], self.d_out)                 # (B, T, d_out)
+    def _grouped(self, x: torch.Tensor, out: torch.Tensor, lora_rows: tuple, present: list[str]) -> torch.Tensor:
         for name in present:
             rows = torch.tensor([i for i, n in enumerate(lora_rows) if n == name], device=x.device)
-            delta = delta.index_add(0, rows, self._one(x.index_select(0, rows), name))
-        return delta
+            out = out.index_copy(0, rows, self._one(x.index_select(0, rows), out.index_select(0, rows), name))
+        return out
 
-    def _gathered(self, x: torch.Tensor, lora_index: torch.Tensor) -> torch.Tensor:
-        A, Bt = self.rows(lora_index, x.dtype)                         # (B, r, d_in), (B, r, d_out)
+    def _gathered(self, x: torch.Tensor, out: torch.Tensor, lora_index: torch.Tensor, present: list[str]) -> torch.Tensor:
+        A, Bt = self.rows(lora_index, x.dtype, present)               # (B, r, d_in), (B, r, d_out)
         z = torch.bmm(x, A.transpose(1, 2))                            # (B, T, r)
-        return torch.bmm(z, Bt)                                        # (B, T, d_out)
+        if plain_inference() and out.is_contiguous():
+            return out.baddbmm_(z, Bt)                                 # (B, T, d_out), the add in the GEMM
+        return torch.baddbmm(out, z, Bt)
 
-    def rows(self, lora_index: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, lora_index: torch.Tensor, dtype: torch.dtype, present: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's A and (s·B)ᵀ, gathered once per ``inputs()`` block and reused while it lasts.
 
-        A decode step is B × 1 tokens, so copying 16 users' weights at every step costs as much as
-        the LoRA matmuls themselves; the batch's composition does not change during ``generate``.
+        A decode step is B × 1 tokens, so copying 16 users' weights at every step costs as much
+        as the LoRA matmuls themselves; the batch's composition does not change during
+        ``generate``. Weights changed in place show at once: the key sums the version counters
+        of the batch's LoRAs (they only ever grow), which costs far less than a walk of the bank.
         """
-        A, Bt = self.stacked(dtype)
+        A_, B_ = self.A._parameters, self.B._parameters
+        version = sum(A_[n]._version + B_[n]._version for n in present)
         cached = self._rows
-        if cached is None or cached[0] is not lora_index or cached[1] is not A:
+        if (cached is None or cached[0] is not lora_index or cached[1] is not self.names or cached[2] != (dtype, version)
+                or not plain_inference()):
+            A, Bt = self.stacked(dtype)
             idx = lora_index.to(A.device)                              # (B,)
-            self._rows = cached = (lora_index, A, A[idx], Bt[idx])
-        return cached[2], cached[3]
+            self._rows = cached = (lora_index, self.names, (dtype, version), A[idx], Bt[idx])
+        return cached[3], cached[4]
 
     def stacked(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """[0, A_1..A_N] (N+1, r, d_in) and [0, (s·B_1)ᵀ..(s·B_N)ᵀ] (N+1, r, d_out), rebuilt on change.

@@ -117,7 +117,10 @@ class LoRA(Adapter):
                 self._require(name, "adapter_names")
         slot = {n: i for i, n in enumerate(self.names, start=1)}
         index = torch.tensor([slot.get(n, 0) for n in rows], dtype=torch.long, device=self.device)
-        return {"lora_index": index, "lora_rows": rows}
+        present = tuple(n for n in dict.fromkeys(rows) if n is not None)
+        uniform = present[0] if len(present) == 1 and None not in rows else None
+        # worked out once per block here, not per Linear per decode step in the layers
+        return {"lora_index": index, "lora_rows": rows, "lora_present": present, "lora_uniform": uniform}
 
     def _delta_weight(self, layer: nn.Module, adapter_names: Any = None) -> torch.Tensor:
         self._require(adapter_names, "adapter_names")

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from ..base import add_product, plain_inference
+
 
 class PreferenceLoRALayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, rank: int, n_objectives: int, alpha: float, init: str = "lora",
@@ -38,6 +40,7 @@ class PreferenceLoRALayer(nn.Module):
             self.V = nn.Parameter(torch.randn(d_in, rank + n_objectives) * init_std)
             self.sigma = nn.Parameter(torch.zeros(rank))
             self.pref_scale = nn.Parameter(torch.zeros(()))
+        self._diag_cache: tuple | None = None  # (preference, (dtype, versions), diag), see _diag
 
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
         """[σ, s·λ] per row: (B, m) -> (B, k+m)."""
@@ -45,14 +48,29 @@ class PreferenceLoRALayer(nn.Module):
         sigma = self.sigma.expand(B, self.rank)                  # (B, k)
         return torch.cat([sigma, self.pref_scale * preference], dim=-1)  # (B, k+m)
 
-    def forward(self, x: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
-        # x (B, T, d_in), preference (B, m)
+    def forward(self, x: torch.Tensor, out: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+        """``out`` + ΔW_row x for every row; x (B, T, d_in), out (B, T, d_out), preference (B, m)."""
         if x.shape[0] != preference.shape[0]:
             raise ValueError(f"preference has {preference.shape[0]} rows but the batch has {x.shape[0]}")
-        diag = self.singular_values(preference.to(x.dtype))     # (B, k+m)
-        z = x @ self.V.to(x.dtype)                               # (B, T, k+m)
-        z = z * diag.unsqueeze(1)                                # (B, T, k+m)
-        return (z @ self.U.to(x.dtype).T) * self.scaling         # (B, T, d_out)
+        z = (x @ self.V.to(x.dtype)) * self._diag(preference, x.dtype)  # (B, T, k+m)
+        # at decode (T = 1) every kernel counts: U's product and the add to W0 x are one GEMM
+        return add_product(out, z, self.U.to(x.dtype).T, alpha=self.scaling)  # (B, T, d_out)
+
+    def _diag(self, preference: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[σ, s·λ] as (B, 1, k+m), kept while ``preference`` (one ``inputs()`` block) and σ, s stay the same.
+
+        Without autograd it is the same for every decode step of a batch, so it is built once, not
+        once per Linear per step; with autograd it is rebuilt so that σ and s get their gradients,
+        and when traced (ONNX export) so that λ stays a graph input rather than a constant.
+        """
+        if not plain_inference():
+            return self.singular_values(preference.to(dtype)).unsqueeze(1)
+        key = (dtype, preference._version, self.sigma._version, self.pref_scale._version)
+        cached = self._diag_cache
+        if cached is None or cached[0] is not preference or cached[1] != key:
+            diag = self.singular_values(preference.to(dtype)).unsqueeze(1)
+            self._diag_cache = cached = (preference, key, diag)
+        return cached[2]
 
     def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
         """ΔW (d_out, d_in) for one preference (m,)."""

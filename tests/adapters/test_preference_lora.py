@@ -34,7 +34,8 @@ def test_layer_matches_the_panacea_formula(trained):
         # ΔW = alpha/(k+m) · U diag(σ_1..σ_k, s·λ_1, s·λ_2) Vᵀ, written out independently
         singular = torch.cat([layer.sigma, layer.pref_scale * lam[b]])
         delta_w = (16.0 / (4 + 2)) * layer.U @ torch.diag(singular) @ layer.V.T
-        torch.testing.assert_close(layer(x[b : b + 1], lam[b : b + 1])[0], x[b] @ delta_w.T)
+        out = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(b))  # the Linear's W0 x
+        torch.testing.assert_close(layer(x[b : b + 1], out, lam[b : b + 1])[0], out[0] + x[b] @ delta_w.T)
 
 
 def test_changing_the_preference_changes_the_output(trained, input_ids):
@@ -190,3 +191,16 @@ def test_attaching_the_same_type_twice_is_an_error(trained):
     model, _ = trained
     with pytest.raises(ConfigError, match="already attached"):
         attach(model, PreferenceLoRAConfig())
+
+
+def test_a_preference_tensor_changed_in_place_is_seen(trained, input_ids):
+    # the layers keep [σ, s·λ] per block (adapters/preference_lora/layer.py); an edited λ is a new one
+    model, adapter = trained
+    lam = torch.tensor([[1.0, 0.0]]).expand(len(input_ids), 2).clone()
+    with torch.no_grad(), adapter.inputs(preference=lam):
+        first = model(input_ids).logits
+    lam[:] = torch.tensor([0.0, 1.0])
+    with torch.no_grad(), adapter.inputs(preference=lam):
+        second = model(input_ids).logits
+    torch.testing.assert_close(second, logits(model, adapter, input_ids, [[0.0, 1.0]] * len(input_ids)))
+    assert (second - first).abs().max() > 1e-3
