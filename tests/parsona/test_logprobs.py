@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from parsona.base_model import tiny_causal_lm
-from parsona.logprobs import Batch, SequenceLogProbs, TokenLogProbs, sequence_logprobs, token_logprobs
+from conftest import perturb
+from parsona.logprobs import Batch, PairLogProbs, SequenceLogProbs, TokenLogProbs, sequence_logprobs, token_logprobs
 
 
 def reference_logprobs(model, batch: Batch) -> torch.Tensor:
@@ -69,3 +70,32 @@ def test_token_logprobs_match_log_softmax_in_chunks(keep_softmax):
     (g_got,) = torch.autograd.grad(got, hidden, upstream)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(g_got, g_expected)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "padded"])
+def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
+    # replies of different lengths packed after one prompt vs. the textbook full-logits way, row by row
+    from parsona.adapters import PreferenceLoRAConfig, attach
+
+    model = tiny_causal_lm()
+    if attention != "padded":
+        model.set_attn_implementation(attention)
+    adapter = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(adapter)
+    prompt, replies = [5, 9, 13, 7], [[21, 22, 23, 24, 25, 26], [40, 41], [60, 61, 62]]
+    lam = torch.tensor([[0.3, 0.7]])
+    scorer = PairLogProbs(model, adapter)
+    if attention == "padded":  # the fallback for attention that takes no custom mask (flash-attention)
+        scorer._packable = lambda: False
+    got = scorer(prompt, replies, preference=lam)
+    (g_got,) = torch.autograd.grad(got @ torch.tensor([1.0, -2.0, 0.5]), adapter.layers["model.layers.0.mlp.up_proj"].U)
+    expected = []
+    for reply in replies:
+        ids = torch.tensor([prompt + reply])
+        with adapter.inputs(preference=lam):
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        expected.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(reply)[:, None]).sum())
+    expected = torch.stack(expected)
+    (g_expected,) = torch.autograd.grad(expected @ torch.tensor([1.0, -2.0, 0.5]), adapter.layers["model.layers.0.mlp.up_proj"].U)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)  # fp32 sums in another order
