@@ -146,8 +146,9 @@ class PairLogProbs(nn.Module):
     reply was 16 % of all token-rows on HH. Attention implementations that take no custom mask
     (flash-attention) fall back to a padded batch of R rows over the repeated prompt cache.
 
-    ``preference`` (1, m), if given, is the adapter's λ for both calls (the reference pass: call it
-    inside ``adapter.disabled()`` without ``preference``). Logits exist only at reply positions; the
+    ``preference`` (1, m), if given, is the adapter's λ for both calls; other keyword arguments are
+    any adapter's runtime inputs for one row (``adapter_names="alice"`` for a LoRA bank). The
+    reference pass: call it inside ``adapter.disabled()`` with none. Logits exist only at reply positions; the
     pair's softmax is kept for its backward (one matmul less).
     """
 
@@ -157,22 +158,25 @@ class PairLogProbs(nn.Module):
         self.adapter = adapter  # not an nn.Module: its layers are already the model's submodules
         self.chunk_tokens = chunk_tokens
 
-    def _decode(self, preference, **kwargs):
-        if preference is None:
+    def _decode(self, inputs: dict, **kwargs):
+        if not inputs:
             return self.model.get_decoder()(**kwargs)
-        with self.adapter.inputs(preference=preference.expand(kwargs["input_ids"].shape[0], -1)):
+        rows = kwargs["input_ids"].shape[0]  # 1 when packed, R when padded: one-row tensor inputs are repeated
+        per_row = {k: v.expand(rows, *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        with self.adapter.inputs(**per_row):
             return self.model.get_decoder()(**kwargs)
 
     def forward(self, prompt_ids: list[int], replies: list[list[int]], pad_token_id: int = 0,
-                preference: torch.Tensor | None = None) -> torch.Tensor:
+                preference: torch.Tensor | None = None, **adapter_inputs) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         device = head.weight.device
-        out = self._decode(preference, input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+        inputs = adapter_inputs if preference is None else {**adapter_inputs, "preference": preference}
+        out = self._decode(inputs, input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
         last = out.last_hidden_state[0, -1:]                                # (1, d): predicts each reply's first token
         if self._packable():
-            reply_hidden = self._packed(preference, out.cache, len(prompt_ids), replies, device)
+            reply_hidden = self._packed(inputs, out.cache, len(prompt_ids), replies, device)
         else:
-            reply_hidden = self._padded(preference, out.cache, len(prompt_ids), replies, pad_token_id, device)
+            reply_hidden = self._padded(inputs, out.cache, len(prompt_ids), replies, pad_token_id, device)
         h = torch.cat([piece for r, hr in zip(replies, reply_hidden) for piece in (last, hr[: len(r) - 1])])  # (N, d)
         targets = torch.tensor([t for r in replies for t in r], device=device)                            # (N,)
         rows = torch.tensor([i for i, r in enumerate(replies) for _ in r], device=device)                 # (N,)
@@ -184,7 +188,7 @@ class PairLogProbs(nn.Module):
         """Whether the model's attention takes a custom 4D mask (SDPA and eager do)."""
         return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager")
 
-    def _packed(self, preference, cache, P: int, replies: list[list[int]], device) -> list[torch.Tensor]:
+    def _packed(self, inputs: dict, cache, P: int, replies: list[list[int]], device) -> list[torch.Tensor]:
         """Hidden states of every reply token, the replies packed into one row after the prompt."""
         lengths = torch.tensor([len(r) for r in replies], device=device)
         reply = torch.repeat_interleave(torch.arange(len(replies), device=device), lengths)             # (N,) which reply
@@ -194,17 +198,17 @@ class PairLogProbs(nn.Module):
         allowed = torch.cat([same.new_ones(len(reply), P), same], dim=1)[None, None]                   # (1, 1, N, P+N)
         if self.model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
             allowed = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        hidden = self._decode(preference, input_ids=ids, position_ids=(P + offset)[None], attention_mask=allowed,
+        hidden = self._decode(inputs, input_ids=ids, position_ids=(P + offset)[None], attention_mask=allowed,
                               cache=cache, use_cache=True).last_hidden_state[0]                       # (N, d)
         return list(hidden.split(lengths.tolist()))
 
-    def _padded(self, preference, cache, P: int, replies: list[list[int]], pad_token_id: int, device) -> list[torch.Tensor]:
+    def _padded(self, inputs: dict, cache, P: int, replies: list[list[int]], pad_token_id: int, device) -> list[torch.Tensor]:
         """The same, as R right-padded rows over the prompt's cache repeated R times."""
         L = max(len(r) for r in replies)
         cache.batch_repeat_interleave(len(replies))
         ids = torch.tensor([r + [pad_token_id] * (L - len(r)) for r in replies], device=device)        # (R, L)
         mask = torch.tensor([[1] * (P + len(r)) + [0] * (L - len(r)) for r in replies], device=device)  # (R, P+L)
-        hidden = self._decode(preference, input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+        hidden = self._decode(inputs, input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
         return list(hidden)
 
 

@@ -113,25 +113,6 @@ def plan(cfg: Config) -> list[dict]:
              "steps": cfg.dps_steps_each} for lam in grid]
 
 
-def bank_pair_losses(scorer, bank, name: str, tokenizer, pairs, objectives, loss_fn, beta: float,
-                     max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-objective losses (B, m) of ``pairs`` under the bank's LoRA ``name``: the recipe's
-    pair_losses with a plain LoRA in place of the preference LoRA (reference = bank disabled)."""
-    from parsona.logprobs import tokenize_pairs
-    from parsona.recipes.train_preference_lora import label_tensors, per_objective_losses
-
-    device = bank.device
-    batch = tokenize_pairs(tokenizer, [p.prompt for p in pairs] * 2,
-                           [p.response_a for p in pairs] + [p.response_b for p in pairs], max_length).to(device)
-    a_wins, has_label = (t.to(device) for t in label_tensors(pairs, objectives))     # (B, m) each
-    with torch.no_grad(), bank.disabled():
-        reference, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2B,)
-    with bank.inputs(adapter_names=name):
-        policy, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)      # (2B,)
-    losses = per_objective_losses(loss_fn, policy, reference, a_wins, has_label, beta)      # (B, m)
-    return losses, has_label, int(batch.attention_mask.sum())
-
-
 def main(cfg: Config) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -141,9 +122,9 @@ def main(cfg: Config) -> Path:
     from parsona.base_model import load_base_model
     from parsona.devices import mixed_precision
     from parsona.io import write_json
-    from parsona.logprobs import SequenceLogProbs
+    from parsona.logprobs import PairLogProbs
     from parsona.recipes.front_data import data_fingerprint, front_pairs
-    from parsona.recipes.train_preference_lora import batches, loss_function, scalarizer
+    from parsona.recipes.train_preference_lora import batches, loss_function, pair_step, scalarizer
 
     out = Path(cfg.output_dir) / cfg.method
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
@@ -157,8 +138,8 @@ def main(cfg: Config) -> Path:
     if cfg.max_train_pairs:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_train_pairs]
-    scorer = SequenceLogProbs(model).train()
-    loss_fn, scalarize = loss_function("dpo"), scalarizer(cfg.scalarization)
+    scorer = PairLogProbs(model, bank).train()
+    loss_fn = loss_function("dpo")
 
     entries, began = [], time.perf_counter()
     for entry in plan(cfg):
@@ -176,23 +157,22 @@ def main(cfg: Config) -> Path:
         params = [t for layer in bank.layers.values() for t in (layer.A[entry["name"]], layer.B[entry["name"]])]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-        lam_row = torch.tensor([entry["preference"]], device=accelerator.device, dtype=torch.float32)   # (1, m)
+        lam = torch.tensor([entry["preference"]], device=accelerator.device, dtype=torch.float32)   # (1, m)
+        # Rewarded Soups: plain DPO on its objective (a one-hot λ, linearly); DPS: its fixed λ, scalarized
+        scalarize = scalarizer("linear" if entry["objective"] is not None else cfg.scalarization)
+        name = entry["name"]
         tokens, history, t0 = 0, [], time.perf_counter()
-        for step in tqdm(range(entry["steps"]), desc=f"{cfg.method} {entry['name']}", disable=not accelerator.is_local_main_process):
+        for step in tqdm(range(entry["steps"]), desc=f"{cfg.method} {name}", disable=not accelerator.is_local_main_process):
             pairs = [data[i] for i in batches(len(data), cfg.pairs_per_step, cfg.seed, step)]
-            losses, has_label, n_tokens = bank_pair_losses(scorer, bank, entry["name"], tokenizer, pairs, cfg.objectives,
-                                                           loss_fn, cfg.beta, cfg.max_length)          # (B, m)
-            if entry["objective"] is not None:
-                i = cfg.objectives.index(entry["objective"])
-                loss = losses[:, i].sum() / has_label[:, i].sum().clamp(min=1)    # plain DPO on one objective
-            else:
-                loss = scalarize(losses, lam_row.expand_as(losses)).mean()        # fixed-λ scalarized DPO
-            accelerator.backward(loss)
+            # the preference LoRA's own step, with this LoRA in place of λ_b (reference = bank disabled)
+            _, _, n_tokens, loss = pair_step(scorer, bank, tokenizer, pairs, lam.expand(len(pairs), -1), cfg.objectives,
+                                             loss_fn, scalarize, cfg.beta, cfg.max_length, accelerator,
+                                             adapter_inputs=lambda b: {"adapter_names": name})
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
             tokens += n_tokens
-            history.append({"step": step + 1, "loss": loss.item()})
+            history.append({"step": step + 1, "loss": loss})
         summary = {**entry, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2), "history": history,
                    "train_pairs": len(data)}
         if accelerator.is_main_process:

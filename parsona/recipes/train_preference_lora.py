@@ -159,12 +159,15 @@ def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives
 
 
 def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn, scalarize, beta: float,
-              max_length: int, accelerator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+              max_length: int, accelerator, adapter_inputs: Callable[[int], dict] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Accumulate the gradient of mean_b scalarize(L_b, λ_b) one pair at a time; return the per-objective
     losses (B, m), has_label (B, m), the token count (as ``pair_losses`` counts it) and the loss.
 
-    ``scorer`` is a (prepared) :class:`parsona.logprobs.PairLogProbs`. Per pair: the reference pass
-    (adapter disabled, no grad) and the policy pass (λ_b) each run the prompt once for both replies,
+    ``scorer`` is a (prepared) :class:`parsona.logprobs.PairLogProbs`. ``adapter_inputs(b)`` gives pair
+    b's runtime inputs for ``adapter`` (default: the preference λ_b; the baselines pass a bank LoRA's
+    name and a fixed λ). Per pair: the reference pass (adapter disabled, no grad) and the policy pass
+    each run the prompt once for both replies,
     then that pair's backward frees its activations before the next pair runs, so at most one pair's
     activations are alive. Exact: the loss is a mean of per-pair terms (same gradient as
     ``pair_losses`` + backward of the mean, up to float rounding, for pairs that fit ``max_length``).
@@ -181,7 +184,8 @@ def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, 
             reference = scorer(prompt, replies, pad)                                            # (2,) [a, b]
         sync = accelerator.no_sync(scorer) if b < B - 1 else contextlib.nullcontext()             # DDP: sync once
         with sync:
-            policy = scorer(prompt, replies, pad, preference=lam[b : b + 1])                     # (2,)
+            inputs = adapter_inputs(b) if adapter_inputs else {"preference": lam[b : b + 1]}
+            policy = scorer(prompt, replies, pad, **inputs)                                      # (2,)
             losses = per_objective_losses(loss_fn, policy, reference, a_wins[b : b + 1], has_label[b : b + 1], beta)
             loss = scalarize(losses, lam[b : b + 1]).sum() / B
             accelerator.backward(loss)
