@@ -56,8 +56,8 @@ class TokenLogProbs(torch.autograd.Function):
     """``log softmax(h Wᵀ)[target]`` per row, (N, d) -> (N,), without autograd's copies of the logits.
 
     ∂(z_t − logsumexp z)/∂z = onehot(t) − softmax(z), so the backward needs only softmax(z). With
-    ``keep_softmax`` it is kept from the forward, in the logits' own buffer (one (N, V) tensor, one
-    matmul less in the backward); without, only h is kept and the backward recomputes z = h Wᵀ
+    ``keep_softmax`` it is kept from the forward (one (N, V) tensor, one matmul less in the
+    backward); without, only h and logsumexp z are kept and the backward recomputes z = h Wᵀ
     (activation checkpointing's cost, for when many chunks are alive before the backward).
 
         TokenLogProbs.apply(hidden (N, d), weight (V, d), targets (N,), keep_softmax) -> (N,)
@@ -66,12 +66,16 @@ class TokenLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, keep_softmax: bool):
         logits = (hidden @ weight.to(hidden.dtype).T).to(_at_least_fp32(hidden.dtype))  # (N, V), bf16 -> fp32
-        lse = torch.logsumexp(logits, dim=-1)                               # (N,)
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)       # (N,)
-        saved = logits.sub_(lse.unsqueeze(-1)).exp_() if keep_softmax else lse  # softmax (N, V) or lse (N,)
+        logp = torch.log_softmax(logits, dim=-1)                            # (N, V): one fused pass, no temporaries
+        picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (N,)
+        if keep_softmax:
+            del logits
+            saved = logp.exp_()                                             # softmax (N, V), in log-softmax's buffer
+        else:
+            saved = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - picked  # logsumexp (N,)
         ctx.save_for_backward(hidden, weight, targets, saved)
         ctx.keep_softmax = keep_softmax
-        return picked - lse
+        return picked
 
     @staticmethod
     @once_differentiable
