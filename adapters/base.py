@@ -80,6 +80,9 @@ class Adapter:
       ``_prepare_inputs(**values) -> dict``        validate runtime inputs (B is the first dim)
       ``_delta_weight(layer, **single) -> Tensor``  ΔW (d_out, d_in) for ``merge``
       ``example_inputs(batch_size, generator)``    valid per-row inputs (tests, ONNX export)
+
+    A layer may keep values derived from one ``inputs()`` block (e.g. each row's weights for a
+    whole ``generate``); it then defines ``release_cache()``, called when the outermost block ends.
     """
 
     adapter_type: ClassVar[str] = ""
@@ -110,6 +113,9 @@ class Adapter:
             yield self
         finally:
             self._inputs = previous
+            if previous is None:  # the outermost block ended: its batch's cached values are garbage now
+                for layer in self.layers.values():
+                    getattr(layer, "release_cache", _nothing)()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator["Adapter"]:
@@ -237,6 +243,10 @@ class Adapter:
         adapter = attach(model, config)
         adapter.load_state_dict(load_file(str(weights)), source=str(weights))
         return adapter
+
+
+def _nothing() -> None:
+    pass
 
 
 def plain_inference() -> bool:

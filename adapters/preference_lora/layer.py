@@ -79,6 +79,9 @@ class PreferenceLoRALayer(nn.Module):
             self._cache = cached = (preference, key, factors)
         return cached[2]
 
+    def release_cache(self) -> None:
+        self._cache = None
+
     def delta_weight(self, preference: torch.Tensor) -> torch.Tensor:
         """ΔW (d_out, d_in) for one preference (m,)."""
         diag = self.singular_values(preference.reshape(1, -1).to(self.U.dtype))[0]  # (k+m,)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -95,6 +97,20 @@ def test_weights_changed_inside_one_inputs_block_are_used(name, tiny_model, inpu
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     assert (changed - first).abs().max() > 1e-3
     torch.testing.assert_close(changed, run(tiny_model, adapter, input_ids, inputs))
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_a_finished_block_leaves_nothing_of_its_batch_alive(name, tiny_model, input_ids):
+    # per-batch caches (each row's gathered weights) can be ~100s of MB on a real model
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    with torch.no_grad(), adapter.inputs(**adapter.example_inputs(len(input_ids))):
+        tiny_model(input_ids)
+        tiny_model(input_ids)
+        alive = [weakref.ref(v) for v in adapter._inputs.values() if isinstance(v, torch.Tensor)]
+    assert alive
+    gc.collect()
+    assert all(ref() is None for ref in alive)
 
 
 @pytest.mark.parametrize("name", TYPES)
