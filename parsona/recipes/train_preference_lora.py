@@ -11,7 +11,8 @@ there is no second copy of the model.
 
 Checkpoints land in ``output_dir/checkpoint`` every ``checkpoint_every`` steps; rerunning the
 same command continues from there. The final adapter is written atomically to
-``output_dir/adapter`` with ``training_summary.json`` beside it.
+``output_dir/adapter`` with ``training_summary.json`` beside it; its steps, tokens, seconds and
+loss history cover the whole run, however many times it was resumed.
 """
 
 from __future__ import annotations
@@ -240,12 +241,18 @@ def main(cfg: Config) -> Path:
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
 
     checkpoint = out / "checkpoint"
-    start = load_checkpoint(checkpoint, adapter, optimizer, schedule)
+    done = load_checkpoint(checkpoint, adapter, optimizer, schedule)   # what earlier runs did: step, tokens, ...
+    start = done["step"]
     if start:
         accelerator.print(f"resuming from step {start} ({checkpoint})")
 
     loss_fn, scalarize = loss_function(cfg.loss), scalarizer(cfg.scalarization)
-    history, tokens, began = [], 0, time.perf_counter()
+    history, tokens, began = done["history"], done["tokens"], time.perf_counter()
+
+    def progress(step: int) -> dict:  # cumulative over every run that led here, so a resumed summary is whole
+        return {"step": step, "tokens": tokens, "seconds": round(done["seconds"] + time.perf_counter() - began, 2),
+                "history": history}
+
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="preference-lora",
                disable=not accelerator.is_local_main_process)
     for step in bar:
@@ -260,22 +267,24 @@ def main(cfg: Config) -> Path:
         tokens += n_tokens
         mean_losses = (losses.detach().sum(0) / has_label.sum(0).clamp(min=1)).tolist()
         history.append({"step": step + 1, "loss": loss, **{f"loss_{o}": v for o, v in zip(cfg.objectives, mean_losses)}})
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / (time.perf_counter() - began):.0f}")
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{(tokens - done['tokens']) / (time.perf_counter() - began):.0f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-            save_checkpoint(checkpoint, step + 1, adapter, optimizer, schedule)
+            save_checkpoint(checkpoint, adapter, optimizer, schedule, progress(step + 1))
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        final = progress(cfg.max_steps)
         summary = {"config": dataclasses.asdict(cfg), "steps": cfg.max_steps, "resumed_from": start,
-                   "seconds": round(time.perf_counter() - began, 2), "tokens": tokens, "history": history,
+                   "seconds": final["seconds"], "tokens": tokens, "history": history,
                    "train_pairs": len(train), "data_sha256": data_fingerprint(), "device": str(accelerator.device)}
         save_adapter(adapter, out / "adapter", extra_json={"training_summary.json": summary})
-        save_checkpoint(checkpoint, cfg.max_steps, adapter, optimizer, schedule)
+        save_checkpoint(checkpoint, adapter, optimizer, schedule, final)
     return out / "adapter"
 
 
-def save_checkpoint(path: Path, step: int, adapter, optimizer, schedule) -> None:
-    """Adapter tensors (safetensors), optimizer and schedule state, and the step, swapped in atomically.
+def save_checkpoint(path: Path, adapter, optimizer, schedule, progress: dict) -> None:
+    """Adapter tensors (safetensors), optimizer and schedule state, and ``progress`` (step, tokens,
+    seconds and loss history so far), swapped in atomically.
 
     Only the adapter is saved, never the frozen base model (a few MB instead of 540 MB).
     """
@@ -286,20 +295,21 @@ def save_checkpoint(path: Path, step: int, adapter, optimizer, schedule) -> None
     with atomic_dir(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(tmp / "adapter.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+        (tmp / "progress.json").write_text(json.dumps(progress))
 
 
-def load_checkpoint(path: Path, adapter, optimizer, schedule) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return its step (0 if none)."""
+def load_checkpoint(path: Path, adapter, optimizer, schedule) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint`; return its progress (step 0 if none)."""
+    progress = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
     if not (path / "progress.json").is_file():
-        return 0
+        return progress
     from safetensors.torch import load_file
 
     adapter.load_state_dict(load_file(str(path / "adapter.safetensors")), source=str(path))
     state = torch.load(path / "optimizer.pt", weights_only=True)  # our own file; weights_only: no code runs
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    return json.loads((path / "progress.json").read_text())["step"]
+    return {**progress, **json.loads((path / "progress.json").read_text())}
 
 
 if __name__ == "__main__":

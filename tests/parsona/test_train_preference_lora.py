@@ -127,9 +127,14 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)
     assert any(a[k].abs().sum() > 0 for k in a if k.endswith("sigma"))
-    summary = json.loads((tmp_path / "resumed" / "adapter" / "training_summary.json").read_text())
-    assert summary["resumed_from"] == 2 and summary["steps"] == 4 and summary["data_sha256"]
-    assert [h["step"] for h in summary["history"]] == [3, 4]
+    straight, resumed = (json.loads((tmp_path / run / "adapter" / "training_summary.json").read_text())
+                         for run in ("straight", "resumed"))
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 4 and resumed["data_sha256"]
+    # the summary covers the whole run, not only its last leg: the compute a benchmark reports
+    assert resumed["tokens"] == straight["tokens"] > 0
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+    for got, want in zip(resumed["history"], straight["history"]):
+        assert got == pytest.approx(want)
 
 
 @pytest.mark.parametrize("bad, field", [
