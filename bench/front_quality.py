@@ -155,12 +155,12 @@ def targets(rows: dict) -> list[str]:
     hv = p["hypervolume"]
     for soup in ("soups_linear", "soups_cat"):
         if soup in rows:
-            r = hv / rows[soup]["hypervolume"] if rows[soup]["hypervolume"] > 0 else float("inf")
+            r = _ratio(hv, rows[soup]["hypervolume"])
             tok = p["train_tokens"] / rows[soup]["train_tokens"]
             lines.append(f"HV(pref_linear) / HV({soup}) = {r:.3f}  (target ≥ 1.10: {'MET' if r >= 1.10 else 'not met'}; "
                          f"tokens ratio {tok:.2f}, steps {p['train_steps']} vs {rows[soup]['train_steps']})")
     if "dps" in rows:
-        r = hv / rows["dps"]["hypervolume"] if rows["dps"]["hypervolume"] > 0 else float("inf")
+        r = _ratio(hv, rows["dps"]["hypervolume"])
         c = p["train_steps"] / rows["dps"]["train_steps"]
         tok = p["train_tokens"] / rows["dps"]["train_tokens"]
         ok = r >= 0.95 and c <= 1 / 3 + 1e-9
@@ -171,6 +171,33 @@ def targets(rows: dict) -> list[str]:
         lines.append(f"Spearman ρ(λ_{o}, {p['metric']}_{o}) = {rho:.3f}  (target ≥ 0.9: "
                      f"{'MET' if rho == rho and rho >= 0.9 else 'not met'})")
     return lines
+
+
+def intervals(results: list, n_resamples: int = 1000) -> list[str]:
+    """95 % intervals of the target statistics: a paired bootstrap over the eval pairs (parsona.bootstrap)."""
+    from parsona.bootstrap import bootstrap_interval
+    from parsona.evaluate import spearman
+    from parsona.objectives import hypervolume
+
+    by = {r.method: r for r in results}
+    if "pref_linear" not in by:
+        return []
+    ref, grid = by["pref_linear"].reference_point, by["pref_linear"].preferences
+    stats = {f"HV(pref_linear) / HV({b})": (lambda f, b=b: _ratio(hypervolume(f["pref_linear"], ref), hypervolume(f[b], ref)))
+             for b in ("soups_linear", "soups_cat", "dps") if b in by}
+    for i, o in enumerate(OBJECTIVES):
+        stats[f"Spearman ρ {o} (pref_linear)"] = lambda f, i=i: spearman(grid[:, i], f["pref_linear"][:, i])
+    n = len(results[0].pair_correct[0])
+    lines = [f"95% intervals, paired bootstrap over the {n} eval pairs ({n_resamples} resamples):"]
+    for name, stat in stats.items():
+        low, high = bootstrap_interval(results, stat, n_resamples=n_resamples)
+        lines.append(f"  {name}: [{low:.3f}, {high:.3f}]")
+    return lines
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b for hypervolumes: inf when only b is 0, NaN when both are (nothing to compare: never "met")."""
+    return a / b if b > 0 else math.inf if a > 0 else math.nan
 
 
 def main(argv=None) -> None:
@@ -197,6 +224,7 @@ def main(argv=None) -> None:
         for r in results:
             print(f"  {r.method:13s} " + "  ".join(f"λ={lam[0]:.1f}:({a[0]:.3f},{a[1]:.3f})" for lam, a in zip(r.preferences, r.points)))
         print("\n".join(targets({r["method"]: r for r in rows})))
+        print("\n".join(intervals(results)))
         write_json(out / "results.json", [json.loads(r.to_json()) for r in results])
         plot_front(results, out / "front.png")
     print(f"\ntotal wall time {time.perf_counter() - began:.0f} s; results and front.png under {out_root}")

@@ -53,6 +53,7 @@ class FrontResult:
     n_labelled: list[int]                   # (m,) eval pairs labelled per objective
     reference_point: np.ndarray             # (m,) of the hypervolume, fixed before the run
     reward: np.ndarray | None = None        # (K, m) mean reward of greedy replies, if scored
+    pair_correct: np.ndarray | None = None  # (K, N, m) per eval pair: 1 right, ½ tie, 0 wrong, NaN unlabelled
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)   # budget: steps, tokens, train seconds ...
 
@@ -143,8 +144,9 @@ def _logps(scorer, chunks, device) -> torch.Tensor:
 
 
 def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_wins: torch.Tensor,
-                has_label: torch.Tensor, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy (m,) and mean DPO loss (m,) over the labelled pairs, from (2, N) log-probs."""
+                has_label: torch.Tensor, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accuracy (m,) and mean DPO loss (m,) over the labelled pairs, and each pair's score (N, m)
+    (1 right, ½ tie, 0 wrong, NaN unlabelled: what a bootstrap over pairs resamples), from (2, N) log-probs."""
     from parsona.objectives import dpo_loss
     from parsona.recipes.train_preference_lora import per_objective_losses
 
@@ -156,7 +158,8 @@ def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_win
     accuracy = (correct * has_label).sum(0) / n                      # (m,)
     flat_policy, flat_reference = policy_logps.reshape(-1), reference_logps.reshape(-1)   # [a..., b...] (2N,)
     losses = per_objective_losses(dpo_loss, flat_policy, flat_reference, a_wins, has_label, beta)  # (N, m)
-    return accuracy.numpy(), (losses.sum(0) / n).numpy()
+    per_pair = torch.where(has_label.bool(), correct, torch.nan)     # (N, m)
+    return accuracy.numpy(), (losses.sum(0) / n).numpy(), per_pair.numpy()
 
 
 @torch.no_grad()
@@ -230,16 +233,18 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
         prompts = list(dict.fromkeys(p.prompt for p in pairs))
 
     accuracy, losses, rewards = np.zeros((len(grid), m)), np.zeros((len(grid), m)), np.zeros((len(grid), m))
+    per_pair = np.zeros((len(grid), len(pairs), m))
     for k, lam in enumerate(tqdm(grid, desc=f"eval {method}".strip(), disable=not progress)):
         with policy.at(lam.tolist()):
             policy_logps = _logps(scorer, chunks, device)                                 # (2, N)
-            accuracy[k], losses[k] = pair_scores(policy_logps, reference_logps, a_wins, has_label, beta)
+            accuracy[k], losses[k], per_pair[k] = pair_scores(policy_logps, reference_logps, a_wins, has_label, beta)
             if reward_models is not None:
                 replies = greedy_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                          max_length=max_length, batch_size=batch_size)
                 rewards[k] = [float(np.mean(reward_models[o].score(prompts, replies))) for o in objectives]
     return FrontResult(method, objectives, grid, accuracy, losses, [int(x) for x in has_label.sum(0)], ref_point,
-                       rewards if reward_models is not None else None, time.perf_counter() - began)
+                       reward=rewards if reward_models is not None else None, pair_correct=per_pair,
+                       seconds=time.perf_counter() - began)
 
 
 def reference_logprobs(model, tokenizer, policy, eval_pairs, *, max_length: int = 256, max_pairs: int | None = None,

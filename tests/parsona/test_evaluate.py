@@ -180,15 +180,18 @@ def test_cheap_eval_equals_a_hand_computation(tiny_dir):
         with adapter.inputs(preference=torch.tensor([lam.tolist()])):
             pol = naive_logps(model, tokenizer, PAIRS)
         for i, o in enumerate(OBJECTIVES):
-            acc, loss = [], []
+            acc, loss, per_pair = [], [], []
             for n, p in enumerate(PAIRS):
                 if o not in p.labels:
+                    per_pair.append(np.nan)
                     continue
                 w, l = (0, 1) if p.labels[o] == 0 else (1, 0)
                 h = float((pol[w, n] - pol[l, n]) - (ref[w, n] - ref[l, n]))
                 acc.append(1.0 if h > 0 else 0.0 if h < 0 else 0.5)
+                per_pair.append(acc[-1])
                 loss.append(math.log1p(math.exp(-beta * h)))          # -log σ(β h)
             assert result.accuracy[k, i] == pytest.approx(np.mean(acc))
+            np.testing.assert_array_equal(result.pair_correct[k, :, i], per_pair)  # what the bootstrap resamples
             assert result.dpo_loss[k, i] == pytest.approx(np.mean(loss), rel=1e-4, abs=1e-5)
     assert result.points is result.accuracy and result.metric == "accuracy"
 

@@ -1,0 +1,59 @@
+"""How sure is a front comparison? A paired bootstrap over the held-out pairs.
+
+Every method of a comparison is scored on the same eval pairs, so one resample of pair indices
+is applied to all of them at once (paired): what moves between resamples is which pairs were
+drawn, not which method was lucky. Each resample recomputes every method's accuracy per λ from
+its per-pair scores (:attr:`FrontResult.pair_correct`), then the statistic (an HV ratio, a ρ).
+The interval is scipy's percentile bootstrap.
+
+    low, high = bootstrap_interval(results, lambda fronts: hypervolume(fronts["pref"], ref) /
+                                                          hypervolume(fronts["soups"], ref))
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from parsona.errors import ConfigError
+from parsona.evaluate import FrontResult
+
+Statistic = Callable[[Mapping[str, np.ndarray]], float]
+
+
+def resampled_fronts(results: Sequence[FrontResult], pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """Each method's (K, m) accuracies over the eval pairs ``pairs`` (indices, repeats allowed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": no labelled pair drawn (NaN)
+        return {r.method: np.nanmean(r.pair_correct[:, pairs, :], axis=1) for r in results}  # (K, m) each
+
+
+def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, confidence: float = 0.95,
+                       n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(low, high) of ``statistic(fronts)`` where ``fronts`` maps method -> (K, m) accuracies."""
+    from scipy.stats import bootstrap
+
+    n = _n_pairs(results)
+
+    def on_sample(pairs: np.ndarray) -> float:
+        return float(statistic(resampled_fronts(results, pairs.astype(int))))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a ratio over a resample whose HV is 0 is inf: kept
+        res = bootstrap((np.arange(n),), on_sample, vectorized=False, n_resamples=n_resamples, method="percentile",
+                        confidence_level=confidence, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _n_pairs(results: Sequence[FrontResult]) -> int:
+    if not results or any(r.pair_correct is None for r in results):
+        raise ConfigError("results", "Bootstrap accuracy fronts from evaluate_front (they keep per-pair scores).",
+                          problem="a result has no pair_correct (built by hand or read back from JSON)")
+    sizes = {r.pair_correct.shape[1] for r in results}
+    if len(sizes) != 1:
+        raise ConfigError("results", "Evaluate every method on the same held-out pairs.",
+                          problem=f"pair counts {sorted(sizes)}")
+    return sizes.pop()
+

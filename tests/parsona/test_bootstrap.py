@@ -1,0 +1,64 @@
+"""Paired bootstrap over eval pairs: intervals of the width statistics says, paired across methods."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parsona.bootstrap import bootstrap_interval, resampled_fronts
+from parsona.errors import ConfigError
+from parsona.evaluate import FrontResult
+from parsona.objectives import hypervolume
+
+REF = np.full(2, 0.4)
+
+
+def result(method: str, pair_correct: np.ndarray) -> FrontResult:
+    K, _, m = pair_correct.shape
+    grid = np.stack([np.linspace(0, 1, K), 1 - np.linspace(0, 1, K)], axis=1)
+    acc = np.nanmean(pair_correct, axis=1)
+    return FrontResult(method, ("helpful", "harmless"), grid, acc, np.zeros_like(acc), [1, 1], REF,
+                       pair_correct=pair_correct)
+
+
+def random_scores(seed: int, K: int = 3, N: int = 400, p: float = 0.5) -> np.ndarray:
+    return (np.random.default_rng(seed).random((K, N, 2)) < p).astype(float)   # (K, N, m)
+
+
+def test_interval_of_a_mean_accuracy_matches_the_normal_approximation():
+    r = result("a", random_scores(0))
+    low, high = bootstrap_interval([r], lambda f: f["a"][0, 0], n_resamples=2000)
+    p, n = r.accuracy[0, 0], r.pair_correct.shape[1]
+    half = 1.96 * np.sqrt(p * (1 - p) / n)                                    # ≈ 0.049 for p = ½, n = 400
+    assert low < p < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_methods_are_resampled_together():
+    # the same scores under two names: every resample gives both the same front, so the ratio is exactly 1
+    scores = random_scores(1, p=0.6)
+    pair = [result("pref", scores), result("soups", scores.copy())]
+    ratio = bootstrap_interval(pair, lambda f: hypervolume(f["pref"], REF) / hypervolume(f["soups"], REF))
+    assert ratio == (1.0, 1.0)
+    # independent scores of the same quality do vary
+    other = [result("pref", scores), result("soups", random_scores(2, p=0.6))]
+    low, high = bootstrap_interval(other, lambda f: hypervolume(f["pref"], REF) / hypervolume(f["soups"], REF))
+    assert low < 1 < high
+
+
+def test_unlabelled_pairs_do_not_count():
+    scores = np.ones((1, 4, 2))
+    scores[0, :2, 1] = np.nan                                                 # two pairs lack a harmless label
+    scores[0, 2, 1] = 0.0
+    fronts = resampled_fronts([result("a", scores)], np.arange(4))
+    np.testing.assert_allclose(fronts["a"], [[1.0, 0.5]])
+
+
+def test_results_without_pair_scores_or_on_other_pairs_are_refused():
+    bare = result("a", random_scores(0))
+    bare.pair_correct = None
+    with pytest.raises(ConfigError) as err:
+        bootstrap_interval([bare], lambda f: 0.0)
+    assert err.value.field == "results"
+    with pytest.raises(ConfigError, match="same held-out pairs"):
+        bootstrap_interval([result("a", random_scores(0, N=10)), result("b", random_scores(0, N=12))], lambda f: 0.0)
