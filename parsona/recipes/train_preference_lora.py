@@ -59,6 +59,8 @@ class Config:
     """LoRA scale numerator: ΔW is scaled by alpha / (rank + n_objectives)."""
     learning_rate: float = 5e-4
     """AdamW learning rate (constant after a linear warm-up)."""
+    pref_scale_lr_multiplier: float = 1.0
+    """The per-layer preference scales s learn at learning_rate × this (Panacea's s sizes λ's singular values)."""
     warmup_steps: int = 5
     """Linear learning-rate warm-up steps."""
     max_steps: int = 40
@@ -91,6 +93,9 @@ class Config:
             raise ConfigError("scalarization", f"Use one of {SCALARIZATIONS}.", problem=f"got {self.scalarization!r}")
         if self.loss not in LOSSES:
             raise ConfigError("loss", f"Use one of {LOSSES}.", problem=f"got {self.loss!r}")
+        if not self.pref_scale_lr_multiplier > 0:
+            raise ConfigError("pref_scale_lr_multiplier", "Use a positive number (1 = the same rate as the rest).",
+                              problem=f"got {self.pref_scale_lr_multiplier}")
         for name in ("max_steps", "pairs_per_step", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -115,6 +120,14 @@ def loss_function(name: str):
     from parsona.objectives import losses
 
     return {"dpo": losses.dpo_loss, "ipo": losses.ipo_loss, "hinge": losses.hinge_loss}[name]
+
+
+def parameter_groups(adapter, cfg: Config) -> list[dict]:
+    """AdamW groups: the scales s at their own learning rate, everything else at ``learning_rate``."""
+    scales = [layer.pref_scale for layer in adapter.layers.values()]
+    ids = {id(p) for p in scales}
+    rest = [p for p in adapter.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": scales, "lr": cfg.learning_rate * cfg.pref_scale_lr_multiplier}]
 
 
 def label_tensors(pairs, objectives) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +249,7 @@ def main(cfg: Config) -> Path:
         train = train[: cfg.max_train_pairs]
 
     scorer = PairLogProbs(model, adapter).train()
-    optimizer = torch.optim.AdamW(list(adapter.parameters()), lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameter_groups(adapter, cfg), lr=cfg.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
 

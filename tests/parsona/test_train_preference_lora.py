@@ -137,10 +137,27 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
         assert got == pytest.approx(want)
 
 
+def test_pref_scale_lr_multiplier_scales_the_step_of_s_only(tiny_dir, tmp_path):
+    # Adam's step is lr × (a factor set by the gradient's sign history, not its size), so s moves
+    # `multiplier` times as far as at multiplier 1 (s and σ get no gradient at step 1: U starts at 0)
+    common = dict(model=str(tiny_dir), max_length=48, pairs_per_step=2, rank=2, max_steps=3, warmup_steps=1)
+    moved = {}
+    for mult in (1.0, 8.0):
+        out = main(Config(output_dir=str(tmp_path / str(mult)), pref_scale_lr_multiplier=mult, **common))
+        weights = load_file(out / "adapter.safetensors")
+        moved[mult] = {k: (v - 1).abs() for k, v in weights.items() if k.endswith(("pref_scale", "sigma"))}
+    for key, base in moved[1.0].items():
+        if key.endswith("pref_scale"):
+            assert base > 0
+            torch.testing.assert_close(moved[8.0][key], 8 * base, rtol=0.05, atol=0)
+    assert any(k.endswith("sigma") for k in moved[1.0])
+
+
 @pytest.mark.parametrize("bad, field", [
     (dict(n_objectives=3), "n_objectives"),
     (dict(scalarization="max"), "scalarization"),
     (dict(max_steps=0), "max_steps"),
+    (dict(pref_scale_lr_multiplier=0.0), "pref_scale_lr_multiplier"),
     (dict(objectives=("helpful", "funny"), n_objectives=2), "objectives"),
 ])
 def test_bad_config_names_the_field(bad, field):
