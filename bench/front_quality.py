@@ -65,6 +65,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--pref-scale-lr-multiplier", type=float, default=1.0,
+                   help="preference LoRA: the scales s learn at learning rate × this (default: 1)")
     p.add_argument("--vertex-prob", type=float, default=0.2,
                    help="preference LoRA: share of rows trained at a one-objective λ (default: 0.2, the recipe's)")
     p.add_argument("--eval-pairs", type=int, default=16, help="held-out pairs, both-labelled first (default: 16)")
@@ -99,7 +101,8 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
         if f"pref_{scal}" in methods:
             d = train_preference_lora.main(train_preference_lora.Config(
                 output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=20,
-                scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob, **common))
+                scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob,
+                pref_scale_lr_multiplier=args.pref_scale_lr_multiplier, **common))
             s = json.loads((d / "training_summary.json").read_text())
             runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=s["seconds"])
     n_dps = args.dps_partitions + 1
