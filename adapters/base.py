@@ -115,7 +115,8 @@ class Adapter:
             self._inputs = previous
             if previous is None:  # the outermost block ended: its batch's cached values are garbage now
                 for layer in self.layers.values():
-                    getattr(layer, "release_cache", _nothing)()
+                    if hasattr(layer, "release_cache"):
+                        layer.release_cache()
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator["Adapter"]:
@@ -243,10 +244,6 @@ class Adapter:
         adapter = attach(model, config)
         adapter.load_state_dict(load_file(str(weights)), source=str(weights))
         return adapter
-
-
-def _nothing() -> None:
-    pass
 
 
 def plain_inference() -> bool:
