@@ -65,7 +65,7 @@ def test_mixed_batch_equals_peft_per_row_adapter_names(user_dirs, input_ids):
 
 
 def test_training_path_matches_inference_path_and_only_used_loras_get_gradients(user_dirs, input_ids):
-    model = tiny_causal_lm()
+    model = tiny_causal_lm().double()  # the two paths sum in other orders: fp64 keeps that far below the tolerance
     bank = attach(model, LoRAConfig())
     for user, path in user_dirs.items():
         bank.add(user, path)
