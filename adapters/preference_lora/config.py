@@ -15,7 +15,9 @@ class PreferenceLoRAConfig(AdapterConfig):
 
     rank:            k, the learned (preference-independent) singular values per Linear.
     n_objectives:    m, the length of the preference vector λ (2 for helpful vs harmless).
-    alpha:           the update is scaled by ``alpha / (rank + n_objectives)``, as LoRA scales by alpha / r.
+    preference_rank: p, singular values (columns of U and V) per objective, each weighted by that
+                     objective's λ_i; 1 is Panacea. The adapter's rank is rank + n_objectives · p.
+    alpha:           the update is scaled by ``alpha / (rank + n_objectives · p)``, as LoRA scales by alpha / r.
     target_modules:  Linear layers to adapt, by name or name suffix (PEFT's rule).
     init:            "lora" (U = 0, V Kaiming, σ = s = 1: learns as fast as a LoRA) or "panacea"
                      (σ = s = 0, U, V ~ N(0, init_std²), as in the paper); both start at ΔW = 0.
@@ -24,6 +26,7 @@ class PreferenceLoRAConfig(AdapterConfig):
 
     rank: int = 8
     n_objectives: int = 2
+    preference_rank: int = 1
     alpha: float = 16.0
     target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
     init: str = "lora"
@@ -36,6 +39,9 @@ class PreferenceLoRAConfig(AdapterConfig):
         if not isinstance(self.n_objectives, int) or self.n_objectives < 2:
             raise ConfigError("n_objectives", "Use 2 or more objectives (one objective needs no preference vector).",
                               problem=f"got {self.n_objectives!r}")
+        if not isinstance(self.preference_rank, int) or self.preference_rank < 1:
+            raise ConfigError("preference_rank", "Use a whole number ≥ 1 (1 is Panacea: one singular value per objective).",
+                              problem=f"got {self.preference_rank!r}")
         if not self.alpha > 0:
             raise ConfigError("alpha", "Use a positive number (e.g. 2 × rank).", problem=f"got {self.alpha!r}")
         if self.init not in ("lora", "panacea"):

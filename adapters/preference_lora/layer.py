@@ -3,7 +3,9 @@
     h = W0 x + (alpha / (k + m)) · U · diag([σ_1..σ_k, s·λ_1..s·λ_m]) · Vᵀ x
 
 U (d_out, k+m), V (d_in, k+m), σ (k) learned, s a learned per-layer scale, λ (B, m) given per
-row. Two initialisations, both with ΔW = 0 so the adapted model starts equal to the base:
+row. With ``preference_rank`` p > 1 each λ_i fills p singular values instead of one (U and V get
+k + m·p columns): Panacea is p = 1, and p > 1 gives each objective a rank-p subspace of its own,
+as each LoRA of Rewarded Soups has (below, "m" reads "m·p"). Two initialisations, both with ΔW = 0 so the adapted model starts equal to the base:
 
 - "lora" (default): U = 0, V Kaiming-uniform, σ = s = 1, as LoRA starts B = 0 and A Kaiming.
   Every entry of U gets a gradient at step 0, so ΔW grows as fast as a plain LoRA's.
@@ -25,29 +27,31 @@ from ..base import add_product, plain_inference
 
 class PreferenceLoRALayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, rank: int, n_objectives: int, alpha: float, init: str = "lora",
-                 init_std: float = 0.02):
+                 init_std: float = 0.02, preference_rank: int = 1):
         super().__init__()
-        self.rank, self.n_objectives = rank, n_objectives
-        self.scaling = alpha / (rank + n_objectives)
+        self.rank, self.n_objectives, self.preference_rank = rank, n_objectives, preference_rank
+        width = rank + n_objectives * preference_rank                          # singular values per row
+        self.scaling = alpha / width
         if init == "lora":
-            V = torch.empty(rank + n_objectives, d_in)
+            V = torch.empty(width, d_in)
             nn.init.kaiming_uniform_(V, a=math.sqrt(5))                      # as PEFT inits lora_A
-            self.U = nn.Parameter(torch.zeros(d_out, rank + n_objectives))
+            self.U = nn.Parameter(torch.zeros(d_out, width))
             self.V = nn.Parameter(V.T.contiguous())
             self.sigma = nn.Parameter(torch.ones(rank))
             self.pref_scale = nn.Parameter(torch.ones(()))
         else:
-            self.U = nn.Parameter(torch.randn(d_out, rank + n_objectives) * init_std)
-            self.V = nn.Parameter(torch.randn(d_in, rank + n_objectives) * init_std)
+            self.U = nn.Parameter(torch.randn(d_out, width) * init_std)
+            self.V = nn.Parameter(torch.randn(d_in, width) * init_std)
             self.sigma = nn.Parameter(torch.zeros(rank))
             self.pref_scale = nn.Parameter(torch.zeros(()))
         self._cache: tuple | None = None  # (preference, (dtype, versions), factors), see _inference_factors
 
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
-        """[σ, s·λ] per row: (B, m) -> (B, k+m)."""
+        """[σ, s·λ] per row: (B, m) -> (B, k + m·p), each λ_i repeated p = preference_rank times."""
         B = preference.shape[0]
         sigma = self.sigma.expand(B, self.rank)                  # (B, k)
-        return torch.cat([sigma, self.pref_scale * preference], dim=-1)  # (B, k+m)
+        lam = preference.repeat_interleave(self.preference_rank, dim=-1) if self.preference_rank > 1 else preference
+        return torch.cat([sigma, self.pref_scale * lam], dim=-1)  # (B, k + m·p)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
         """``out`` + ΔW_row x for every row; x (B, T, d_in), out (B, T, d_out), preference (B, m)."""

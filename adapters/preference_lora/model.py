@@ -29,7 +29,8 @@ class PreferenceLoRA(Adapter):
 
     def _make_layer(self, path: str, linear: nn.Linear) -> nn.Module:
         c = self.config
-        return PreferenceLoRALayer(linear.in_features, linear.out_features, c.rank, c.n_objectives, c.alpha, c.init, c.init_std)
+        return PreferenceLoRALayer(linear.in_features, linear.out_features, c.rank, c.n_objectives, c.alpha, c.init, c.init_std,
+                                  c.preference_rank)
 
     def _prepare_inputs(self, preference: Any = None, **unknown: Any) -> dict[str, torch.Tensor]:
         if unknown:
@@ -66,13 +67,13 @@ class PreferenceLoRA(Adapter):
         return {"preference": e / e.sum(-1, keepdim=True)}
 
     def to_peft(self, preference: Sequence[float] | torch.Tensor, out_dir: str | Path, base_model_name_or_path: str | None = None) -> Path:
-        """Write the adapter at a fixed λ as a standard PEFT LoRA directory of rank k + m.
+        """Write the adapter at a fixed λ as a standard PEFT LoRA directory of rank k + m·p.
 
-        PEFT computes ΔW = (lora_alpha / r) · B A; we write r = lora_alpha = k + m (scale 1),
-        A = Vᵀ and B = (alpha / (k+m)) · U · diag(σ, s·λ), so PEFT, vLLM and LoRAX load it as-is.
+        PEFT computes ΔW = (lora_alpha / r) · B A; we write r = lora_alpha = k + m·p (scale 1),
+        A = Vᵀ and B = (alpha / r) · U · diag(σ, s·λ), so PEFT, vLLM and LoRAX load it as-is.
         """
         lam = self.check_preference(preference, batched=False)
-        r = self.config.rank + self.config.n_objectives
+        r = self.config.rank + self.config.n_objectives * self.config.preference_rank
         factors = {path: layer.peft_factors(lam.to(layer.U.device)) for path, layer in self.layers.items()}
         name = base_model_name_or_path or getattr(self.model, "name_or_path", None)
         return write_peft_lora(LoRAWeights(rank=r, alpha=float(r), factors=factors), out_dir, list(self.layers), name)

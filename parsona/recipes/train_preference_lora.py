@@ -54,9 +54,11 @@ class Config:
     beta: float = 0.1
     """DPO's β: strength of the pull towards the reference model."""
     rank: int = 8
-    """k, learned singular values per adapted Linear."""
+    """k, learned (preference-independent) singular values per adapted Linear."""
+    preference_rank: int = 1
+    """p, singular values per objective, each weighted by its λ_i (1: Panacea; rank + m·p in all)."""
     alpha: float = 16.0
-    """LoRA scale numerator: ΔW is scaled by alpha / (rank + n_objectives)."""
+    """LoRA scale numerator: ΔW is scaled by alpha / (rank + n_objectives · preference_rank)."""
     learning_rate: float = 5e-4
     """AdamW learning rate (constant after a linear warm-up)."""
     pref_scale_lr_multiplier: float = 1.0
@@ -96,7 +98,7 @@ class Config:
         if not self.pref_scale_lr_multiplier > 0:
             raise ConfigError("pref_scale_lr_multiplier", "Use a positive number (1 = the same rate as the rest).",
                               problem=f"got {self.pref_scale_lr_multiplier}")
-        for name in ("max_steps", "pairs_per_step", "max_length"):
+        for name in ("max_steps", "pairs_per_step", "max_length", "rank", "preference_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
 
@@ -242,7 +244,8 @@ def main(cfg: Config) -> Path:
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
     model.requires_grad_(False)
-    adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha))
+    adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha,
+                                                 preference_rank=cfg.preference_rank))
     train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
     if cfg.max_train_pairs:
         random.Random(cfg.seed).shuffle(train)

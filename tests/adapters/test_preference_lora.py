@@ -38,6 +38,31 @@ def test_layer_matches_the_panacea_formula(trained):
         torch.testing.assert_close(layer(x[b : b + 1], out, lam[b : b + 1])[0], out[0] + x[b] @ delta_w.T)
 
 
+def test_preference_rank_gives_each_objective_its_own_columns(input_ids, tmp_path):
+    # p = 2 singular values per objective: ΔW = scale · (Σ_j σ_j u_j v_jᵀ + Σ_i s·λ_i Σ_{c ∈ block i} u_c v_cᵀ)
+    model = tiny_causal_lm()
+    adapter = attach(model, PreferenceLoRAConfig(rank=3, n_objectives=2, preference_rank=2))
+    perturb(adapter, std=0.1)
+    layer = adapter.layers["model.layers.0.mlp.down_proj"]
+    assert layer.U.shape[1] == layer.V.shape[1] == 3 + 2 * 2
+    lam = torch.tensor([0.3, 0.7])
+    u, v = layer.U, layer.V
+    expected = sum(layer.sigma[j] * torch.outer(u[:, j], v[:, j]) for j in range(3))
+    for i, block in enumerate(([3, 4], [5, 6])):
+        expected = expected + layer.pref_scale * lam[i] * sum(torch.outer(u[:, c], v[:, c]) for c in block)
+    torch.testing.assert_close(layer.delta_weight(lam),
+                               expected * 16.0 / 7)
+    adapter.to_peft(preference=[0.3, 0.7], out_dir=tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 7
+    save_adapter(adapter, tmp_path / "saved")
+    loaded = load_adapter(tiny_causal_lm(), tmp_path / "saved")
+    assert loaded.config.preference_rank == 2
+    torch.testing.assert_close(logits(loaded.model, loaded, input_ids, [[0.3, 0.7]] * 4),
+                               logits(model, adapter, input_ids, [[0.3, 0.7]] * 4))
+    with pytest.raises(ConfigError, match="preference_rank"):
+        PreferenceLoRAConfig(preference_rank=0)
+
+
 def test_changing_the_preference_changes_the_output(trained, input_ids):
     model, adapter = trained
     a = logits(model, adapter, input_ids[:1], [[1.0, 0.0]])
