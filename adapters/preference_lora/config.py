@@ -13,7 +13,8 @@ from ..base import LLAMA_PROJECTIONS, AdapterConfig
 class PreferenceLoRAConfig(AdapterConfig):
     """An SVD-LoRA whose last ``n_objectives`` singular values are the preference vector.
 
-    rank:            k, the learned (preference-independent) singular values per Linear.
+    rank:            k, the learned (preference-independent) singular values per Linear. 0 leaves only
+                     the preference blocks: ΔW = s · Σ_i λ_i U_i V_iᵀ, Rewarded Soups' form trained as one.
     n_objectives:    m, the length of the preference vector λ (2 for helpful vs harmless).
     preference_rank: p, singular values (columns of U and V) per objective, each weighted by that
                      objective's λ_i; 1 is Panacea. The adapter's rank is rank + n_objectives · p.
@@ -34,8 +35,8 @@ class PreferenceLoRAConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         self.target_modules = self.checked_targets(self.target_modules)
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ConfigError("rank", "Use a whole number ≥ 1 (8 is a good default).", problem=f"got {self.rank!r}")
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise ConfigError("rank", "Use a whole number ≥ 0 (8 is a good default).", problem=f"got {self.rank!r}")
         if not isinstance(self.n_objectives, int) or self.n_objectives < 2:
             raise ConfigError("n_objectives", "Use 2 or more objectives (one objective needs no preference vector).",
                               problem=f"got {self.n_objectives!r}")

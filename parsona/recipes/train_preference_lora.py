@@ -54,7 +54,7 @@ class Config:
     beta: float = 0.1
     """DPO's β: strength of the pull towards the reference model."""
     rank: int = 8
-    """k, learned (preference-independent) singular values per adapted Linear."""
+    """k, learned (preference-independent) singular values per adapted Linear (0: none)."""
     preference_rank: int = 1
     """p, singular values per objective, each weighted by its λ_i (1: Panacea; rank + m·p in all)."""
     alpha: float = 16.0
@@ -98,9 +98,11 @@ class Config:
         if not self.pref_scale_lr_multiplier > 0:
             raise ConfigError("pref_scale_lr_multiplier", "Use a positive number (1 = the same rate as the rest).",
                               problem=f"got {self.pref_scale_lr_multiplier}")
-        for name in ("max_steps", "pairs_per_step", "max_length", "rank", "preference_rank"):
+        for name in ("max_steps", "pairs_per_step", "max_length", "preference_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.rank < 0:
+            raise ConfigError("rank", "Use a whole number ≥ 0 (0: preference blocks only).", problem=f"got {self.rank}")
 
 
 # -- the pieces a step is made of ------------------------------------------------------------

@@ -38,22 +38,23 @@ def test_layer_matches_the_panacea_formula(trained):
         torch.testing.assert_close(layer(x[b : b + 1], out, lam[b : b + 1])[0], out[0] + x[b] @ delta_w.T)
 
 
-def test_preference_rank_gives_each_objective_its_own_columns(input_ids, tmp_path):
+@pytest.mark.parametrize("k", [3, 0])  # k = 0: preference blocks only (Rewarded Soups' form, trained as one)
+def test_preference_rank_gives_each_objective_its_own_columns(k, input_ids, tmp_path):
     # p = 2 singular values per objective: ΔW = scale · (Σ_j σ_j u_j v_jᵀ + Σ_i s·λ_i Σ_{c ∈ block i} u_c v_cᵀ)
     model = tiny_causal_lm()
-    adapter = attach(model, PreferenceLoRAConfig(rank=3, n_objectives=2, preference_rank=2))
+    adapter = attach(model, PreferenceLoRAConfig(rank=k, n_objectives=2, preference_rank=2))
     perturb(adapter, std=0.1)
     layer = adapter.layers["model.layers.0.mlp.down_proj"]
-    assert layer.U.shape[1] == layer.V.shape[1] == 3 + 2 * 2
+    assert layer.U.shape[1] == layer.V.shape[1] == k + 2 * 2
     lam = torch.tensor([0.3, 0.7])
     u, v = layer.U, layer.V
-    expected = sum(layer.sigma[j] * torch.outer(u[:, j], v[:, j]) for j in range(3))
-    for i, block in enumerate(([3, 4], [5, 6])):
+    expected = sum((layer.sigma[j] * torch.outer(u[:, j], v[:, j]) for j in range(k)), torch.zeros(len(u), len(v)))
+    for i, block in enumerate(([k, k + 1], [k + 2, k + 3])):
         expected = expected + layer.pref_scale * lam[i] * sum(torch.outer(u[:, c], v[:, c]) for c in block)
     torch.testing.assert_close(layer.delta_weight(lam),
-                               expected * 16.0 / 7)
+                               expected * 16.0 / (k + 4))
     adapter.to_peft(preference=[0.3, 0.7], out_dir=tmp_path / "peft")
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 7
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == k + 4
     save_adapter(adapter, tmp_path / "saved")
     loaded = load_adapter(tiny_causal_lm(), tmp_path / "saved")
     assert loaded.config.preference_rank == 2
@@ -61,6 +62,8 @@ def test_preference_rank_gives_each_objective_its_own_columns(input_ids, tmp_pat
                                logits(model, adapter, input_ids, [[0.3, 0.7]] * 4))
     with pytest.raises(ConfigError, match="preference_rank"):
         PreferenceLoRAConfig(preference_rank=0)
+    with pytest.raises(ConfigError, match="rank"):
+        PreferenceLoRAConfig(rank=-1)
 
 
 def test_changing_the_preference_changes_the_output(trained, input_ids):
