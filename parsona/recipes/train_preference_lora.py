@@ -77,6 +77,9 @@ class Config:
     """Concentration of the Dirichlet over λ (1 = uniform on the simplex)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    all_labels_only: bool = False
+    """Train only on pairs labelled for every objective (Panacea's data has all labels): a row whose λ
+    weights an objective its pair lacks adds nothing for that share of λ."""
     max_train_pairs: int = 0
     """Use only the first N training pairs after shuffling (0: all)."""
     eval_fraction: float = 0.1
@@ -249,6 +252,11 @@ def main(cfg: Config) -> Path:
     adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha,
                                                  preference_rank=cfg.preference_rank))
     train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
+    if cfg.all_labels_only:
+        train = [p for p in train if all(o in p.labels for o in cfg.objectives)]
+        if not train:
+            raise ConfigError("all_labels_only", "No training pair has a label for every objective; set it to false.",
+                              problem=f"objectives {cfg.objectives}")
     if cfg.max_train_pairs:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_train_pairs]

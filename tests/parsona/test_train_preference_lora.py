@@ -153,7 +153,20 @@ def test_pref_scale_lr_multiplier_scales_the_step_of_s_only(tiny_dir, tmp_path):
     assert any(k.endswith("sigma") for k in moved[1.0])
 
 
+def test_all_labels_only_and_preference_blocks_reach_the_saved_adapter(tiny_dir, tmp_path):
+    out = main(Config(model=str(tiny_dir), output_dir=str(tmp_path / "run"), max_length=48, pairs_per_step=2,
+                      max_steps=1, rank=0, preference_rank=2, all_labels_only=True))
+    summary = json.loads((out / "training_summary.json").read_text())
+    train, _ = front_pairs(OBJECTIVES)
+    both = sum(set(p.labels) == set(OBJECTIVES) for p in train)
+    assert 0 < summary["train_pairs"] == both < len(train)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["rank"], config["preference_rank"]) == (0, 2)
+
+
 @pytest.mark.parametrize("bad, field", [
+    (dict(rank=-1), "rank"),
+    (dict(preference_rank=0), "preference_rank"),
     (dict(n_objectives=3), "n_objectives"),
     (dict(scalarization="max"), "scalarization"),
     (dict(max_steps=0), "max_steps"),
