@@ -69,7 +69,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--pref-alpha", type=float, default=16.0,
                    help="preference LoRA's alpha: ΔW scaled by alpha / (k + 2p) (default: 16)")
     p.add_argument("--all-labels-only", action="store_true",
-                   help="preference LoRA trains only on pairs labelled for both objectives")
+                   help="every method trains only on pairs labelled for both objectives")
     p.add_argument("--preference-rank", type=int, default=1,
                    help="preference LoRA: singular values per objective (1: Panacea; default: 1)")
     p.add_argument("--beta", type=float, default=0.1)
@@ -103,7 +103,8 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
     from parsona.recipes import baselines, train_preference_lora
 
     common = dict(model=args.model, objectives=OBJECTIVES, beta=args.beta, rank=args.rank, learning_rate=args.learning_rate,
-                  warmup_steps=args.warmup_steps, pairs_per_step=args.pairs_per_step, max_length=args.max_length, seed=seed)
+                  warmup_steps=args.warmup_steps, pairs_per_step=args.pairs_per_step, max_length=args.max_length, seed=seed,
+                  all_labels_only=args.all_labels_only)
     runs = {}
     for scal in ("linear", "tcheb"):
         if f"pref_{scal}" in methods:
@@ -111,7 +112,6 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
                 output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=20,
                 scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob,
                 pref_scale_lr_multiplier=args.pref_scale_lr_multiplier, preference_rank=args.preference_rank, alpha=args.pref_alpha,
-                all_labels_only=args.all_labels_only,
                 **{**common, "rank": args.pref_rank or args.rank}))
             s = json.loads((d / "training_summary.json").read_text())
             runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=s["seconds"])

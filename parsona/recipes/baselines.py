@@ -72,6 +72,8 @@ class Config:
     """Preference pairs per optimizer step."""
     max_length: int = 256
     """Tokens per prompt + reply (prompts are cut from the left)."""
+    all_labels_only: bool = False
+    """Train only on pairs labelled for every objective (as the preference-LoRA recipe's field)."""
     max_train_pairs: int = 0
     """Use only the first N training pairs after shuffling (0: all)."""
     eval_fraction: float = 0.1
@@ -123,7 +125,7 @@ def main(cfg: Config) -> Path:
     from parsona.devices import mixed_precision
     from parsona.io import write_json
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.front_data import data_fingerprint, front_pairs
+    from parsona.recipes.front_data import data_fingerprint, front_pairs, fully_labelled
     from parsona.recipes.train_preference_lora import batches, loss_function, pair_step, scalarizer
 
     out = Path(cfg.output_dir) / cfg.method
@@ -135,6 +137,8 @@ def main(cfg: Config) -> Path:
     init = bank.weights("default")                            # the shared seeded init, A Kaiming, B = 0
     bank.remove("default")
     train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
+    if cfg.all_labels_only:
+        train = fully_labelled(train, cfg.objectives)
     if cfg.max_train_pairs:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_train_pairs]

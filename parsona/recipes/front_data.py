@@ -45,6 +45,15 @@ def front_pairs(objectives: Sequence[str] = HH_OBJECTIVES, eval_fraction: float 
     return train_eval_split(pairs, eval_fraction)
 
 
+def fully_labelled(pairs: list[MultiObjectivePair], objectives: Sequence[str], field: str = "all_labels_only"):
+    """The pairs labelled for every objective (Panacea's data has all labels: no row's λ is wasted)."""
+    kept = [p for p in pairs if all(o in p.labels for o in objectives)]
+    if not kept:
+        raise ConfigError(field, "No training pair has a label for every objective; set it to false.",
+                          problem=f"objectives {tuple(objectives)}")
+    return kept
+
+
 def _merge(merged: dict, pair: MultiObjectivePair) -> None:
     key = (pair.prompt, frozenset((pair.response_a, pair.response_b)))
     old = merged.get(key)

@@ -242,7 +242,7 @@ def main(cfg: Config) -> Path:
     from parsona.base_model import load_base_model
     from parsona.devices import mixed_precision
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.front_data import data_fingerprint, front_pairs
+    from parsona.recipes.front_data import data_fingerprint, front_pairs, fully_labelled
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
@@ -253,10 +253,7 @@ def main(cfg: Config) -> Path:
                                                  preference_rank=cfg.preference_rank))
     train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
     if cfg.all_labels_only:
-        train = [p for p in train if all(o in p.labels for o in cfg.objectives)]
-        if not train:
-            raise ConfigError("all_labels_only", "No training pair has a label for every objective; set it to false.",
-                              problem=f"objectives {cfg.objectives}")
+        train = fully_labelled(train, cfg.objectives)
     if cfg.max_train_pairs:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_train_pairs]

@@ -47,6 +47,18 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
     assert (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
+def test_all_labels_only_trains_every_lora_on_the_fully_labelled_pairs(tiny_dir, tmp_path):
+    from parsona.recipes.front_data import front_pairs
+
+    out = main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2,
+                      all_labels_only=True, **COMMON))
+    train, _ = front_pairs(("helpful", "harmless"))
+    both = sum({"helpful", "harmless"} <= set(p.labels) for p in train)
+    for name in ("helpful", "harmless"):
+        summary = json.loads((out / name / "training_summary.json").read_text())
+        assert summary["train_pairs"] == both < sum(name in p.labels for p in train)
+
+
 def test_dps_grid_loras_share_one_init(tiny_dir, tmp_path):
     # learning_rate 0: every LoRA must still equal the shared seeded init after training.
     out = main(Config(method="dps", model=str(tiny_dir), output_dir=str(tmp_path), n_partitions=1, dps_steps_each=2,
