@@ -112,7 +112,7 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
                 output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=20,
                 scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob,
                 pref_scale_lr_multiplier=args.pref_scale_lr_multiplier, preference_rank=args.preference_rank, alpha=args.pref_alpha,
-                **{**common, "rank": args.pref_rank or args.rank}))
+                **{**common, "rank": args.rank if args.pref_rank is None else args.pref_rank}))
             s = json.loads((d / "training_summary.json").read_text())
             runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=s["seconds"])
     n_dps = args.dps_partitions + 1

@@ -45,11 +45,11 @@ def front_pairs(objectives: Sequence[str] = HH_OBJECTIVES, eval_fraction: float 
     return train_eval_split(pairs, eval_fraction)
 
 
-def fully_labelled(pairs: list[MultiObjectivePair], objectives: Sequence[str], field: str = "all_labels_only"):
+def fully_labelled(pairs: list[MultiObjectivePair], objectives: Sequence[str]) -> list[MultiObjectivePair]:
     """The pairs labelled for every objective (Panacea's data has all labels: no row's λ is wasted)."""
     kept = [p for p in pairs if all(o in p.labels for o in objectives)]
     if not kept:
-        raise ConfigError(field, "No training pair has a label for every objective; set it to false.",
+        raise ConfigError("all_labels_only", "No training pair has a label for every objective; set it to false.",
                           problem=f"objectives {tuple(objectives)}")
     return kept
 
