@@ -5,7 +5,8 @@
 U (d_out, k+m), V (d_in, k+m), σ (k) learned, s a learned per-layer scale, λ (B, m) given per
 row. With ``preference_rank`` p > 1 each λ_i fills p singular values instead of one (U and V get
 k + m·p columns): Panacea is p = 1, and p > 1 gives each objective a rank-p subspace of its own,
-as each LoRA of Rewarded Soups has (below, "m" reads "m·p"). Two initialisations, both with ΔW = 0 so the adapted model starts equal to the base:
+as each LoRA of Rewarded Soups has (below, "m" reads "m·p"). Two initialisations, both with
+ΔW = 0 so the adapted model starts equal to the base:
 
 - "lora" (default): U = 0, V Kaiming-uniform, σ = s = 1, as LoRA starts B = 0 and A Kaiming.
   Every entry of U gets a gradient at step 0, so ΔW grows as fast as a plain LoRA's.
