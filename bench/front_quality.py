@@ -17,9 +17,13 @@ train_s is each method's training time, summed over every run that led to it.
 
 Long runs survive being killed: rerun the same command with the same --output-dir and the
 preference LoRAs continue from their last checkpoint (every 20 steps), the baselines skip every
-LoRA already written. On these 2 cores a step at --max-length 128 takes ≈ 6 s and HH's held-out
-accuracy barely leaves chance within 120 steps, so a run that can meet the targets (≥ 1,000 steps,
-3 seeds, ≥ 200 eval pairs) is a many-hour or GPU job.
+LoRA already written, and each method's scored front (out/seed*/eval/<method>.npz) is reused when
+every setting matches. So methods can run in separate processes on the same --output-dir (say
+--methods pref_linear in one, --methods soups_linear,soups_cat in another), and a last run with
+all of them trains and scores nothing new and prints the combined table. On these 2 cores a step
+at --max-length 128 takes ≈ 6 s and HH's held-out accuracy barely leaves chance within 120 steps,
+so a run that can meet the targets (≥ 1,000 steps, 3 seeds, ≥ 200 eval pairs) is a many-hour or
+GPU job.
 
 Targets from the issue, printed with the measured ratios:
   HV(pref_linear) ≥ 1.10 × HV(Rewarded Soups) at equal compute (both soups shown)
@@ -127,7 +131,9 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
     return runs
 
 
-def evaluate_all(args, runs: dict, methods: list[str], pairs) -> list:
+def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list:
+    """Score every method's front; each result is kept under out/eval/, so a rerun (or a second process
+    given other --methods and the same --output-dir) reuses it instead of scoring it again."""
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
     from parsona.evaluate import evaluate_front, reference_logprobs
@@ -148,18 +154,59 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs) -> list:
     results, ref = [], None
     for method in methods:
         run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
-        if method.startswith("pref"):
-            policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
-        else:
-            policy = load_front_policy(model, run["dir"], mode=method.split("_")[1] if "_" in method else "linear")
-        if ref is None:
-            ref = reference_logprobs(model, tokenizer, policy, pairs, max_length=args.max_length, batch_size=args.eval_batch)
-        g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
-        result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
+        cache = out / "eval" / f"{method}.npz"
+        result = load_result(cache, eval_settings(args, method))
+        if result is None:
+            if method.startswith("pref"):
+                policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
+            else:
+                policy = load_front_policy(model, run["dir"], mode=method.split("_")[1] if "_" in method else "linear")
+            if ref is None:
+                ref = reference_logprobs(model, tokenizer, policy, pairs, max_length=args.max_length, batch_size=args.eval_batch)
+            g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
+            result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
+            policy.adapter.detach()
+            save_result(cache, eval_settings(args, method), result)
         result.info = {"train_steps": run["steps"], "train_tokens": run["tokens"], "train_s": round(run["seconds"], 1)}
         results.append(result)
-        policy.adapter.detach()
     return results
+
+
+def eval_settings(args, method: str) -> str:
+    """What a cached front depends on: every flag but where it goes, which methods and seeds run, and the
+    eval batch size; plus the method. A cached front is reused only when this matches exactly."""
+    skip = {"output_dir", "methods", "seeds", "eval_batch"}
+    return json.dumps({"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}})
+
+
+def save_result(path: Path, settings: str, result) -> None:
+    """A FrontResult as .npz (arrays, no pickle), written atomically, with the settings that made it."""
+    from parsona.io import atomic_file
+
+    arrays = dict(preferences=result.preferences, accuracy=result.accuracy, dpo_loss=result.dpo_loss,
+                  n_labelled=np.asarray(result.n_labelled), reference_point=result.reference_point,
+                  pair_correct=result.pair_correct, seconds=np.asarray(result.seconds), settings=np.asarray(settings),
+                  objectives=np.asarray(result.objectives), method=np.asarray(result.method))
+    if result.reward is not None:
+        arrays["reward"] = result.reward
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_result(path: Path, settings: str):
+    """The FrontResult saved at ``path`` for exactly these settings, else None (score it again)."""
+    from parsona.evaluate import FrontResult
+
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["settings"]) != settings:
+            return None
+        print(f"reusing {path} (same settings)")
+        return FrontResult(str(f["method"]), tuple(str(o) for o in f["objectives"]), f["preferences"], f["accuracy"],
+                           f["dpo_loss"], [int(x) for x in f["n_labelled"]], f["reference_point"],
+                           reward=f["reward"] if "reward" in f else None, pair_correct=f["pair_correct"],
+                           seconds=float(f["seconds"]))
 
 
 def targets(rows: dict) -> list[str]:
@@ -231,7 +278,7 @@ def main(argv=None) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         out = out_root / f"seed{seed}"
         runs = train_all(args, seed, out, methods)
-        results = evaluate_all(args, runs, methods, pairs)
+        results = evaluate_all(args, runs, methods, pairs, out)
         rows = compare(results)
         print(f"\nseed {seed}  (metric: {results[0].metric}; HV reference point {results[0].reference_point.tolist()}, "
               "fixed before the run; IGD+ vs the union front of these methods)")
