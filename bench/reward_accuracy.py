@@ -25,6 +25,8 @@ Printed next to the reward model, on the same eval pairs:
 
     .venv/bin/python bench/reward_accuracy.py                 # ~12 min on 2 CPU cores (encoding dominates)
     .venv/bin/python bench/reward_accuracy.py --max-pairs 200 # smoke run
+    .venv/bin/python bench/reward_accuracy.py --save-dir runs/rewards   # keep the two rewards, for
+        # bench/front_quality.py --reward-models helpful=runs/rewards/helpful,harmless=runs/rewards/harmless
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Config:
     encoder: str = field(default="", metadata={"help": "sentence encoder dir or cached HF id; empty: packaged MiniLM"})
     batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
     max_pairs: int = field(default=0, metadata={"help": "use only the first N pairs of each file (0: all); smoke runs"})
+    save_dir: str = field(default="", metadata={"help": "save each trained MiniLM reward to SAVE_DIR/<objective> "
+                                                        "(for front_quality.py --reward-models); empty: don't"})
 
     def __post_init__(self) -> None:
         if not 0 < self.eval_fraction < 1:
@@ -91,6 +95,10 @@ class CachedFeaturizer:
             feats = self.featurizer.featurize([p for p, _ in missing], [r for _, r in missing])
             self._rows.update(zip(missing, feats))
         return np.stack([self._rows[k] for k in keys])
+
+    def get_config(self) -> dict:
+        """The wrapped encoder's, so a saved reward reloads with a plain SentenceEncoder."""
+        return self.featurizer.get_config()
 
 
 class TfidfFeaturizer:
@@ -182,6 +190,9 @@ def main(cfg: Config) -> list[dict]:
         r = results[-1]
         print(f"{objective}: MiniLM-BT {r['minilm_bt']:.3f}, TF-IDF-BT {r['tfidf_bt']:.3f} "
               f"on {r['n_eval']} held-out pairs ({r['seconds']:.0f} s)", flush=True)
+        if cfg.save_dir:
+            r["reward"].save(Path(cfg.save_dir) / objective)
+            print(f"saved {Path(cfg.save_dir) / objective}")
     print_table(results)
     print_cross(results)
     print(f"\nreproduce: {command(cfg)}")
