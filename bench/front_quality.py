@@ -58,6 +58,8 @@ OBJECTIVES = ("helpful", "harmless")
 
 
 def parse(argv=None) -> argparse.Namespace:
+    from parsona.recipes.train_preference_lora import Config as recipe   # the preference LoRA's defaults
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model dir or id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--output-dir", default="runs/front_quality", help="adapters, results.json, front.png")
@@ -68,14 +70,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--pref-rank", type=int, default=None,
-                   help="preference LoRA only: its shared rank k (default: --rank)")
-    p.add_argument("--pref-alpha", type=float, default=16.0,
-                   help="preference LoRA's alpha: ΔW scaled by alpha / (k + 2p) (default: 16)")
-    p.add_argument("--all-labels-only", action="store_true",
-                   help="every method trains only on pairs labelled for both objectives")
-    p.add_argument("--preference-rank", type=int, default=1,
-                   help="preference LoRA: singular values per objective (1: Panacea; default: 1)")
+    p.add_argument("--pref-rank", type=int, default=recipe.rank,
+                   help=f"preference LoRA only: its shared rank k (default: the recipe's, {recipe.rank})")
+    p.add_argument("--pref-alpha", type=float, default=recipe.alpha,
+                   help=f"preference LoRA's alpha: ΔW scaled by alpha / (k + 2p) (default: {recipe.alpha:g})")
+    p.add_argument("--all-labels-only", action=argparse.BooleanOptionalAction, default=recipe.all_labels_only,
+                   help="every method trains only on pairs labelled for both objectives "
+                        f"(default: the recipe's, {recipe.all_labels_only})")
+    p.add_argument("--preference-rank", type=int, default=recipe.preference_rank,
+                   help=f"preference LoRA: singular values per objective (1: Panacea; default: {recipe.preference_rank})")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--pref-scale-lr-multiplier", type=float, default=1.0,
                    help="preference LoRA: the scales s learn at learning rate × this (default: 1)")
@@ -116,7 +119,7 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
                 output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=20,
                 scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob,
                 pref_scale_lr_multiplier=args.pref_scale_lr_multiplier, preference_rank=args.preference_rank, alpha=args.pref_alpha,
-                **{**common, "rank": args.rank if args.pref_rank is None else args.pref_rank}))
+                **{**common, "rank": args.pref_rank}))
             s = json.loads((d / "training_summary.json").read_text())
             runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=s["seconds"])
     n_dps = args.dps_partitions + 1

@@ -49,6 +49,20 @@ def test_three_objectives_train_and_evaluate_with_exact_hypervolume(tiny_dir, tm
     assert method == "exact" and value == pytest.approx(report["indicators"][0]["hypervolume"])
 
 
+def test_defaults_train_on_fully_labelled_pairs_and_the_papers_setup_is_a_few_flags_away(tiny_dir, tmp_path):
+    from parsona.recipes.front_data import front_pairs
+
+    train, _ = front_pairs()
+    both = sum({"helpful", "harmless"} <= set(p.labels) for p in train)    # counted here, not by the recipe
+    flags = ["--model", tiny_dir, "--max-steps", "1", "--max-length", "32", "--pairs-per-step", "2"]
+    paper = ["--rank", "8", "--preference-rank", "1", "--alpha", "16", "--no-all-labels-only"]
+    for name, extra, pairs, ranks in (("ours", [], both, (0, 8)), ("paper", paper, len(train), (8, 1))):
+        assert main(["train", "preference-lora", "--output-dir", str(tmp_path / name), *flags, *extra]) == 0
+        summary = json.loads((tmp_path / name / "adapter" / "training_summary.json").read_text())
+        assert summary["train_pairs"] == pairs
+        assert (summary["config"]["rank"], summary["config"]["preference_rank"]) == ranks
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--preference", "0.5,0.6", "hi"], "sums to 1.1"),
     (["train", "preference-lora", "--n-objectives", "3"], "n_objectives"),
