@@ -31,8 +31,11 @@ Targets from the issue, printed with the measured ratios:
   Spearman ρ(λ_i, accuracy_i) ≥ 0.9 per objective (pref_linear)
 
     .venv/bin/python bench/front_quality.py                       # SmolLM2, defaults: a ≈ 40 min smoke run
-    .venv/bin/python bench/front_quality.py --max-steps 120 --max-length 128 --eval-pairs 64 --warmup-steps 5
-                                                                  # the last reported run: ≈ 1.7 h
+    # the run reported in issue 5: two processes of one thread side by side (≈ 2.2 h), then the table
+    F="--max-steps 120 --max-length 128 --eval-pairs 200 --warmup-steps 5 --learning-rate 2e-4 --output-dir runs/fq11"
+    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --methods pref_linear,dps &
+    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --methods soups_linear,soups_cat,pref_tcheb; wait
+    .venv/bin/python bench/front_quality.py $F                    # scores nothing again: prints all five
     .venv/bin/python bench/front_quality.py --model DIR            # a tiny model (save_tiny_model): seconds
 
 Real eval (greedy replies scored by trained reward models) is behind ``--reward-models
