@@ -160,8 +160,8 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     results, ref = [], None
     for method in methods:
         run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
-        cache = out / "eval" / f"{method}.npz"
-        result = load_result(cache, eval_settings(args, method))
+        cache, settings = out / "eval" / f"{method}.npz", eval_settings(args, method)
+        result = load_result(cache, settings)
         if result is None:
             if method.startswith("pref"):
                 policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
@@ -172,7 +172,7 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
             g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
             result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
             policy.adapter.detach()
-            save_result(cache, eval_settings(args, method), result)
+            save_result(cache, settings, result)
         result.info = {"train_steps": run["steps"], "train_tokens": run["tokens"], "train_s": round(run["seconds"], 1)}
         results.append(result)
     return results
