@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +124,7 @@ def main(cfg: Config) -> Path:
     from parsona.devices import mixed_precision
     from parsona.io import write_json
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.front_data import data_fingerprint, front_pairs, fully_labelled
+    from parsona.recipes.front_data import data_fingerprint, training_pairs
     from parsona.recipes.train_preference_lora import batches, loss_function, pair_step, scalarizer
 
     out = Path(cfg.output_dir) / cfg.method
@@ -136,12 +135,7 @@ def main(cfg: Config) -> Path:
     bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))
     init = bank.weights("default")                            # the shared seeded init, A Kaiming, B = 0
     bank.remove("default")
-    train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
-    if cfg.all_labels_only:
-        train = fully_labelled(train, cfg.objectives)
-    if cfg.max_train_pairs:
-        random.Random(cfg.seed).shuffle(train)
-        train = train[: cfg.max_train_pairs]
+    train = training_pairs(cfg)
     scorer = PairLogProbs(model, bank).train()
     loss_fn = loss_function("dpo")
 

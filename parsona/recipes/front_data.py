@@ -12,6 +12,7 @@ carry no label); it gives a third objective for m = 3 runs.
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Sequence
 
 from parsona.data.hh_rlhf import MultiObjectivePair, read_dpl_relabels, read_hh, train_eval_split
@@ -52,6 +53,19 @@ def fully_labelled(pairs: list[MultiObjectivePair], objectives: Sequence[str]) -
         raise ConfigError("all_labels_only", "No training pair has a label for every objective; set it to false.",
                           problem=f"objectives {tuple(objectives)}")
     return kept
+
+
+def training_pairs(cfg) -> list[MultiObjectivePair]:
+    """The train side of :func:`front_pairs` as a recipe's ``cfg`` asks for it (both recipes share
+    this, so a comparison trains on the same pairs): ``all_labels_only`` keeps the fully-labelled
+    pairs, ``max_train_pairs`` a seeded sample of that many."""
+    train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
+    if cfg.all_labels_only:
+        train = fully_labelled(train, cfg.objectives)
+    if cfg.max_train_pairs:
+        random.Random(cfg.seed).shuffle(train)
+        train = train[: cfg.max_train_pairs]
+    return train
 
 
 def _merge(merged: dict, pair: MultiObjectivePair) -> None:

@@ -249,7 +249,7 @@ def main(cfg: Config) -> Path:
     from parsona.base_model import load_base_model
     from parsona.devices import mixed_precision
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.front_data import data_fingerprint, front_pairs, fully_labelled
+    from parsona.recipes.front_data import data_fingerprint, training_pairs
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
@@ -258,12 +258,7 @@ def main(cfg: Config) -> Path:
     model.requires_grad_(False)
     adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha,
                                                  preference_rank=cfg.preference_rank))
-    train, _ = front_pairs(cfg.objectives, cfg.eval_fraction)
-    if cfg.all_labels_only:
-        train = fully_labelled(train, cfg.objectives)
-    if cfg.max_train_pairs:
-        random.Random(cfg.seed).shuffle(train)
-        train = train[: cfg.max_train_pairs]
+    train = training_pairs(cfg)
 
     scorer = PairLogProbs(model, adapter).train()
     optimizer = torch.optim.AdamW(parameter_groups(adapter, cfg), lr=cfg.learning_rate, weight_decay=0.0)
