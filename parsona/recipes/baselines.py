@@ -71,8 +71,9 @@ class Config:
     """Preference pairs per optimizer step."""
     max_length: int = 256
     """Tokens per prompt + reply (prompts are cut from the left)."""
-    all_labels_only: bool = False
-    """Train only on pairs labelled for every objective (as the preference-LoRA recipe's field)."""
+    all_labels_only: bool = True
+    """Train only on pairs labelled for every objective. Same field and default as the preference-LoRA
+    recipe's, so the baselines and the preference LoRA train on the same pairs unless told otherwise."""
     max_train_pairs: int = 0
     """Use only the first N training pairs after shuffling (0: all)."""
     eval_fraction: float = 0.1

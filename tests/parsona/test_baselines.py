@@ -47,16 +47,20 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
     assert (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
-def test_all_labels_only_trains_every_lora_on_the_fully_labelled_pairs(tiny_dir, tmp_path):
+@pytest.mark.parametrize("flag", [{}, {"all_labels_only": False}])
+def test_default_trains_on_the_fully_labelled_pairs_like_the_preference_lora(tiny_dir, tmp_path, flag):
     from parsona.recipes.front_data import front_pairs
+    from parsona.recipes.train_preference_lora import Config as PreferenceConfig
 
     out = main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2,
-                      all_labels_only=True, **COMMON))
+                      **flag, **COMMON))
     train, _ = front_pairs(("helpful", "harmless"))
-    both = sum({"helpful", "harmless"} <= set(p.labels) for p in train)
+    both = sum({"helpful", "harmless"} <= set(p.labels) for p in train)    # counted here, not by the recipe
     for name in ("helpful", "harmless"):
         summary = json.loads((out / name / "training_summary.json").read_text())
-        assert summary["train_pairs"] == both < sum(name in p.labels for p in train)
+        labelled = sum(name in p.labels for p in train)
+        assert summary["train_pairs"] == (labelled if flag else both) and both < labelled
+    assert Config.all_labels_only == PreferenceConfig.all_labels_only     # the two CLIs agree by default
 
 
 def test_dps_grid_loras_share_one_init(tiny_dir, tmp_path):
