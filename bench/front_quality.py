@@ -11,7 +11,8 @@ Methods, all on one base model, the same HH pairs (front_data.front_pairs) and o
 Each front is scored on held-out pairs at every λ of simplex_grid(2, n_partitions) (dps: at its
 own grid points): per-objective preference accuracy of the DPO implicit reward (the cheap eval,
 parsona.evaluate). HV's reference point is fixed before the run: (0.4, 0.4), chance minus 0.1.
-IGD+ is measured against the union front of all methods of the same seed. Compute is optimizer
+IGD+ is measured against the union front of all methods of the same seed; with several --seeds a
+last table gives each method's mean ± sd and judges the targets on the means. Compute is optimizer
 steps × tokens (training tokens counted from attention masks), as the training summaries log it;
 train_s is each method's training time, summed over every run that led to it.
 
@@ -241,6 +242,32 @@ def targets(rows: dict) -> list[str]:
     return lines
 
 
+SEED_COLUMNS = ("hypervolume", "igd_plus", "spearman_helpful", "spearman_harmless", "train_s", "eval_seconds")
+
+
+def across_seeds(per_seed: dict[int, dict[str, dict]]) -> list[str]:
+    """Several seeds: each method's mean ± sd, then the targets judged on the means (the ratio of mean HVs,
+    steadier than a mean of ratios), with each seed's own HV ratio beside them."""
+    from parsona.evaluate import format_table
+
+    seeds = sorted(per_seed)
+    methods = [m for m in per_seed[seeds[0]] if all(m in per_seed[s] for s in seeds)]
+    means, table = {}, []
+    for m in methods:
+        values = {k: np.array([per_seed[s][m][k] for s in seeds], dtype=float)
+                  for k in (*SEED_COLUMNS, "train_steps", "train_tokens")}
+        means[m] = {**{k: float(v.mean()) for k, v in values.items()}, "metric": per_seed[seeds[0]][m]["metric"]}
+        means[m].update(train_steps=round(means[m]["train_steps"]), train_tokens=round(means[m]["train_tokens"]))
+        table.append({"method": m, **{k: f"{values[k].mean():.4g} ± {values[k].std(ddof=1):.2g}" for k in SEED_COLUMNS}})
+    lines = [f"\nmean ± sd over seeds {','.join(map(str, seeds))}", format_table(table, ["method", *SEED_COLUMNS]),
+             "targets on the means:", *targets(means)]
+    for b in ("soups_linear", "soups_cat", "dps"):
+        if "pref_linear" in means and b in means:
+            ratios = [_ratio(per_seed[s]["pref_linear"]["hypervolume"], per_seed[s][b]["hypervolume"]) for s in seeds]
+            lines.append(f"  HV(pref_linear) / HV({b}) per seed: " + ", ".join(f"{r:.3f}" for r in ratios))
+    return lines
+
+
 def intervals(results: list, n_resamples: int = 1000) -> list[str]:
     """95 % intervals of the target statistics: a paired bootstrap over the eval pairs (parsona.bootstrap)."""
     from parsona.bootstrap import bootstrap_interval
@@ -281,6 +308,7 @@ def main(argv=None) -> None:
     print(f"eval: {len(pairs)} held-out pairs ({sum('helpful' in p.labels for p in pairs)} helpful-labelled, "
           f"{sum('harmless' in p.labels for p in pairs)} harmless-labelled), grid simplex_grid(2, {args.n_partitions}), "
           f"dps grid simplex_grid(2, {args.dps_partitions})")
+    per_seed = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         out = out_root / f"seed{seed}"
         runs = train_all(args, seed, out, methods)
@@ -291,10 +319,13 @@ def main(argv=None) -> None:
         print(format_table(rows, COLUMNS))
         for r in results:
             print(f"  {r.method:13s} " + "  ".join(f"λ={lam[0]:.1f}:({a[0]:.3f},{a[1]:.3f})" for lam, a in zip(r.preferences, r.points)))
-        print("\n".join(targets({r["method"]: r for r in rows})))
+        per_seed[seed] = {r["method"]: r for r in rows}
+        print("\n".join(targets(per_seed[seed])))
         print("\n".join(intervals(results)))
         write_json(out / "results.json", [json.loads(r.to_json()) for r in results])
         plot_front(results, out / "front.png")
+    if len(per_seed) > 1:
+        print("\n".join(across_seeds(per_seed)))
     print(f"\ntotal wall time {time.perf_counter() - began:.0f} s; results and front.png under {out_root}")
 
 

@@ -43,3 +43,19 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     assert bench.eval_settings(bench.parse(["--eval-pairs", "5", "--n-partitions", "2", "--seeds", "3",
                                             "--output-dir", "elsewhere"]), "pref_linear") == settings
     assert [p.name for p in path.parent.iterdir()] == ["pref_linear.npz"]             # no temp file left
+
+
+def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
+    bench = load_bench()
+
+    def row(hv, rho, steps):
+        return dict(hypervolume=hv, igd_plus=0.01, spearman_helpful=rho, spearman_harmless=rho, train_s=10.0,
+                    eval_seconds=5.0, train_steps=steps, train_tokens=100 * steps, metric="accuracy")
+
+    per_seed = {0: {"pref_linear": row(0.02, 0.8, 120), "soups_linear": row(0.03, 0.9, 120), "dps": row(0.02, 1, 360)},
+                1: {"pref_linear": row(0.04, 1.0, 120), "soups_linear": row(0.03, 0.9, 120), "dps": row(0.03, 1, 360)}}
+    text = "\n".join(bench.across_seeds(per_seed))
+    assert "pref_linear   0.03 ± 0.014" in text                        # mean 0.03, sd(0.02, 0.04) = 0.01414
+    assert "HV(pref_linear) / HV(soups_linear) = 1.000" in text and "per seed: 0.667, 1.333" in text
+    assert "HV(pref_linear) / HV(dps) = 1.200 at 0.333" in text        # 0.03 / 0.025
+    assert "ρ(λ_helpful, accuracy_helpful) = 0.900  (target ≥ 0.9: MET" in text
