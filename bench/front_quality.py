@@ -277,6 +277,8 @@ def intervals(results: list, n_resamples: int = 1000) -> list[str]:
     by = {r.method: r for r in results}
     if "pref_linear" not in by:
         return []
+    if results[0].metric != "accuracy":
+        return ["95% intervals: only for the accuracy front (per-prompt rewards are not kept)"]
     ref, grid = by["pref_linear"].reference_point, by["pref_linear"].preferences
     stats = {f"HV(pref_linear) / HV({b})": (lambda f, b=b: _ratio(hypervolume(f["pref_linear"], ref), hypervolume(f[b], ref)))
              for b in ("soups_linear", "soups_cat", "dps") if b in by}

@@ -51,6 +51,10 @@ def _n_pairs(results: Sequence[FrontResult]) -> int:
     if not results or any(r.pair_correct is None for r in results):
         raise ConfigError("results", "Bootstrap accuracy fronts from evaluate_front (they keep per-pair scores).",
                           problem="a result has no pair_correct (built by hand or read back from JSON)")
+    if any(r.metric != "accuracy" for r in results):
+        raise ConfigError("results", "Bootstrap the accuracy fronts: per-prompt rewards are not kept, and "
+                                     "resampling pairs says nothing about a reward front.",
+                          problem="a result's front is measured in rewards (evaluated with reward_models)")
     sizes = {r.pair_correct.shape[1] for r in results}
     if len(sizes) != 1:
         raise ConfigError("results", "Evaluate every method on the same held-out pairs.",

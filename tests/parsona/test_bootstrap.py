@@ -62,3 +62,12 @@ def test_results_without_pair_scores_or_on_other_pairs_are_refused():
     assert err.value.field == "results"
     with pytest.raises(ConfigError, match="same held-out pairs"):
         bootstrap_interval([result("a", random_scores(0, N=10)), result("b", random_scores(0, N=12))], lambda f: 0.0)
+
+
+def test_reward_fronts_are_refused_not_bootstrapped_on_their_accuracies():
+    # the pairs' accuracies would give an interval for another front than the one reported
+    rewarded = result("a", random_scores(0))
+    rewarded.reward = np.array([[0.1, 0.2], [0.2, 0.1], [0.3, 0.0]])
+    with pytest.raises(ConfigError, match="reward") as err:
+        bootstrap_interval([rewarded], lambda f: 0.0)
+    assert err.value.field == "results"
