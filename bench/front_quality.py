@@ -18,8 +18,8 @@ train_s is each method's training time, summed over every run that led to it.
 
 Long runs survive being killed: rerun the same command with the same --output-dir and the
 preference LoRAs continue from their last checkpoint (every 20 steps), the baselines skip every
-LoRA already written, and each method's scored front (out/seed*/eval/<method>.npz) is reused when
-every setting matches. So methods can run in separate processes on the same --output-dir (say
+LoRA already written, and each method's scored front (out/seed*/eval/<method>-<settings hash>.npz)
+is reused when every setting matches. So methods can run in separate processes on the same --output-dir (say
 --methods pref_linear in one, --methods soups_linear,soups_cat in another), and a last run with
 all of them trains and scores nothing new and prints the combined table. On these 2 cores a step
 at --max-length 128 takes ≈ 6 s and HH's held-out accuracy barely leaves chance within 120 steps,
@@ -46,6 +46,7 @@ helpful=DIR,harmless=DIR --reference-point a,b`` (objectives/rewards.py BradleyT
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -161,7 +162,8 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     results, ref = [], None
     for method in methods:
         run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
-        cache, settings = out / "eval" / f"{method}.npz", eval_settings(args, method)
+        settings = eval_settings(args, method)
+        cache = cache_path(out, settings)
         result = load_result(cache, settings)
         if result is None:
             if method.startswith("pref"):
@@ -184,6 +186,13 @@ def eval_settings(args, method: str) -> str:
     eval batch size; plus the method. A cached front is reused only when this matches exactly."""
     skip = {"output_dir", "methods", "seeds", "eval_batch"}
     return json.dumps({"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}})
+
+
+def cache_path(out: Path, settings: str) -> Path:
+    """out/eval/<method>-<hash of the settings>.npz: one file per eval set-up, so scoring the same adapters
+    another way (more pairs, the reward eval) keeps the fronts already scored."""
+    method = json.loads(settings)["method"]
+    return out / "eval" / f"{method}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}.npz"
 
 
 def save_result(path: Path, settings: str, result) -> None:

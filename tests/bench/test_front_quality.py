@@ -29,7 +29,7 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
                          pair_correct=correct, seconds=1.5)
     args = bench.parse(["--eval-pairs", "5", "--n-partitions", "2"])
     settings = bench.eval_settings(args, "pref_linear")
-    path = tmp_path / "eval" / "pref_linear.npz"
+    path = bench.cache_path(tmp_path, settings)
     bench.save_result(path, settings, result)
 
     back = bench.load_result(path, settings)
@@ -42,7 +42,13 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     assert bench.load_result(path, bench.eval_settings(args, "soups_cat")) is None
     assert bench.eval_settings(bench.parse(["--eval-pairs", "5", "--n-partitions", "2", "--seeds", "3",
                                             "--output-dir", "elsewhere"]), "pref_linear") == settings
-    assert [p.name for p in path.parent.iterdir()] == ["pref_linear.npz"]             # no temp file left
+    assert [p.name for p in path.parent.iterdir()] == [path.name]                     # no temp file left
+
+    # another eval set-up of the same adapters gets its own file: the first front is kept
+    other = bench.eval_settings(bench.parse(["--eval-pairs", "6", "--n-partitions", "2"]), "pref_linear")
+    assert bench.cache_path(tmp_path, other) != path and path.name.startswith("pref_linear-")
+    bench.save_result(bench.cache_path(tmp_path, other), other, result)
+    assert bench.load_result(path, settings) is not None and len(list(path.parent.iterdir())) == 2
 
 
 def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
