@@ -19,7 +19,9 @@ The hypervolume's reference point is fixed before the run and stored next to eve
 for accuracies it defaults to :data:`ACCURACY_REFERENCE` = 0.4 per objective, the random-guess
 level 0.5 minus a 0.1 margin: a λ counts only while it is no more than 10 points worse than
 chance on every objective, so a front may trade one objective for another but a collapsed
-objective adds nothing. Rewards have no such natural level; pass ``reference_point``.
+objective adds nothing. Rewards have no such natural level; pass ``reference_point``, e.g.
+:func:`base_reward_reference`: the base model's mean reward minus :data:`REWARD_MARGIN` (the same
+10 points of preference probability, for Bradley-Terry rewards).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from parsona.errors import ConfigError
 
 ACCURACY_REFERENCE = 0.4
+REWARD_MARGIN = 0.4  # Bradley-Terry rewards: a gap of 0.4 is P(preferred) = σ(0.4) ≈ 0.6, the accuracy margin
 HUMAN_TURN = "\n\nHuman:"  # HH dialogues: a greedy reply that starts the next user turn is cut there
 
 
@@ -181,6 +184,17 @@ def greedy_replies(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
         for text in tokenizer.batch_decode(out[:, T:], skip_special_tokens=True):
             replies.append(text.split(HUMAN_TURN)[0].strip())
     return replies
+
+
+def base_reward_reference(model, tokenizer, prompts: Sequence[str], reward_models: Mapping[str, Any],
+                          objectives: Sequence[str], *, margin: float = REWARD_MARGIN, max_new_tokens: int = 48,
+                          max_length: int = 256, batch_size: int = 8) -> np.ndarray:
+    """(m,) an HV reference point for rewards, fixed before any policy is scored: the mean reward of
+    ``model``'s own greedy replies (call it on the base model: no adapter, or inside
+    ``policy.reference()``) minus ``margin`` per objective."""
+    replies = greedy_replies(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, max_length=max_length,
+                             batch_size=batch_size)
+    return np.array([float(np.mean(reward_models[o].score(list(prompts), replies))) - margin for o in objectives])
 
 
 def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[str], grid, *, beta: float = 0.1,

@@ -15,7 +15,8 @@ from parsona.adapters.peft_format import LoRAWeights
 from parsona.base_model import load_base_model, save_tiny_model
 from parsona.data.hh_rlhf import MultiObjectivePair
 from parsona.errors import ConfigError
-from parsona.evaluate import FrontResult, compare, evaluate_front, indicators, plot_front, union_front
+from parsona.evaluate import (FrontResult, base_reward_reference, compare, evaluate_front, indicators, plot_front,
+                              union_front)
 from parsona.front_policies import FrontPolicy, GridPolicy, PreferenceLoRAPolicy, RewardedSoupsPolicy
 from parsona.logprobs import tokenize_pairs
 
@@ -210,6 +211,24 @@ class CharCount:
 
     def score(self, prompts, responses):
         return np.array([len(r) for r in responses], dtype=float)
+
+
+def test_base_reward_reference_is_the_base_models_mean_reward_minus_the_margin(tiny_dir):
+    model, tokenizer = load_base_model(tiny_dir)
+    prompts = [p.prompt for p in PAIRS]
+    policy = PreferenceLoRAPolicy(attach(model, PreferenceLoRAConfig(rank=2)))
+    with policy.reference():
+        point = base_reward_reference(model, tokenizer, prompts, {"helpful": CharCount(), "harmless": CharCount()},
+                                      OBJECTIVES, margin=0.5, max_new_tokens=3, max_length=64)
+    # independently: the base model's own greedy tokens, decoded, counted
+    lengths = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with policy.reference():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or 0)
+        lengths.append(len(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n\nHuman:")[0].strip()))
+    np.testing.assert_allclose(point, [np.mean(lengths) - 0.5] * 2)
 
 
 def test_real_eval_scores_greedy_replies(tiny_dir):
