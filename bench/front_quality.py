@@ -98,8 +98,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="pref_linear,pref_tcheb,soups_linear,soups_cat,dps")
     p.add_argument("--reward-models", default="", help="real eval: helpful=DIR,harmless=DIR (BradleyTerryReward)")
     p.add_argument("--reference-point", default="",
-                   help="HV reference point for real eval rewards: a,b, or 'base' (the base model's mean reward on "
-                        "the eval prompts minus 0.4, i.e. 10 points of preference probability)")
+                   help="HV reference point for real eval rewards: a,b, or base (the default: the base model's mean "
+                        "reward on the eval prompts minus 0.4, i.e. 10 points of preference probability)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     return p.parse_args(argv)
 
@@ -147,27 +147,21 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     given other --methods and the same --output-dir) reuses it instead of scoring it again."""
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
-    from parsona.evaluate import REWARD_MARGIN, base_reward_reference, evaluate_front, reference_logprobs
+    from parsona.evaluate import evaluate_front, reference_logprobs
     from parsona.front_policies import PreferenceLoRAPolicy
     from parsona.objectives import simplex_grid
     from parsona.recipes.baselines import load_front_policy
+    from parsona.recipes.eval_front import load_reward_models, reward_reference
 
     model, tokenizer = load_base_model(args.model, device="cpu", dtype=torch.float32)
     grid = np.asarray(simplex_grid(2, args.n_partitions), dtype=float)
     reward_models, reference_point = None, None
-    if args.reward_models:
-        from parsona.objectives.rewards import BradleyTerryReward
-
-        reward_models = {k: BradleyTerryReward.load(v) for k, v in (x.split("=", 1) for x in args.reward_models.split(","))}
-        if args.reference_point == "base":   # before any adapter is attached: the plain base model's replies
-            prompts = list(dict.fromkeys(p.prompt for p in pairs))
-            reference_point = base_reward_reference(model, tokenizer, prompts, reward_models, OBJECTIVES,
-                                                    max_new_tokens=args.max_new_tokens, max_length=args.max_length,
-                                                    batch_size=args.eval_batch).tolist()
-            print(f"HV reference point: the base model's mean rewards minus {REWARD_MARGIN}: "
-                  f"{[round(x, 4) for x in reference_point]}")
-        else:
-            reference_point = [float(x) for x in args.reference_point.split(",")] if args.reference_point else None
+    if args.reward_models:   # before any adapter is attached, so 'base' scores the plain base model's replies
+        reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES)
+        reference_point = reward_reference(args.reference_point or "base", model, tokenizer, pairs, reward_models,
+                                           OBJECTIVES, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
+                                           batch_size=args.eval_batch)
+        print(f"HV reference point for rewards: {[round(x, 4) for x in reference_point]} ({args.reference_point or 'base'})")
     kw = dict(beta=args.beta, max_length=args.max_length, batch_size=args.eval_batch, reward_models=reward_models,
               reference_point=reference_point, max_new_tokens=args.max_new_tokens)
     results, ref = [], None

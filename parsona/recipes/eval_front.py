@@ -2,11 +2,15 @@
 
     parsona eval front --adapter runs/preference_lora/adapter --out runs/front
     parsona eval front --adapter A --baselines runs/baselines/rewarded_soups --out runs/front
+    parsona eval front --adapter A --reward-models helpful=runs/rewards/helpful,harmless=runs/rewards/harmless
 
 Writes ``front.csv`` (one row per λ and method), ``front.json`` (rows + indicators: hypervolume
 with its reference point, IGD+ against the union front of every method evaluated, sparsity,
 Panacea's inner product, Spearman ρ per objective) and ``front.png``. The objectives and their
-order come from the adapter's ``training_summary.json``.
+order come from the adapter's ``training_summary.json``. With ``--reward-models`` (one saved
+BradleyTerryReward per objective, e.g. from ``bench/reward_accuracy.py --save-dir``) greedy replies
+at every λ are scored too and the indicators use those rewards; the HV reference point is then the
+base model's mean reward minus 0.4 (``--reference-point base``) or the values given.
 """
 
 from __future__ import annotations
@@ -40,12 +44,23 @@ class Config:
     """β of the implicit reward β (log π − log π_ref) and of the held-out DPO loss."""
     batch_size: int = 8
     """Pairs per forward pass."""
+    reward_models: tuple[str, ...] = ()
+    """Real eval: objective=DIR of a saved BradleyTerryReward for every objective (helpful=DIR,harmless=DIR)."""
+    reference_point: str = "base"
+    """HV reference point for rewards: 'base' (the base model's mean reward on the eval prompts minus 0.4) or
+    one comma-separated value per objective. Accuracies always use 0.4 (chance minus 0.1)."""
+    max_new_tokens: int = 32
+    """Real eval: tokens of each greedy reply."""
 
     def __post_init__(self) -> None:
         if not self.adapter:
             raise ConfigError("adapter", "Pass --adapter DIR (a preference LoRA saved by the training recipe).",
                               problem="missing")
-        for name in ("n_partitions", "eval_pairs", "max_length", "batch_size"):
+        for spec in self.reward_models:
+            if "=" not in spec:
+                raise ConfigError("reward_models", "Give objective=DIR per objective, e.g. helpful=runs/rewards/helpful.",
+                                  problem=f"got {spec!r}")
+        for name in ("n_partitions", "eval_pairs", "max_length", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
 
@@ -54,6 +69,31 @@ def training_config(adapter_dir: Path) -> dict:
     """The recipe config stored beside the adapter, or {} for an adapter saved some other way."""
     summary = adapter_dir / "training_summary.json"
     return json.loads(summary.read_text())["config"] if summary.is_file() else {}
+
+
+def load_reward_models(specs, objectives) -> dict:
+    """{objective: BradleyTerryReward} from objective=DIR specs, one per objective, none extra."""
+    from parsona.objectives.rewards import BradleyTerryReward
+
+    named = dict(spec.split("=", 1) for spec in specs)
+    if set(named) != set(objectives):
+        raise ConfigError("reward_models", f"Give exactly one reward model per objective: {', '.join(objectives)}.",
+                          problem=f"got {', '.join(named) or 'none'}")
+    return {o: BradleyTerryReward.load(named[o]) for o in objectives}
+
+
+def reward_reference(spec: str, model, tokenizer, pairs, reward_models, objectives, **kw) -> list[float]:
+    """The HV reference point for a reward front, fixed before any policy is scored (``spec``: 'base' or a,b,...)."""
+    from parsona.evaluate import base_reward_reference
+
+    if spec.strip() == "base":
+        prompts = list(dict.fromkeys(p.prompt for p in pairs))
+        return base_reward_reference(model, tokenizer, prompts, reward_models, objectives, **kw).tolist()
+    try:
+        return [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise ConfigError("reference_point", "Use 'base' or one number per objective, e.g. 0.5,-1.",
+                          problem=f"got {spec!r}") from None
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -91,6 +131,14 @@ def main(cfg: Config) -> Path:
     common = dict(beta=cfg.beta, max_length=cfg.max_length, batch_size=cfg.batch_size)
 
     policy = PreferenceLoRAPolicy(adapter)
+    if cfg.reward_models:
+        rewards = load_reward_models(cfg.reward_models, objectives)
+        with policy.reference():
+            point = reward_reference(cfg.reference_point, model, tokenizer, pairs, rewards, objectives,
+                                     max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
+                                     batch_size=cfg.batch_size)
+        print(f"HV reference point for rewards: {[round(x, 4) for x in point]} ({cfg.reference_point})")
+        common.update(reward_models=rewards, reference_point=point, max_new_tokens=cfg.max_new_tokens)
     reference = reference_logprobs(model, tokenizer, policy, pairs, max_length=cfg.max_length, batch_size=cfg.batch_size)
     results = [evaluate_front(model, tokenizer, policy, pairs, objectives, grid, reference_logps=reference,
                               method="preference_lora", **common)]

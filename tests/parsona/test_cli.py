@@ -63,10 +63,36 @@ def test_defaults_train_on_fully_labelled_pairs_and_the_papers_setup_is_a_few_fl
         assert (summary["config"]["rank"], summary["config"]["preference_rank"]) == ranks
 
 
+@pytest.mark.real
+def test_eval_front_scores_replies_with_saved_reward_models(tiny_dir, tmp_path):
+    from parsona.objectives import hypervolume_info
+    from parsona.objectives.features import SentenceEncoder
+    from parsona.objectives.rewards import BradleyTerryReward
+
+    run, front = tmp_path / "run", tmp_path / "front"
+    assert main(["train", "preference-lora", "--model", tiny_dir, "--output-dir", str(run), "--max-steps", "1",
+                 "--max-length", "48", "--pairs-per-step", "2"]) == 0
+    pairs = [("How do I bake bread?", "Knead flour, water and yeast, let it rise, bake.", "No."),
+             ("Capital of France?", "Paris.", "I won't say.")]
+    for name in ("helpful", "harmless"):
+        BradleyTerryReward(SentenceEncoder(device="cpu"), C=10.0).fit(pairs).save(tmp_path / name)
+    specs = f"helpful={tmp_path / 'helpful'},harmless={tmp_path / 'harmless'}"
+    common = ["eval", "front", "--adapter", str(run / "adapter"), "--eval-pairs", "3", "--max-length", "48",
+              "--n-partitions", "2", "--max-new-tokens", "3", "--reward-models"]
+    assert main([*common, f"helpful={tmp_path / 'helpful'}", "--out", str(front)]) == 2     # harmless is missing
+    assert main([*common, specs, "--reference-point=-5,-4", "--out", str(front)]) == 0
+    report = json.loads((front / "front.json").read_text())
+    indicators, rows = report["indicators"][0], report["methods"][0]["rows"]
+    assert indicators["metric"] == "reward" and indicators["reference_point"] == [-5.0, -4.0]
+    points = [[r["reward_helpful"], r["reward_harmless"]] for r in rows]
+    assert indicators["hypervolume"] == pytest.approx(hypervolume_info(points, [-5.0, -4.0])[0])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--preference", "0.5,0.6", "hi"], "sums to 1.1"),
     (["train", "preference-lora", "--n-objectives", "3"], "n_objectives"),
     (["eval", "front"], "adapter"),
+    (["eval", "front", "--adapter", "run/adapter", "--reward-models", "runs/rewards/helpful"], "objective=DIR"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tiny_dir):
     if argv[0] == "generate":
