@@ -56,10 +56,7 @@ class Config:
         if not self.adapter:
             raise ConfigError("adapter", "Pass --adapter DIR (a preference LoRA saved by the training recipe).",
                               problem="missing")
-        for spec in self.reward_models:
-            if "=" not in spec:
-                raise ConfigError("reward_models", "Give objective=DIR per objective, e.g. helpful=runs/rewards/helpful.",
-                                  problem=f"got {spec!r}")
+        reward_specs(self.reward_models)   # malformed specs fail here, before any model is loaded
         for name in ("n_partitions", "eval_pairs", "max_length", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -71,11 +68,20 @@ def training_config(adapter_dir: Path) -> dict:
     return json.loads(summary.read_text())["config"] if summary.is_file() else {}
 
 
+def reward_specs(specs) -> dict[str, str]:
+    """{objective: DIR} from objective=DIR specs."""
+    for spec in specs:
+        if "=" not in spec:
+            raise ConfigError("reward_models", "Give objective=DIR per objective, e.g. helpful=runs/rewards/helpful.",
+                              problem=f"got {spec!r}")
+    return dict(spec.split("=", 1) for spec in specs)
+
+
 def load_reward_models(specs, objectives) -> dict:
     """{objective: BradleyTerryReward} from objective=DIR specs, one per objective, none extra."""
     from parsona.objectives.rewards import BradleyTerryReward
 
-    named = dict(spec.split("=", 1) for spec in specs)
+    named = reward_specs(specs)
     if set(named) != set(objectives):
         raise ConfigError("reward_models", f"Give exactly one reward model per objective: {', '.join(objectives)}.",
                           problem=f"got {', '.join(named) or 'none'}")
