@@ -209,7 +209,7 @@ def save_result(path: Path, settings: str, result) -> None:
                   pair_correct=result.pair_correct, seconds=np.asarray(result.seconds), settings=np.asarray(settings),
                   objectives=np.asarray(result.objectives), method=np.asarray(result.method))
     if result.reward is not None:
-        arrays["reward"] = result.reward
+        arrays.update(reward=result.reward, prompt_reward=result.prompt_reward)
     with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
 
@@ -227,6 +227,7 @@ def load_result(path: Path, settings: str):
         return FrontResult(str(f["method"]), tuple(str(o) for o in f["objectives"]), f["preferences"], f["accuracy"],
                            f["dpo_loss"], [int(x) for x in f["n_labelled"]], f["reference_point"],
                            reward=f["reward"] if "reward" in f else None, pair_correct=f["pair_correct"],
+                           prompt_reward=f["prompt_reward"] if "prompt_reward" in f else None,
                            seconds=float(f["seconds"]))
 
 
@@ -291,15 +292,15 @@ def intervals(results: list, n_resamples: int = 1000) -> list[str]:
     by = {r.method: r for r in results}
     if "pref_linear" not in by:
         return []
-    if results[0].metric != "accuracy":
-        return ["95% intervals: only for the accuracy front (per-prompt rewards are not kept)"]
     ref, grid = by["pref_linear"].reference_point, by["pref_linear"].preferences
     stats = {f"HV(pref_linear) / HV({b})": (lambda f, b=b: _ratio(hypervolume(f["pref_linear"], ref), hypervolume(f[b], ref)))
              for b in ("soups_linear", "soups_cat", "dps") if b in by}
     for i, o in enumerate(OBJECTIVES):
         stats[f"Spearman ρ {o} (pref_linear)"] = lambda f, i=i: spearman(grid[:, i], f["pref_linear"][:, i])
-    n = len(results[0].pair_correct[0])
-    lines = [f"95% intervals, paired bootstrap over the {n} eval pairs ({n_resamples} resamples):"]
+    if any(r.unit_scores is None for r in results):   # a reward front scored before per-prompt rewards were kept
+        return ["95% intervals: rescore to get them (this front has no per-prompt rewards)"]
+    n, unit = results[0].unit_scores.shape[1], "pairs" if results[0].metric == "accuracy" else "prompts"
+    lines = [f"95% intervals, paired bootstrap over the {n} eval {unit} ({n_resamples} resamples):"]
     for name, stat in stats.items():
         low, high = bootstrap_interval(results, stat, n_resamples=n_resamples)
         lines.append(f"  {name}: [{low:.3f}, {high:.3f}]")

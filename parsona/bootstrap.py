@@ -1,9 +1,10 @@
-"""How sure is a front comparison? A paired bootstrap over the held-out pairs.
+"""How sure is a front comparison? A paired bootstrap over the held-out pairs (reward fronts: prompts).
 
 Every method of a comparison is scored on the same eval pairs, so one resample of pair indices
 is applied to all of them at once (paired): what moves between resamples is which pairs were
 drawn, not which method was lucky. Each resample recomputes every method's accuracy per λ from
-its per-pair scores (:attr:`FrontResult.pair_correct`), then the statistic (an HV ratio, a ρ).
+its per-pair scores (:attr:`FrontResult.pair_correct`; a reward front: its per-prompt rewards,
+:attr:`FrontResult.prompt_reward`), then the statistic (an HV ratio, a ρ).
 The interval is scipy's percentile bootstrap.
 
     low, high = bootstrap_interval(results, lambda fronts: hypervolume(fronts["pref"], ref) /
@@ -24,10 +25,11 @@ Statistic = Callable[[Mapping[str, np.ndarray]], float]
 
 
 def resampled_fronts(results: Sequence[FrontResult], pairs: np.ndarray) -> dict[str, np.ndarray]:
-    """Each method's (K, m) accuracies over the eval pairs ``pairs`` (indices, repeats allowed)."""
+    """Each method's (K, m) front over the eval pairs (or, for reward fronts, prompts) ``pairs``
+    (indices, repeats allowed)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": no labelled pair drawn (NaN)
-        return {r.method: np.nanmean(r.pair_correct[:, pairs, :], axis=1) for r in results}  # (K, m) each
+        return {r.method: np.nanmean(r.unit_scores[:, pairs, :], axis=1) for r in results}  # (K, m) each
 
 
 def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, confidence: float = 0.95,
@@ -48,14 +50,13 @@ def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, 
 
 
 def _n_pairs(results: Sequence[FrontResult]) -> int:
-    if not results or any(r.pair_correct is None for r in results):
-        raise ConfigError("results", "Bootstrap accuracy fronts from evaluate_front (they keep per-pair scores).",
-                          problem="a result has no pair_correct (built by hand or read back from JSON)")
-    if any(r.metric != "accuracy" for r in results):
-        raise ConfigError("results", "Bootstrap the accuracy fronts: per-prompt rewards are not kept, and "
-                                     "resampling pairs says nothing about a reward front.",
-                          problem="a result's front is measured in rewards (evaluated with reward_models)")
-    sizes = {r.pair_correct.shape[1] for r in results}
+    if not results or any(r.unit_scores is None for r in results):
+        raise ConfigError("results", "Bootstrap fronts from evaluate_front (they keep per-pair and per-prompt scores).",
+                          problem="a result has no per-pair or per-prompt scores (built by hand or read back from JSON)")
+    if len({r.metric for r in results}) != 1:
+        raise ConfigError("results", "Compare fronts of one metric: all accuracies or all rewards.",
+                          problem=f"got {sorted({r.metric for r in results})}")
+    sizes = {r.unit_scores.shape[1] for r in results}
     if len(sizes) != 1:
         raise ConfigError("results", "Evaluate every method on the same held-out pairs.",
                           problem=f"pair counts {sorted(sizes)}")

@@ -57,6 +57,7 @@ class FrontResult:
     reference_point: np.ndarray             # (m,) of the hypervolume, fixed before the run
     reward: np.ndarray | None = None        # (K, m) mean reward of greedy replies, if scored
     pair_correct: np.ndarray | None = None  # (K, N, m) per eval pair: 1 right, ½ tie, 0 wrong, NaN unlabelled
+    prompt_reward: np.ndarray | None = None  # (K, P, m) per eval prompt: the reward of its greedy reply
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)   # budget: steps, tokens, train seconds ...
 
@@ -68,6 +69,11 @@ class FrontResult:
     def points(self) -> np.ndarray:
         """(K, m) the objective values the indicators are computed on."""
         return self.reward if self.reward is not None else self.accuracy
+
+    @property
+    def unit_scores(self) -> np.ndarray | None:
+        """(K, n, m) the per-pair or per-prompt scores whose mean over n (NaN skipped) is :attr:`points`."""
+        return self.prompt_reward if self.reward is not None else self.pair_correct
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per λ: preference, then accuracy / DPO loss / reward per objective."""
@@ -248,6 +254,7 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
 
     accuracy, losses, rewards = np.zeros((len(grid), m)), np.zeros((len(grid), m)), np.zeros((len(grid), m))
     per_pair = np.zeros((len(grid), len(pairs), m))
+    per_prompt = np.zeros((len(grid), len(prompts or ()), m))
     for k, lam in enumerate(tqdm(grid, desc=f"eval {method}".strip(), disable=not progress)):
         with policy.at(lam.tolist()):
             policy_logps = _logps(scorer, chunks, device)                                 # (2, N)
@@ -255,10 +262,12 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
             if reward_models is not None:
                 replies = greedy_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                          max_length=max_length, batch_size=batch_size)
-                rewards[k] = [float(np.mean(reward_models[o].score(prompts, replies))) for o in objectives]
+                per_prompt[k] = np.stack([reward_models[o].score(prompts, replies) for o in objectives], axis=1)
+                rewards[k] = per_prompt[k].mean(axis=0)
+    scored = reward_models is not None
     return FrontResult(method, objectives, grid, accuracy, losses, [int(x) for x in has_label.sum(0)], ref_point,
-                       reward=rewards if reward_models is not None else None, pair_correct=per_pair,
-                       seconds=time.perf_counter() - began)
+                       reward=rewards if scored else None, pair_correct=per_pair,
+                       prompt_reward=per_prompt if scored else None, seconds=time.perf_counter() - began)
 
 
 def reference_logprobs(model, tokenizer, policy, eval_pairs, *, max_length: int = 256, max_pairs: int | None = None,

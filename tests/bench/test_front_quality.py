@@ -44,6 +44,17 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
                                             "--output-dir", "elsewhere"]), "pref_linear") == settings
     assert [p.name for p in path.parent.iterdir()] == [path.name]                     # no temp file left
 
+    # a reward front keeps its per-prompt rewards (the bootstrap resamples them)
+    rewarded = bench.eval_settings(bench.parse(["--eval-pairs", "5", "--reward-models", "helpful=h,harmless=s"]),
+                                   "pref_linear")
+    result.prompt_reward = rng.normal(size=(3, 4, 2))
+    result.reward = result.prompt_reward.mean(axis=1)
+    bench.save_result(tmp_path / "r.npz", rewarded, result)
+    back = bench.load_result(tmp_path / "r.npz", rewarded)
+    np.testing.assert_array_equal(back.prompt_reward, result.prompt_reward)
+    assert back.metric == "reward"
+    (tmp_path / "r.npz").unlink()
+
     # another eval set-up of the same adapters gets its own file: the first front is kept
     other = bench.eval_settings(bench.parse(["--eval-pairs", "6", "--n-partitions", "2"]), "pref_linear")
     assert bench.cache_path(tmp_path, other) != path and path.name.startswith("pref_linear-")

@@ -64,10 +64,19 @@ def test_results_without_pair_scores_or_on_other_pairs_are_refused():
         bootstrap_interval([result("a", random_scores(0, N=10)), result("b", random_scores(0, N=12))], lambda f: 0.0)
 
 
-def test_reward_fronts_are_refused_not_bootstrapped_on_their_accuracies():
-    # the pairs' accuracies would give an interval for another front than the one reported
-    rewarded = result("a", random_scores(0))
-    rewarded.reward = np.array([[0.1, 0.2], [0.2, 0.1], [0.3, 0.0]])
-    with pytest.raises(ConfigError, match="reward") as err:
+def test_reward_fronts_are_resampled_over_prompts_not_pairs():
+    rng = np.random.default_rng(3)
+    per_prompt = rng.normal(size=(3, 300, 2))                                 # (K, P, m) rewards
+    rewarded = result("a", random_scores(0))                                  # 400 pairs, 300 prompts
+    rewarded.prompt_reward, rewarded.reward = per_prompt, per_prompt.mean(axis=1)
+    np.testing.assert_allclose(resampled_fronts([rewarded], np.arange(300))["a"], rewarded.reward)
+    low, high = bootstrap_interval([rewarded], lambda f: f["a"][0, 0], n_resamples=2000)
+    half = 1.96 * per_prompt[0, :, 0].std() / np.sqrt(300)                    # normal approximation of a mean
+    assert low < rewarded.reward[0, 0] < high and (high - low) / 2 == pytest.approx(half, rel=0.15)
+    # a reward front without per-prompt rewards, or compared with an accuracy front, is refused
+    with pytest.raises(ConfigError, match="one metric"):
+        bootstrap_interval([rewarded, result("b", random_scores(1))], lambda f: 0.0)
+    rewarded.prompt_reward = None
+    with pytest.raises(ConfigError) as err:
         bootstrap_interval([rewarded], lambda f: 0.0)
     assert err.value.field == "results"

@@ -243,6 +243,9 @@ def test_real_eval_scores_greedy_replies(tiny_dir):
                             reward_models=rewards, max_new_tokens=3, reference_point=[0.0, 0.0], progress=False)
     assert result.metric == "reward" and result.reward.shape == (2, 2)
     assert (result.reward > 0).all() and (result.reward <= 3 * 4).all()   # ≤ 3 byte tokens (a byte decodes to ≤ 4 chars)
+    prompts = len({p.prompt for p in PAIRS})
+    assert result.prompt_reward.shape == (2, prompts, 2)                   # kept per prompt, for the bootstrap
+    np.testing.assert_allclose(result.prompt_reward.mean(axis=1), result.reward)
 
 
 def test_bad_grid_names_the_field(tiny_dir):
