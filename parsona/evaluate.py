@@ -192,15 +192,28 @@ def greedy_replies(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     return replies
 
 
+def eval_prompts(pairs) -> list[str]:
+    """The distinct prompts of the eval pairs, in order: what the real eval generates for."""
+    return list(dict.fromkeys(p.prompt for p in pairs))
+
+
+def reply_rewards(model, tokenizer, prompts: Sequence[str], reward_models: Mapping[str, Any],
+                  objectives: Sequence[str], *, max_new_tokens: int, max_length: int, batch_size: int = 8) -> np.ndarray:
+    """(P, m) each objective's reward of ``model``'s greedy reply to each prompt."""
+    prompts = list(prompts)
+    replies = greedy_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens, max_length=max_length,
+                             batch_size=batch_size)
+    return np.stack([np.asarray(reward_models[o].score(prompts, replies), dtype=float) for o in objectives], axis=1)
+
+
 def base_reward_reference(model, tokenizer, prompts: Sequence[str], reward_models: Mapping[str, Any],
                           objectives: Sequence[str], *, margin: float = REWARD_MARGIN, max_new_tokens: int = 48,
                           max_length: int = 256, batch_size: int = 8) -> np.ndarray:
     """(m,) an HV reference point for rewards, fixed before any policy is scored: the mean reward of
     ``model``'s own greedy replies (call it on the base model: no adapter, or inside
     ``policy.reference()``) minus ``margin`` per objective."""
-    replies = greedy_replies(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, max_length=max_length,
-                             batch_size=batch_size)
-    return np.array([float(np.mean(reward_models[o].score(list(prompts), replies))) - margin for o in objectives])
+    return reply_rewards(model, tokenizer, prompts, reward_models, objectives, max_new_tokens=max_new_tokens,
+                         max_length=max_length, batch_size=batch_size).mean(axis=0) - margin
 
 
 def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[str], grid, *, beta: float = 0.1,
@@ -250,7 +263,7 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
         raise ConfigError("reference_logps", "Compute them with reference_logprobs() on the same pairs.",
                           problem=f"shape {tuple(reference_logps.shape)} for {len(pairs)} pairs")
     if reward_models is not None and prompts is None:
-        prompts = list(dict.fromkeys(p.prompt for p in pairs))
+        prompts = eval_prompts(pairs)
 
     accuracy, losses, rewards = np.zeros((len(grid), m)), np.zeros((len(grid), m)), np.zeros((len(grid), m))
     per_pair = np.zeros((len(grid), len(pairs), m))
@@ -260,9 +273,9 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
             policy_logps = _logps(scorer, chunks, device)                                 # (2, N)
             accuracy[k], losses[k], per_pair[k] = pair_scores(policy_logps, reference_logps, a_wins, has_label, beta)
             if reward_models is not None:
-                replies = greedy_replies(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                         max_length=max_length, batch_size=batch_size)
-                per_prompt[k] = np.stack([reward_models[o].score(prompts, replies) for o in objectives], axis=1)
+                per_prompt[k] = reply_rewards(model, tokenizer, prompts, reward_models, objectives,
+                                              max_new_tokens=max_new_tokens, max_length=max_length,
+                                              batch_size=batch_size)                       # (P, m)
                 rewards[k] = per_prompt[k].mean(axis=0)
     scored = reward_models is not None
     return FrontResult(method, objectives, grid, accuracy, losses, [int(x) for x in has_label.sum(0)], ref_point,

@@ -90,11 +90,10 @@ def load_reward_models(specs, objectives) -> dict:
 
 def reward_reference(spec: str, model, tokenizer, pairs, reward_models, objectives, **kw) -> list[float]:
     """The HV reference point for a reward front, fixed before any policy is scored (``spec``: 'base' or a,b,...)."""
-    from parsona.evaluate import base_reward_reference
+    from parsona.evaluate import base_reward_reference, eval_prompts
 
-    if spec.strip() == "base":
-        prompts = list(dict.fromkeys(p.prompt for p in pairs))
-        return base_reward_reference(model, tokenizer, prompts, reward_models, objectives, **kw).tolist()
+    if spec.strip() == "base":   # the same prompts evaluate_front generates for
+        return base_reward_reference(model, tokenizer, eval_prompts(pairs), reward_models, objectives, **kw).tolist()
     try:
         return [float(x) for x in spec.split(",")]
     except ValueError:
