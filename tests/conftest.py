@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parsona.base_model import tiny_causal_lm
+from parsona.base_model import save_tiny_model, tiny_causal_lm
 
 
 @pytest.fixture
 def tiny_model():
     return tiny_causal_lm()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A saved tiny causal LM + tokenizer directory: what ``--model`` / ``Config.model`` take (read-only)."""
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture

@@ -253,6 +253,9 @@ def main(cfg: Config) -> Path:
 
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
+    if finished(out, cfg):
+        accelerator.print(f"already trained: {out / 'adapter'} (same settings, {cfg.max_steps} steps)")
+        return out / "adapter"
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
     model.requires_grad_(False)
@@ -305,6 +308,29 @@ def main(cfg: Config) -> Path:
         save_adapter(adapter, out / "adapter", extra_json={"training_summary.json": summary})
         save_checkpoint(checkpoint, adapter, optimizer, schedule, final)
     return out / "adapter"
+
+
+LEG_FIELDS = ("output_dir", "max_steps", "checkpoint_every")   # where and how long: may change between legs
+
+
+def finished(out: Path, cfg: Config) -> bool:
+    """Whether ``out`` already holds this run, done: a rerun then returns the adapter untouched. A run
+    there with other settings (but the steps: a larger max_steps trains on from the checkpoint) is refused
+    rather than silently resumed, and so is asking for fewer steps than were already taken."""
+    summary_file = out / "adapter" / "training_summary.json"
+    progress_file = out / "checkpoint" / "progress.json"
+    saved = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    taken = json.loads(progress_file.read_text())["step"] if progress_file.is_file() else saved.get("steps", 0)
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))        # tuples as lists, as the summary has them
+    other = sorted(k for k in saved.get("config", {}).keys() & wanted.keys()
+                   if k not in LEG_FIELDS and saved["config"][k] != wanted[k])
+    if other:
+        raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
+                          problem=f"{out} holds a run with other {', '.join(other)}")
+    if taken > cfg.max_steps:
+        raise ConfigError("max_steps", f"Use ≥ {taken}, or a new --output-dir for a shorter run.",
+                          problem=f"{out} already took {taken} steps, more than {cfg.max_steps}")
+    return bool(saved) and saved["steps"] == cfg.max_steps == taken
 
 
 def save_checkpoint(path: Path, adapter, optimizer, schedule, progress: dict) -> None:

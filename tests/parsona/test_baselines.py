@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from parsona.adapters.peft_format import read_peft_lora
-from parsona.base_model import load_base_model, save_tiny_model
+from parsona.base_model import load_base_model
 from parsona.errors import ConfigError
 from parsona.front_policies import GridPolicy, RewardedSoupsPolicy
 from parsona.recipes.baselines import FRONT_FILE, Config, load_front_policy, main, plan
 
 COMMON = dict(max_length=48, pairs_per_step=2, rank=2, warmup_steps=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_plan_splits_the_budget():

@@ -6,13 +6,7 @@ import json
 
 import pytest
 
-from parsona.base_model import save_tiny_model
 from parsona.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def test_train_eval_generate_round_trip(tiny_dir, tmp_path, capsys):

@@ -12,7 +12,7 @@ import torch
 
 from parsona.adapters import LoRAConfig, PreferenceLoRAConfig, attach
 from parsona.adapters.peft_format import LoRAWeights
-from parsona.base_model import load_base_model, save_tiny_model
+from parsona.base_model import load_base_model
 from parsona.data.hh_rlhf import MultiObjectivePair
 from parsona.errors import ConfigError
 from parsona.evaluate import (FrontResult, base_reward_reference, compare, evaluate_front, indicators, plot_front,
@@ -139,11 +139,6 @@ def test_grid_policy_uses_its_lora_and_refuses_other_preferences(bank_setup, inp
 
 
 # -- cheap evaluation against a hand computation --------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
 
 PAIRS = [
     MultiObjectivePair("\n\nHuman: hi there\n\nAssistant:", " Hello! How can I help?", " Go away.", {"helpful": 0, "harmless": 1}),

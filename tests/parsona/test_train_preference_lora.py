@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from parsona.adapters import PreferenceLoRAConfig, attach
-from parsona.base_model import load_base_model, save_tiny_model
+from parsona.base_model import load_base_model
 from parsona.errors import ConfigError
 from parsona.logprobs import SequenceLogProbs
 from parsona.objectives import dpo_loss
@@ -17,11 +18,6 @@ from parsona.recipes.front_data import front_pairs
 from parsona.recipes.train_preference_lora import Config, main, pair_losses, scalarizer
 
 OBJECTIVES = ("helpful", "harmless")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +131,23 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
     for got, want in zip(resumed["history"], straight["history"]):
         assert got == pytest.approx(want)
+
+
+def test_a_finished_run_is_returned_untouched_and_other_settings_are_refused(tiny_dir, tmp_path):
+    cfg = Config(model=tiny_dir, output_dir=str(tmp_path / "run"), max_length=48, pairs_per_step=2, rank=2,
+                 max_steps=2, warmup_steps=1)
+    adapter = main(cfg)
+    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert main(cfg) == adapter
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+    with pytest.raises(ConfigError) as err:                  # not silently resumed under other settings
+        main(dataclasses.replace(cfg, learning_rate=1e-3, seed=1))
+    assert err.value.field == "output_dir" and "learning_rate, seed" in str(err.value)
+    with pytest.raises(ConfigError) as err:                  # nor cut short: 2 steps are already taken
+        main(dataclasses.replace(cfg, max_steps=1))
+    assert err.value.field == "max_steps"
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
 
 
 def test_pref_scale_lr_multiplier_scales_the_step_of_s_only(tiny_dir, tmp_path):
