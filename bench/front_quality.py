@@ -155,21 +155,22 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
 
     model, tokenizer = load_base_model(args.model, device="cpu", dtype=torch.float32)
     grid = np.asarray(simplex_grid(2, args.n_partitions), dtype=float)
-    reward_models, reference_point = None, None
-    if args.reward_models:   # before any adapter is attached, so 'base' scores the plain base model's replies
-        reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES)
-        reference_point = reward_reference(args.reference_point or "base", model, tokenizer, pairs, reward_models,
-                                           OBJECTIVES, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
-                                           batch_size=args.eval_batch)
-        print(f"HV reference point for rewards: {[round(x, 4) for x in reference_point]} ({args.reference_point or 'base'})")
+    settings = {method: eval_settings(args, method) for method in methods}
+    cached = {method: load_result(cache_path(out, settings[method]), settings[method]) for method in methods}
+    reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES) if args.reward_models else None
+    reference_point = None
+    if reward_models is not None and any(r is None for r in cached.values()):   # before any adapter is attached
+        reference_point = shared_reference_point(cached, lambda: reward_reference(
+            args.reference_point or "base", model, tokenizer, pairs, reward_models, OBJECTIVES,
+            max_new_tokens=args.max_new_tokens, max_length=args.max_length, batch_size=args.eval_batch))
+        print(f"HV reference point for rewards: {[round(float(x), 4) for x in reference_point]} "
+              f"({args.reference_point or 'base'})")
     kw = dict(beta=args.beta, max_length=args.max_length, batch_size=args.eval_batch, reward_models=reward_models,
               reference_point=reference_point, max_new_tokens=args.max_new_tokens)
     results, ref = [], None
     for method in methods:
         run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
-        settings = eval_settings(args, method)
-        cache = cache_path(out, settings)
-        result = load_result(cache, settings)
+        result = cached[method]
         if result is None:
             if method.startswith("pref"):
                 policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
@@ -180,10 +181,17 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
             g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
             result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
             policy.adapter.detach()
-            save_result(cache, settings, result)
+            save_result(cache_path(out, settings[method]), settings[method], result)
         result.info = {"train_steps": run["steps"], "train_tokens": run["tokens"], "train_s": round(run["seconds"], 1)}
         results.append(result)
     return results
+
+
+def shared_reference_point(cached: dict, fix) -> np.ndarray:
+    """The HV reference point for the reward fronts still to score: the one a cached front of the same
+    set-up was scored under (compare() needs one point for all), else ``fix()`` (generates, so only then)."""
+    scored = [r for r in cached.values() if r is not None]
+    return scored[0].reference_point if scored else np.asarray(fix(), dtype=float)
 
 
 def eval_settings(args, method: str) -> str:

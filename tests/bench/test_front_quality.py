@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,23 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     assert bench.load_result(path, settings) is not None and len(list(path.parent.iterdir())) == 2
 
 
+def test_new_reward_fronts_reuse_the_reference_point_of_cached_ones():
+    bench = load_bench()
+    calls = []
+
+    def fix():
+        calls.append(1)
+        return [-1.5, 0.5]
+
+    cached = FrontResult("pref_linear", ("helpful", "harmless"), np.array([[0, 1], [1, 0]]), np.zeros((2, 2)),
+                         np.zeros((2, 2)), [2, 2], np.array([-1.25, 0.75]), reward=np.zeros((2, 2)))
+    point = bench.shared_reference_point({"pref_linear": cached, "dps": None}, fix)
+    np.testing.assert_array_equal(point, [-1.25, 0.75])
+    assert calls == []                                      # no base generation when a front already fixed it
+    np.testing.assert_array_equal(bench.shared_reference_point({"pref_linear": None, "dps": None}, fix), [-1.5, 0.5])
+    assert calls == [1]
+
+
 def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
     bench = load_bench()
 
@@ -76,3 +94,23 @@ def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
     assert "HV(pref_linear) / HV(soups_linear) = 1.000" in text and "per seed: 0.667, 1.333" in text
     assert "HV(pref_linear) / HV(dps) = 1.200 at 0.333" in text        # 0.03 / 0.025
     assert "ρ(λ_helpful, accuracy_helpful) = 0.900  (target ≥ 0.9: MET" in text
+
+
+def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(tiny_dir, tmp_path, capsys):
+    bench = load_bench()
+    argv = ["--model", tiny_dir, "--max-steps", "2", "--eval-pairs", "4", "--n-partitions", "2", "--dps-partitions", "1",
+            "--max-length", "64", "--seeds", "0,1", "--methods", "pref_linear,soups_linear,dps", "--output-dir", str(tmp_path)]
+    bench.main(argv)
+    out = capsys.readouterr().out
+    assert "reusing" not in out and "mean ± sd over seeds 0,1" in out and "HV(pref_linear) / HV(dps)" in out
+    results = {s: json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)}
+    assert [r["method"] for r in results[0]] == ["pref_linear", "soups_linear", "dps"]
+    assert [len(r["rows"]) for r in results[0]] == [3, 3, 2]                      # simplex_grid(2, 2), (2, 1)
+    weights = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    assert len(weights) >= 2 * 4                                                   # per seed: pref, 2 soups, 2 dps
+
+    bench.main(argv)
+    again = capsys.readouterr().out
+    assert again.count("reusing") == 2 * 3                                         # every front of both seeds
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights   # nothing retrained
+    assert {s: json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)} == results
