@@ -31,7 +31,7 @@ import torch
 
 from parsona.errors import ConfigError
 from parsona.recipes.front_data import KNOWN_OBJECTIVES
-from parsona.recipes.train_preference_lora import SCALARIZATIONS
+from parsona.recipes.train_preference_lora import SCALARIZATIONS, other_settings
 
 METHODS = ("rewarded_soups", "dps")
 FRONT_FILE = "front.json"
@@ -140,11 +140,11 @@ def main(cfg: Config) -> Path:
     scorer = PairLogProbs(model, bank).train()
     loss_fn = loss_function("dpo")
 
-    entries, began = [], time.perf_counter()
+    entries = []
     for entry in plan(cfg):
         target = out / entry["name"]
         if (target / "training_summary.json").is_file():     # written last: the LoRA is complete
-            entries.append(json.loads((target / "training_summary.json").read_text()))
+            entries.append(trained_lora(target, entry, cfg))
             accelerator.print(f"skipping {entry['name']}: already trained ({target})")
             continue
         # Rewarded Soups: a LoRA sees only pairs labelled for its objective, so each step holds
@@ -173,7 +173,7 @@ def main(cfg: Config) -> Path:
             tokens += n_tokens
             history.append({"step": step + 1, "loss": loss})
         summary = {**entry, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2), "history": history,
-                   "train_pairs": len(data)}
+                   "train_pairs": len(data), "config": dataclasses.asdict(cfg)}
         if accelerator.is_main_process:
             bank.save_peft(entry["name"], target)                          # atomic
             write_json(target / "training_summary.json", summary)          # last: marks the LoRA complete
@@ -187,9 +187,22 @@ def main(cfg: Config) -> Path:
             "total_steps": sum(e["steps"] for e in entries), "total_tokens": sum(e["tokens"] for e in entries),
             "budget": (f"{len(entries)} × {cfg.dps_steps_each} steps" if cfg.method == "dps"
                        else f"{cfg.max_steps} steps split over {len(entries)} objectives"),
-            "seconds": round(time.perf_counter() - began, 2), "data_sha256": data_fingerprint(),
+            # training time of the LoRAs, whichever run trained them: a rerun that skips them all keeps it
+            "seconds": round(sum(e["seconds"] for e in entries), 2), "data_sha256": data_fingerprint(),
         })
     return out
+
+
+def trained_lora(target: Path, entry: dict, cfg: Config) -> dict:
+    """The summary of a LoRA an earlier run finished at ``target``, if it is the one ``entry`` of ``cfg``
+    asks for; one trained otherwise (other steps or settings) is refused, never passed off as this run's."""
+    saved = json.loads((target / "training_summary.json").read_text())
+    other = [k for k in ("preference", "objective", "steps") if saved.get(k) != entry[k]]
+    other += other_settings(saved.get("config", {}), cfg, ignore=("output_dir",))
+    if other:
+        raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
+                          problem=f"{target} holds a LoRA trained with other {', '.join(other)}")
+    return saved
 
 
 def load_front_policy(model, directory: str | Path, mode: str = "linear"):

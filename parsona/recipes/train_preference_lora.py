@@ -18,7 +18,9 @@ Panacea's one singular value per objective the front barely spread; ``--rank 8
 Checkpoints land in ``output_dir/checkpoint`` every ``checkpoint_every`` steps; rerunning the
 same command continues from there. The final adapter is written atomically to
 ``output_dir/adapter`` with ``training_summary.json`` beside it; its steps, tokens, seconds and
-loss history cover the whole run, however many times it was resumed.
+loss history cover the whole run, however many times it was resumed. Rerunning a finished run
+returns its adapter untouched; a larger ``--max-steps`` trains on from the last checkpoint; other
+settings in the same ``output_dir`` are refused (a run is never resumed under a config it was not).
 """
 
 from __future__ import annotations
@@ -313,6 +315,13 @@ def main(cfg: Config) -> Path:
 LEG_FIELDS = ("output_dir", "max_steps", "checkpoint_every")   # where and how long: may change between legs
 
 
+def other_settings(saved: dict, cfg, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The fields of ``cfg`` (a recipe's Config) whose value differs in ``saved``, the config a run wrote
+    to its JSON (fields only one side has are skipped: a field added later is not a difference)."""
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))        # tuples as lists, as the JSON has them
+    return sorted(k for k in saved.keys() & wanted.keys() if k not in ignore and saved[k] != wanted[k])
+
+
 def finished(out: Path, cfg: Config) -> bool:
     """Whether ``out`` already holds this run, done: a rerun then returns the adapter untouched. A run
     there with other settings (but the steps: a larger max_steps trains on from the checkpoint) is refused
@@ -321,9 +330,7 @@ def finished(out: Path, cfg: Config) -> bool:
     progress_file = out / "checkpoint" / "progress.json"
     saved = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     taken = json.loads(progress_file.read_text())["step"] if progress_file.is_file() else saved.get("steps", 0)
-    wanted = json.loads(json.dumps(dataclasses.asdict(cfg)))        # tuples as lists, as the summary has them
-    other = sorted(k for k in saved.get("config", {}).keys() & wanted.keys()
-                   if k not in LEG_FIELDS and saved["config"][k] != wanted[k])
+    other = other_settings(saved.get("config", {}), cfg, ignore=LEG_FIELDS)
     if other:
         raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
                           problem=f"{out} holds a run with other {', '.join(other)}")

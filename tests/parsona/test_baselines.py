@@ -40,6 +40,12 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
     before = (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns
     main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2, **COMMON))
     assert (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    # ... but LoRAs of other settings are not passed off as this run's
+    for other, named in (({"max_steps": 4}, "steps"), ({"max_steps": 2, "learning_rate": 1.0}, "learning_rate")):
+        with pytest.raises(ConfigError) as err:
+            main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), **other, **COMMON))
+        assert err.value.field == "output_dir" and named in str(err.value)
+    assert json.loads((out / FRONT_FILE).read_text()) == front                  # the run's record is untouched
 
 
 @pytest.mark.parametrize("flag", [{}, {"all_labels_only": False}])
