@@ -129,6 +129,9 @@ def main(cfg: Config) -> Path:
     from parsona.recipes.train_preference_lora import batches, loss_function, pair_step, scalarizer
 
     out = Path(cfg.output_dir) / cfg.method
+    # LoRAs an earlier run finished, each checked before anything trains (written last: the LoRA is complete)
+    done = {e["name"]: trained_lora(out / e["name"], e, cfg) for e in plan(cfg)
+            if (out / e["name"] / "training_summary.json").is_file()}
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
@@ -143,8 +146,8 @@ def main(cfg: Config) -> Path:
     entries = []
     for entry in plan(cfg):
         target = out / entry["name"]
-        if (target / "training_summary.json").is_file():     # written last: the LoRA is complete
-            entries.append(trained_lora(target, entry, cfg))
+        if entry["name"] in done:
+            entries.append(done[entry["name"]])
             accelerator.print(f"skipping {entry['name']}: already trained ({target})")
             continue
         # Rewarded Soups: a LoRA sees only pairs labelled for its objective, so each step holds
@@ -198,7 +201,10 @@ def trained_lora(target: Path, entry: dict, cfg: Config) -> dict:
     asks for; one trained otherwise (other steps or settings) is refused, never passed off as this run's."""
     saved = json.loads((target / "training_summary.json").read_text())
     other = [k for k in ("preference", "objective", "steps") if saved.get(k) != entry[k]]
-    other += other_settings(saved.get("config", {}), cfg, ignore=("output_dir",))
+    # the plan's fields only matter through the entry (its steps and λ); Soups LoRAs are plain DPO
+    ignore = ("output_dir", "method", "max_steps", "n_partitions", "dps_steps_each")
+    other += other_settings(saved.get("config", {}), cfg,
+                            ignore=ignore + (("scalarization",) if entry["objective"] is not None else ()))
     if other:
         raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
                           problem=f"{target} holds a LoRA trained with other {', '.join(other)}")

@@ -281,7 +281,7 @@ def main(cfg: Config) -> Path:
 
     def progress(step: int) -> dict:  # cumulative over every run that led here, so a resumed summary is whole
         return {"step": step, "tokens": tokens, "seconds": round(done["seconds"] + time.perf_counter() - began, 2),
-                "history": history}
+                "history": history, "config": dataclasses.asdict(cfg)}
 
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="preference-lora",
                disable=not accelerator.is_local_main_process)
@@ -326,11 +326,11 @@ def finished(out: Path, cfg: Config) -> bool:
     """Whether ``out`` already holds this run, done: a rerun then returns the adapter untouched. A run
     there with other settings (but the steps: a larger max_steps trains on from the checkpoint) is refused
     rather than silently resumed, and so is asking for fewer steps than were already taken."""
-    summary_file = out / "adapter" / "training_summary.json"
-    progress_file = out / "checkpoint" / "progress.json"
+    summary_file, progress_file = out / "adapter" / "training_summary.json", out / "checkpoint" / "progress.json"
     saved = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    taken = json.loads(progress_file.read_text())["step"] if progress_file.is_file() else saved.get("steps", 0)
-    other = other_settings(saved.get("config", {}), cfg, ignore=LEG_FIELDS)
+    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}   # a killed run has only this
+    taken = progress.get("step", saved.get("steps", 0))
+    other = other_settings(progress.get("config") or saved.get("config", {}), cfg, ignore=LEG_FIELDS)
     if other:
         raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
                           problem=f"{out} holds a run with other {', '.join(other)}")

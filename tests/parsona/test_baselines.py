@@ -46,6 +46,10 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
             main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), **other, **COMMON))
         assert err.value.field == "output_dir" and named in str(err.value)
     assert json.loads((out / FRONT_FILE).read_text()) == front                  # the run's record is untouched
+    # DPS-only fields do not touch Soups LoRAs: reused as they are
+    main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2, n_partitions=3,
+                dps_steps_each=7, scalarization="tchebycheff", **COMMON))
+    assert (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize("flag", [{}, {"all_labels_only": False}])
@@ -80,6 +84,13 @@ def test_dps_grid_loras_share_one_init(tiny_dir, tmp_path):
         pass
     with pytest.raises(ConfigError):
         policy.merge([0.5, 0.5])
+    # a finer grid keeps the LoRAs it shares with the coarse one and trains only the new λ
+    vertices = {l["name"]: (out / l["name"] / "adapter_model.safetensors").stat().st_mtime_ns for l in front["loras"]}
+    main(Config(method="dps", model=str(tiny_dir), output_dir=str(tmp_path), n_partitions=2, dps_steps_each=2,
+                learning_rate=0.0, **COMMON))
+    finer = json.loads((out / FRONT_FILE).read_text())
+    assert [l["name"] for l in finer["loras"]] == ["lam-00000-10000", "lam-05000-05000", "lam-10000-00000"]
+    assert {n: (out / n / "adapter_model.safetensors").stat().st_mtime_ns for n in vertices} == vertices
 
 
 @pytest.mark.parametrize("bad, field", [

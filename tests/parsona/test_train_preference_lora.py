@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -148,6 +149,11 @@ def test_a_finished_run_is_returned_untouched_and_other_settings_are_refused(tin
         main(dataclasses.replace(cfg, max_steps=1))
     assert err.value.field == "max_steps"
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+    shutil.rmtree(tmp_path / "run" / "adapter")              # a run killed after its last checkpoint: the same
+    with pytest.raises(ConfigError) as err:
+        main(dataclasses.replace(cfg, max_steps=4, beta=0.5))
+    assert err.value.field == "output_dir" and "beta" in str(err.value)
 
 
 def test_pref_scale_lr_multiplier_scales_the_step_of_s_only(tiny_dir, tmp_path):
