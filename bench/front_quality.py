@@ -32,16 +32,18 @@ Targets from the issue, printed with the measured ratios:
   Spearman ρ(λ_i, accuracy_i) ≥ 0.9 per objective (pref_linear)
 
     .venv/bin/python bench/front_quality.py                       # SmolLM2, defaults: a ≈ 40 min smoke run
-    # the run reported in issue 5: two processes of one thread side by side (≈ 2.2 h), then the table
+    # the run reported in issue 5, per seed S: two processes of one thread side by side (≈ 2.2 h each seed)
     F="--max-steps 120 --max-length 128 --eval-pairs 200 --warmup-steps 5 --learning-rate 2e-4 --output-dir runs/fq11"
-    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --methods pref_linear,dps &
-    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --methods soups_linear,soups_cat,pref_tcheb; wait
-    .venv/bin/python bench/front_quality.py $F                    # scores nothing again: prints all five
+    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --seeds S --methods pref_linear,dps &
+    OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --seeds S --methods soups_linear,soups_cat,pref_tcheb; wait
+    .venv/bin/python bench/front_quality.py $F --seeds 0,1,2      # then: scores nothing again; every seed, mean ± sd
     .venv/bin/python bench/front_quality.py --model DIR            # a tiny model (save_tiny_model): seconds
 
 Real eval (greedy replies scored by trained reward models) is behind ``--reward-models
 helpful=DIR,harmless=DIR --reference-point base`` (BradleyTerryReward dirs, e.g. from
 ``bench/reward_accuracy.py --save-dir``; ``base``: the base model's mean rewards minus 0.4, or give a,b).
+That point is kept in out/reward-reference-<hash>.json, so every seed and process scores under one;
+a reward model refit in the same directory is a new eval (its files are part of the cache key).
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES) if args.reward_models else None
     reference_point = None
     if reward_models is not None and any(r is None for r in cached.values()):   # before any adapter is attached
-        reference_point = shared_reference_point(cached, lambda: reward_reference(
+        reference_point = shared_reference_point(reference_file(args), cached, lambda: reward_reference(
             args.reference_point or "base", model, tokenizer, pairs, reward_models, OBJECTIVES,
             max_new_tokens=args.max_new_tokens, max_length=args.max_length, batch_size=args.eval_batch))
         print(f"HV reference point for rewards: {[round(float(x), 4) for x in reference_point]} "
@@ -187,18 +189,44 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     return results
 
 
-def shared_reference_point(cached: dict, fix) -> np.ndarray:
-    """The HV reference point for the reward fronts still to score: the one a cached front of the same
-    set-up was scored under (compare() needs one point for all), else ``fix()`` (generates, so only then)."""
+def reference_file(args) -> Path:
+    """Where the reward fronts' HV reference point is kept: beside every seed, keyed by what it depends on."""
+    keys = ("model", "eval_pairs", "max_length", "max_new_tokens", "reward_models", "reference_point")
+    key = json.dumps({**{k: getattr(args, k) for k in keys}, "reward_files": reward_fingerprint(args.reward_models)})
+    return Path(args.output_dir) / f"reward-reference-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def shared_reference_point(path: Path, cached: dict, fix) -> np.ndarray:
+    """The HV reference point for reward fronts still to score: the one kept at ``path`` (so every process
+    and seed scores under one point: compare() needs it), else that of a front cached before the file
+    existed, else ``fix()`` (it generates, so only then); kept at ``path`` from then on."""
+    from parsona.io import write_json
+
+    if path.is_file():
+        return np.asarray(json.loads(path.read_text()), dtype=float)
     scored = [r for r in cached.values() if r is not None]
-    return scored[0].reference_point if scored else np.asarray(fix(), dtype=float)
+    point = scored[0].reference_point if scored else np.asarray(fix(), dtype=float)
+    write_json(path, [float(x) for x in point])
+    return point
+
+
+def reward_fingerprint(specs: str) -> str:
+    """sha256 of the saved reward models' files: a reward refit in the same directory is another eval."""
+    from parsona.recipes.eval_front import reward_specs
+
+    digest = hashlib.sha256()
+    for objective, directory in sorted(reward_specs([s for s in specs.split(",") if s]).items()):
+        for f in sorted(Path(directory).glob("*")) if Path(directory).is_dir() else ():
+            digest.update(f"{objective}/{f.name}".encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def eval_settings(args, method: str) -> str:
     """What a cached front depends on: every flag but where it goes, which methods and seeds run, and the
-    eval batch size; plus the method. A cached front is reused only when this matches exactly."""
+    eval batch size; plus the method and the reward models' files. Reused only when this matches exactly."""
     skip = {"output_dir", "methods", "seeds", "eval_batch"}
-    return json.dumps({"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}})
+    rewards = {"reward_files": reward_fingerprint(args.reward_models)} if args.reward_models else {}
+    return json.dumps({"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}, **rewards})
 
 
 def cache_path(out: Path, settings: str) -> Path:
@@ -325,6 +353,11 @@ def main(argv=None) -> None:
     from parsona.io import write_json
 
     args = parse(argv)
+    if args.reward_models:   # a malformed spec fails now, not after hours of training
+        from parsona.recipes.eval_front import load_reward_models, reference_values
+
+        load_reward_models(args.reward_models.split(","), OBJECTIVES)
+        reference_values(args.reference_point or "base")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out_root = Path(args.output_dir)
     pairs = eval_set(args.eval_pairs)

@@ -34,10 +34,11 @@ def resampled_fronts(results: Sequence[FrontResult], pairs: np.ndarray) -> dict[
 
 def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, confidence: float = 0.95,
                        n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """(low, high) of ``statistic(fronts)`` where ``fronts`` maps method -> (K, m) accuracies."""
+    """(low, high) of ``statistic(fronts)`` where ``fronts`` maps method -> (K, m) front (accuracies or
+    mean rewards, as the results were scored)."""
     from scipy.stats import bootstrap
 
-    n = _n_pairs(results)
+    n = _n_units(results)
 
     def on_sample(pairs: np.ndarray) -> float:
         return float(statistic(resampled_fronts(results, pairs.astype(int))))
@@ -49,7 +50,8 @@ def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, 
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _n_pairs(results: Sequence[FrontResult]) -> int:
+def _n_units(results: Sequence[FrontResult]) -> int:
+    """How many eval units (pairs, or prompts for reward fronts) every result was scored on."""
     if not results or any(r.unit_scores is None for r in results):
         raise ConfigError("results", "Bootstrap fronts from evaluate_front (they keep per-pair and per-prompt scores).",
                           problem="a result has no per-pair or per-prompt scores (built by hand or read back from JSON)")
@@ -57,8 +59,9 @@ def _n_pairs(results: Sequence[FrontResult]) -> int:
         raise ConfigError("results", "Compare fronts of one metric: all accuracies or all rewards.",
                           problem=f"got {sorted({r.metric for r in results})}")
     sizes = {r.unit_scores.shape[1] for r in results}
+    unit = "prompts" if results[0].metric == "reward" else "pairs"
     if len(sizes) != 1:
-        raise ConfigError("results", "Evaluate every method on the same held-out pairs.",
-                          problem=f"pair counts {sorted(sizes)}")
+        raise ConfigError("results", f"Evaluate every method on the same held-out {unit}.",
+                          problem=f"{unit} counts {sorted(sizes)}")
     return sizes.pop()
 

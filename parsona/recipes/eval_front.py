@@ -57,6 +57,7 @@ class Config:
             raise ConfigError("adapter", "Pass --adapter DIR (a preference LoRA saved by the training recipe).",
                               problem="missing")
         reward_specs(self.reward_models)   # malformed specs fail here, before any model is loaded
+        reference_values(self.reference_point)
         for name in ("n_partitions", "eval_pairs", "max_length", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -88,17 +89,28 @@ def load_reward_models(specs, objectives) -> dict:
     return {o: BradleyTerryReward.load(named[o]) for o in objectives}
 
 
-def reward_reference(spec: str, model, tokenizer, pairs, reward_models, objectives, **kw) -> list[float]:
-    """The HV reference point for a reward front, fixed before any policy is scored (``spec``: 'base' or a,b,...)."""
-    from parsona.evaluate import base_reward_reference, eval_prompts
-
-    if spec.strip() == "base":   # the same prompts evaluate_front generates for
-        return base_reward_reference(model, tokenizer, eval_prompts(pairs), reward_models, objectives, **kw).tolist()
+def reference_values(spec: str) -> list[float] | None:
+    """The numbers of a ``--reference-point`` spec, or None for 'base' (measured on the base model)."""
+    if spec.strip() == "base":
+        return None
     try:
         return [float(x) for x in spec.split(",")]
     except ValueError:
         raise ConfigError("reference_point", "Use 'base' or one number per objective, e.g. 0.5,-1.",
                           problem=f"got {spec!r}") from None
+
+
+def reward_reference(spec: str, model, tokenizer, pairs, reward_models, objectives, **kw) -> list[float]:
+    """The HV reference point for a reward front, fixed before any policy is scored (``spec``: 'base' or a,b,...)."""
+    from parsona.evaluate import base_reward_reference, eval_prompts
+
+    values = reference_values(spec)
+    if values is None:   # the same prompts evaluate_front generates for
+        return base_reward_reference(model, tokenizer, eval_prompts(pairs), reward_models, objectives, **kw).tolist()
+    if len(values) != len(objectives):
+        raise ConfigError("reference_point", f"Give one number per objective ({', '.join(objectives)}) or 'base'.",
+                          problem=f"got {len(values)} for {len(objectives)} objectives")
+    return values
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

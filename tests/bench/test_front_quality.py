@@ -63,7 +63,7 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     assert bench.load_result(path, settings) is not None and len(list(path.parent.iterdir())) == 2
 
 
-def test_new_reward_fronts_reuse_the_reference_point_of_cached_ones():
+def test_reward_fronts_share_one_reference_point_across_processes(tmp_path):
     bench = load_bench()
     calls = []
 
@@ -73,11 +73,31 @@ def test_new_reward_fronts_reuse_the_reference_point_of_cached_ones():
 
     cached = FrontResult("pref_linear", ("helpful", "harmless"), np.array([[0, 1], [1, 0]]), np.zeros((2, 2)),
                          np.zeros((2, 2)), [2, 2], np.array([-1.25, 0.75]), reward=np.zeros((2, 2)))
-    point = bench.shared_reference_point({"pref_linear": cached, "dps": None}, fix)
-    np.testing.assert_array_equal(point, [-1.25, 0.75])
-    assert calls == []                                      # no base generation when a front already fixed it
-    np.testing.assert_array_equal(bench.shared_reference_point({"pref_linear": None, "dps": None}, fix), [-1.5, 0.5])
-    assert calls == [1]
+    kept = tmp_path / "reference.json"
+    # a front scored before the file existed fixes it; no base generation
+    np.testing.assert_array_equal(bench.shared_reference_point(kept, {"pref_linear": cached, "dps": None}, fix),
+                                  [-1.25, 0.75])
+    assert calls == []
+    # another process (other --methods, nothing cached) reads the same point instead of generating
+    np.testing.assert_array_equal(bench.shared_reference_point(kept, {"dps": None}, fix), [-1.25, 0.75])
+    assert calls == []
+    kept.unlink()
+    np.testing.assert_array_equal(bench.shared_reference_point(kept, {"dps": None}, fix), [-1.5, 0.5])
+    assert calls == [1] and json.loads(kept.read_text()) == [-1.5, 0.5]
+
+
+def test_a_reward_refit_in_the_same_directory_is_another_eval(tmp_path):
+    bench = load_bench()
+    for name in ("helpful", "harmless"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "reward.safetensors").write_bytes(b"w1")
+    args = bench.parse(["--reward-models", f"helpful={tmp_path / 'helpful'},harmless={tmp_path / 'harmless'}"])
+    before, reference = bench.eval_settings(args, "pref_linear"), bench.reference_file(args)
+    assert bench.eval_settings(args, "pref_linear") == before                       # same files: same key
+    (tmp_path / "harmless" / "reward.safetensors").write_bytes(b"w2")
+    assert bench.eval_settings(args, "pref_linear") != before and bench.reference_file(args) != reference
+    plain = bench.parse([])
+    assert "reward_files" not in bench.eval_settings(plain, "pref_linear")           # accuracy fronts keep their keys
 
 
 def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():

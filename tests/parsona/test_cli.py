@@ -87,6 +87,7 @@ def test_eval_front_scores_replies_with_saved_reward_models(tiny_dir, tmp_path):
     (["train", "preference-lora", "--n-objectives", "3"], "n_objectives"),
     (["eval", "front"], "adapter"),
     (["eval", "front", "--adapter", "run/adapter", "--reward-models", "runs/rewards/helpful"], "objective=DIR"),
+    (["eval", "front", "--adapter", "run/adapter", "--reference-point", "0.5,x"], "reference_point"),
 ])
 def test_bad_input_is_one_clear_line(argv, message, capsys, tiny_dir):
     if argv[0] == "generate":
@@ -94,3 +95,13 @@ def test_bad_input_is_one_clear_line(argv, message, capsys, tiny_dir):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_an_explicit_reference_point_needs_one_value_per_objective():
+    from parsona.errors import ConfigError
+    from parsona.recipes.eval_front import reward_reference
+
+    assert reward_reference("0.5,-1", None, None, [], None, ("helpful", "harmless")) == [0.5, -1.0]
+    with pytest.raises(ConfigError) as err:                 # before any reply is generated
+        reward_reference("0.5", None, None, [], None, ("helpful", "harmless"))
+    assert err.value.field == "reference_point" and "1 for 2 objectives" in str(err.value)

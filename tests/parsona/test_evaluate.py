@@ -208,6 +208,27 @@ class CharCount:
         return np.array([len(r) for r in responses], dtype=float)
 
 
+class CodePointSum:
+    """A stand-in reward that sees what the reply says, not only its length: the sum of its code points."""
+
+    def __init__(self, sign: float = 1.0):
+        self.sign = sign
+
+    def score(self, prompts, responses):
+        return self.sign * np.array([sum(map(ord, r)) for r in responses], dtype=float)
+
+
+def greedy_replies_one_by_one(model, tokenizer, prompts, max_new_tokens=3):
+    """Independently of the batched, left-padded eval: each prompt's greedy reply, decoded."""
+    replies = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or 0)
+        replies.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n\nHuman:")[0].strip())
+    return replies
+
+
 def test_base_reward_reference_is_the_base_models_mean_reward_minus_the_margin(tiny_dir):
     model, tokenizer = load_base_model(tiny_dir)
     prompts = [p.prompt for p in PAIRS]
@@ -215,32 +236,30 @@ def test_base_reward_reference_is_the_base_models_mean_reward_minus_the_margin(t
     with policy.reference():
         point = base_reward_reference(model, tokenizer, prompts, {"helpful": CharCount(), "harmless": CharCount()},
                                       OBJECTIVES, margin=0.5, max_new_tokens=3, max_length=64)
-    # independently: the base model's own greedy tokens, decoded, counted
-    lengths = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        with policy.reference():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or 0)
-        lengths.append(len(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n\nHuman:")[0].strip()))
+        lengths = [len(r) for r in greedy_replies_one_by_one(model, tokenizer, prompts)]
     np.testing.assert_allclose(point, [np.mean(lengths) - 0.5] * 2)
 
 
 def test_real_eval_scores_greedy_replies(tiny_dir):
     model, tokenizer = load_base_model(tiny_dir)
     adapter = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(adapter)                                                       # so that λ changes the replies
     policy = PreferenceLoRAPolicy(adapter)
-    rewards = {"helpful": CharCount(), "harmless": CharCount()}
+    rewards = {"helpful": CodePointSum(), "harmless": CodePointSum(sign=-1.0)}
     with pytest.raises(ConfigError) as err:
         evaluate_front(model, tokenizer, policy, PAIRS, OBJECTIVES, [[1.0, 0.0]], reward_models=rewards, progress=False)
     assert err.value.field == "reference_point"
-    result = evaluate_front(model, tokenizer, policy, PAIRS, OBJECTIVES, [[1.0, 0.0], [0.0, 1.0]], max_length=64,
-                            reward_models=rewards, max_new_tokens=3, reference_point=[0.0, 0.0], progress=False)
-    assert result.metric == "reward" and result.reward.shape == (2, 2)
-    assert (result.reward > 0).all() and (result.reward <= 3 * 4).all()   # ≤ 3 byte tokens (a byte decodes to ≤ 4 chars)
-    prompts = len({p.prompt for p in PAIRS})
-    assert result.prompt_reward.shape == (2, prompts, 2)                   # kept per prompt, for the bootstrap
-    np.testing.assert_allclose(result.prompt_reward.mean(axis=1), result.reward)
+    grid = [[1.0, 0.0], [0.0, 1.0]]
+    result = evaluate_front(model, tokenizer, policy, PAIRS, OBJECTIVES, grid, max_length=64,
+                            reward_models=rewards, max_new_tokens=3, reference_point=[0.0, -1e4], progress=False)
+    prompts = list(dict.fromkeys(p.prompt for p in PAIRS))
+    assert result.metric == "reward" and result.prompt_reward.shape == (2, len(prompts), 2)   # kept per prompt
+    for k, lam in enumerate(grid):                                        # each objective's own reward, per prompt
+        with policy.at(lam):
+            codes = CodePointSum().score(prompts, greedy_replies_one_by_one(model, tokenizer, prompts))
+        np.testing.assert_allclose(result.prompt_reward[k], np.stack([codes, -codes], axis=1))
+        np.testing.assert_allclose(result.reward[k], [codes.mean(), -codes.mean()])
+    assert not np.array_equal(result.prompt_reward[0], result.prompt_reward[1])   # the replies did move with λ
 
 
 def test_bad_grid_names_the_field(tiny_dir):
