@@ -144,7 +144,7 @@ def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]
     return runs
 
 
-def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list:
+def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path, reward_models: dict | None = None) -> list:
     """Score every method's front; each result is kept under out/eval/, so a rerun (or a second process
     given other --methods and the same --output-dir) reuses it instead of scoring it again."""
     from parsona.adapters import load_adapter
@@ -153,13 +153,12 @@ def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path) -> list
     from parsona.front_policies import PreferenceLoRAPolicy
     from parsona.objectives import simplex_grid
     from parsona.recipes.baselines import load_front_policy
-    from parsona.recipes.eval_front import load_reward_models, reward_reference
+    from parsona.recipes.eval_front import reward_reference
 
     model, tokenizer = load_base_model(args.model, device="cpu", dtype=torch.float32)
     grid = np.asarray(simplex_grid(2, args.n_partitions), dtype=float)
     settings = {method: eval_settings(args, method) for method in methods}
     cached = {method: load_result(cache_path(out, settings[method]), settings[method]) for method in methods}
-    reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES) if args.reward_models else None
     reference_point = None
     if reward_models is not None and any(r is None for r in cached.values()):   # before any adapter is attached
         reference_point = shared_reference_point(reference_file(args), cached, lambda: reward_reference(
@@ -353,10 +352,11 @@ def main(argv=None) -> None:
     from parsona.io import write_json
 
     args = parse(argv)
-    if args.reward_models:   # a malformed spec fails now, not after hours of training
+    reward_models = None
+    if args.reward_models:   # loaded (and a malformed spec fails) now, not after hours of training
         from parsona.recipes.eval_front import load_reward_models, reference_values
 
-        load_reward_models(args.reward_models.split(","), OBJECTIVES)
+        reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES)
         reference_values(args.reference_point or "base")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out_root = Path(args.output_dir)
@@ -370,7 +370,7 @@ def main(argv=None) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         out = out_root / f"seed{seed}"
         runs = train_all(args, seed, out, methods)
-        results = evaluate_all(args, runs, methods, pairs, out)
+        results = evaluate_all(args, runs, methods, pairs, out, reward_models)
         rows = compare(results)
         print(f"\nseed {seed}  (metric: {results[0].metric}; HV reference point {results[0].reference_point.tolist()}, "
               "fixed before the run; IGD+ vs the union front of these methods)")

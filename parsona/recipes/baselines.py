@@ -130,7 +130,8 @@ def main(cfg: Config) -> Path:
 
     out = Path(cfg.output_dir) / cfg.method
     # LoRAs an earlier run finished, each checked before anything trains (written last: the LoRA is complete)
-    done = {e["name"]: trained_lora(out / e["name"], e, cfg) for e in plan(cfg)
+    entries_planned = plan(cfg)
+    done = {e["name"]: trained_lora(out / e["name"], e, cfg) for e in entries_planned
             if (out / e["name"] / "training_summary.json").is_file()}
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
@@ -144,7 +145,7 @@ def main(cfg: Config) -> Path:
     loss_fn = loss_function("dpo")
 
     entries = []
-    for entry in plan(cfg):
+    for entry in entries_planned:
         target = out / entry["name"]
         if entry["name"] in done:
             entries.append(done[entry["name"]])
