@@ -8,15 +8,22 @@ types adapt the same Linear their per-row deltas simply add up:
 
     h = W0 x + Σ_types Δ_type(x, row)
 
-Runtime inputs (a preference vector per row, a user's LoRA per row) are batch tensors set with
+A type adapts ``nn.Linear`` layers by default (``target_modules``); it may target other modules
+instead, such as the input embeddings (override ``_targets``, e.g. with :func:`input_embedding`):
+the hook is the same, the layer gets the module's input and output.
+
+Runtime inputs (a preference vector per row, a user's LoRA per row) are batch values set with
 ``with adapter.inputs(...)``; the hooks read them at call time, which also lets ``torch.onnx``
-trace them as graph inputs.
+trace them as graph inputs. Each type declares them at registration (``RuntimeInput``), checks one
+row's value (``check_row``) and stacks a batch of rows (``stack_rows``), so the host, the HTTP API
+and the exporter handle every type the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import warnings
 from pathlib import Path
@@ -28,7 +35,7 @@ from torch import nn
 from parsona.errors import ConfigError
 from parsona.io import atomic_dir
 
-from .registry import get
+from .registry import RuntimeInput, get, names
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "adapter_config.json"
@@ -75,18 +82,26 @@ class Adapter:
     """One attached adapter of one type. Subclasses supply the per-Linear layer and the math.
 
     Subclass hooks:
-      ``_make_layer(name, linear) -> nn.Module``   one adapted Linear's module: ``layer(x, out, **inputs)``
+      ``_make_layer(name, module) -> nn.Module``   one adapted module's layer: ``layer(x, out, **inputs)``
                                                    returns ``out + Δ(x)`` per row
+      ``_targets(model)``                          the (path, module) pairs to adapt (default: Linears
+                                                   named by ``config.target_modules``)
       ``_prepare_inputs(**values) -> dict``        validate runtime inputs (B is the first dim)
-      ``_delta_weight(layer, **single) -> Tensor``  ΔW (d_out, d_in) for ``merge``
+      ``check_row(name, value)``, ``stack_rows(name, rows)``  one row's value; a batch from rows
+      ``_merge_inputs(**single)``, ``_delta_weight(layer, **checked) -> Tensor``  check once, then ΔW
+                                                   (d_out, d_in) per layer for ``merge``
       ``example_inputs(batch_size, generator)``    valid per-row inputs (tests, ONNX export)
+
+    ``mergeable = False`` says a type cannot fold into the weights (``merge`` is then an error and
+    the conformance suite skips its merge test).
 
     A layer may keep values derived from one ``inputs()`` block (e.g. each row's weights for a
     whole ``generate``); it then defines ``release_cache()``, called when the outermost block ends.
     """
 
     adapter_type: ClassVar[str] = ""
-    runtime_inputs: ClassVar[tuple[str, ...]] = ()
+    runtime_inputs: ClassVar[tuple[RuntimeInput, ...]] = ()
+    mergeable: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, config: AdapterConfig):
         self.model = model
@@ -96,11 +111,32 @@ class Adapter:
         self._handles: list[Any] = []
         self._merged: dict[str, Any] | None = None
         self._disabled = False
-        for path, linear in find_linears(model, config.target_modules, field="target_modules"):
-            layer = self._make_layer(path, linear).to(device=linear.weight.device)
-            linear.add_module(self.adapter_type, layer)
+        self.base_model: str | None = None  # the base it was trained on, as recorded in its saved config
+        for path, module in self._targets(model):
+            layer = self._make_layer(path, module).to(device=next(module.parameters()).device)
+            module.add_module(self.adapter_type, layer)
             self.layers[path] = layer
         self._install_hooks()
+
+    def _targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return find_linears(model, self.config.target_modules, field="target_modules")
+
+    # -- one row's conditioning ---------------------------------------------------------------
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.runtime_inputs)
+
+    def check_row(self, name: str, value: Any) -> Any:
+        """One row's value of runtime input ``name`` (never None), checked and in the form
+        :meth:`stack_rows` takes; a bad value is a ConfigError naming ``name``."""
+        return value
+
+    def stack_rows(self, name: str, rows: list[Any]) -> Any:
+        """The batch value of runtime input ``name`` from its rows' checked values (None: a row this
+        type does not condition). Tensors stack to (B, ...); anything else stays a list of rows."""
+        if rows and all(isinstance(r, torch.Tensor) for r in rows):
+            return torch.stack(rows)
+        return list(rows)
 
     # -- runtime inputs ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -145,7 +181,7 @@ class Adapter:
             if self._inputs is None:
                 raise RuntimeError(
                     f"{self.adapter_type} adapter needs runtime inputs: call the model inside "
-                    f"`with adapter.inputs({', '.join(f'{n}=...' for n in self.runtime_inputs)}):`"
+                    f"`with adapter.inputs({', '.join(f'{n}=...' for n in self.input_names)}):`"
                 )
             return layer(args[0], output, **self._inputs)
 
@@ -155,8 +191,12 @@ class Adapter:
     @torch.no_grad()
     def merge(self, **single: Any) -> None:
         """Write ΔW for one fixed runtime input into the base weights (forward = unmerged forward)."""
+        if not self.mergeable:
+            raise ConfigError("merge", "Pass its runtime inputs per row with adapter.inputs(...) instead.",
+                              problem=f"a {self.adapter_type} adapter cannot be folded into the weights")
         if self._merged is not None:
             raise RuntimeError(f"{self.adapter_type} is already merged; call unmerge() first")
+        single = self._merge_inputs(**single)  # checked once here, not once per layer
         for path, layer in self.layers.items():
             linear = self.model.get_submodule(path)
             linear.weight += self._delta_weight(layer, **single).to(linear.weight.dtype)
@@ -173,6 +213,10 @@ class Adapter:
             linear.weight -= self._delta_weight(layer, **self._merged).to(linear.weight.dtype)
         self._merged = None
         self._install_hooks()
+
+    def _merge_inputs(self, **single: Any) -> dict[str, Any]:
+        """``merge``'s one value per runtime input, checked (subclasses); ``_delta_weight`` trusts it."""
+        return single
 
     @property
     def device(self) -> torch.device:
@@ -225,10 +269,11 @@ class Adapter:
         """Write the Parsona format: ``adapter_config.json`` and ``adapter.safetensors``."""
         from safetensors.torch import save_file
 
-        import parsona
-
         header = {"adapter_type": self.adapter_type, "format_version": FORMAT_VERSION,
-                  "parsona_version": parsona.__version__}
+                  "parsona_version": _parsona_version()}
+        base = self.base_model or base_model_name(self.model)
+        if base:  # PEFT's key, so every tool finds the base model the same way
+            header["base_model_name_or_path"] = base
         (directory / CONFIG_FILE).write_text(json.dumps({**header, **self.config.to_dict()}, indent=2) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"adapter_type": self.adapter_type})
@@ -244,6 +289,38 @@ class Adapter:
         adapter = attach(model, config)
         adapter.load_state_dict(load_file(str(weights)), source=str(weights))
         return adapter
+
+
+def _parsona_version() -> str:
+    try:
+        return importlib.metadata.version("parsona")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
+
+
+def base_model_name(model: nn.Module) -> str | None:
+    """The base model's public name (a hub id or the directory it was loaded from), or None.
+
+    ``load_base_model`` sets it (never to a private cache path); a model built in memory has none.
+    """
+    return getattr(model, "name_or_path", None) or None
+
+
+def saved_base_model(path: str | Path) -> str | None:
+    """The base model recorded in a saved adapter directory (Parsona's or PEFT's), or None."""
+    try:
+        fields = json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    base = fields.get("base_model_name_or_path") if isinstance(fields, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def input_embedding(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(path, module)]`` of the model's input embedding, for a type that adapts the input tokens'
+    vectors (its layer gets input_ids and the embeddings (B, T, d))."""
+    embedding = model.get_input_embeddings()
+    return [next((p, m) for p, m in model.named_modules() if m is embedding)]
 
 
 def plain_inference() -> bool:
@@ -293,7 +370,18 @@ def attach(model: nn.Module, config: AdapterConfig) -> Adapter:
         if hasattr(module, kind.name) and isinstance(getattr(module, kind.name), nn.Module):
             raise ConfigError("model", "Detach the existing adapter first (adapter.detach()).",
                               problem=f"a {kind.name} adapter is already attached")
-    return kind.adapter_cls(model, config)
+    adapter = kind.adapter_cls(model, config)
+    freeze_base(model)
+    return adapter
+
+
+def freeze_base(model: nn.Module) -> None:
+    """PEFT's rule: once an adapter is attached only adapter parameters train, so an optimizer over
+    the ``requires_grad`` parameters never updates the base model."""
+    marks = tuple(f".{t}." for t in names())
+    for name, param in model.named_parameters():
+        if not any(mark in f".{name}" for mark in marks):
+            param.requires_grad_(False)
 
 
 def save_adapter(adapter: Adapter, path: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
@@ -335,4 +423,25 @@ def load_adapter(model: nn.Module, path: str | Path) -> Adapter:
                           problem=f"format {version!r} is newer than this parsona reads ({FORMAT_VERSION})")
     kind = get(fields.pop("adapter_type"))
     fields.pop("parsona_version", None)
-    return kind.adapter_cls._read(model, directory, fields)
+    base = fields.pop("base_model_name_or_path", None)
+    check_base(base, model, str(config_file))
+    adapter = kind.adapter_cls._read(model, directory, fields)
+    adapter.base_model = base if isinstance(base, str) and base else None
+    return adapter
+
+
+def check_base(recorded: Any, model: nn.Module, source: str) -> None:
+    """A ConfigError if the adapter names a base model other than ``model`` (when both are known)."""
+    current = base_model_name(model)
+    if not (isinstance(recorded, str) and recorded and current) or _same_model(recorded, current):
+        return
+    raise ConfigError(f"{source}: base_model_name_or_path", f"Load the base model it was trained on (--model {recorded}).",
+                      problem=f"the adapter was trained on {recorded!r}, this model is {current!r}")
+
+
+def _same_model(a: str, b: str) -> bool:
+    """The same string, the same directory, or a hub id and a bare name of it ("org/name" ~ "name")."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b or (not pa.exists() and not pb.exists() and a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1])

@@ -1,15 +1,42 @@
 """The adapter registry: one line registers a type, and every test and tool sees it.
 
-``register("preference_lora", PreferenceLoRAConfig, PreferenceLoRA, runtime_inputs=("preference",))``
-ends each type's ``__init__.py``. The conformance suite parametrizes over :func:`names`, so a new
-type is checked against the adapter contract (DESIGN.md §3) without touching any test.
+    register("preference_lora", PreferenceLoRAConfig, PreferenceLoRA,
+             runtime_inputs=(RuntimeInput("preference", list[float], "λ: n_objectives weights ≥ 0 summing to 1",
+                                          required=True),))
+
+ends each type's ``__init__.py``. What a type needs per row is declared here, once, as
+:class:`RuntimeInput`: the host stacks the rows of a batch for every attached type by these names,
+the HTTP API takes its extra request fields from them, and an exporter makes them graph inputs.
+None of them reads a type's name. The conformance suite parametrizes over :func:`names`, so a new
+type is checked against the adapter contract without touching any test.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from parsona.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RuntimeInput:
+    """One per-row input of an adapter type. ``name`` is the one name everywhere: the keyword of
+    ``adapter.inputs(...)``, the key of a request's ``conditioning``, the HTTP body field, the
+    ONNX graph input.
+
+    annotation:  the type of one row's value as a request sends it (JSON-shaped: ``list[float]``,
+                 ``str``); the HTTP schema uses it as is.
+    description: what the value means, shown in ``/docs`` and errors.
+    required:    every row must give a value (or the host a default); a missing one is an error,
+                 never a silent fallback. Not required: a row without it is not conditioned by
+                 this type (exactly the model without the adapter, for that row).
+    """
+
+    name: str
+    annotation: Any = Any
+    description: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -17,20 +44,35 @@ class AdapterType:
     name: str
     config_cls: type
     adapter_cls: type
-    runtime_inputs: tuple[str, ...]
+    runtime_inputs: tuple[RuntimeInput, ...]
+
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.runtime_inputs)
 
 
 _TYPES: dict[str, AdapterType] = {}
 
 
-def register(name: str, config_cls: type, adapter_cls: type, runtime_inputs: tuple[str, ...] = ()) -> None:
-    """Make ``name`` attachable, saveable and loadable. Re-registering a name is an error."""
+def register(name: str, config_cls: type, adapter_cls: type,
+             runtime_inputs: tuple[RuntimeInput | str, ...] = ()) -> AdapterType:
+    """Make ``name`` attachable, saveable, loadable and servable. A plain string in
+    ``runtime_inputs`` is an optional input of any type. Re-registering a name is an error."""
     if name in _TYPES and _TYPES[name].adapter_cls is not adapter_cls:
         raise ValueError(f"adapter type {name!r} is already registered by {_TYPES[name].adapter_cls!r}")
+    inputs = tuple(RuntimeInput(i) if isinstance(i, str) else i for i in runtime_inputs)
+    clash = [i.name for i in inputs if any(i.name in t.input_names() for t in _TYPES.values() if t.name != name)]
+    if clash:
+        raise ValueError(f"runtime input {clash[0]!r} of {name!r} is already declared by another type")
     config_cls.adapter_type = name
     adapter_cls.adapter_type = name
-    adapter_cls.runtime_inputs = tuple(runtime_inputs)
-    _TYPES[name] = AdapterType(name, config_cls, adapter_cls, tuple(runtime_inputs))
+    adapter_cls.runtime_inputs = inputs
+    _TYPES[name] = AdapterType(name, config_cls, adapter_cls, inputs)
+    return _TYPES[name]
+
+
+def unregister(name: str) -> None:
+    """Forget a type (tests that register a throwaway type clean up with this)."""
+    _TYPES.pop(name, None)
 
 
 def get(name: str) -> AdapterType:
@@ -48,3 +90,4 @@ def get(name: str) -> AdapterType:
 def names() -> list[str]:
     """Every registered adapter type, sorted."""
     return sorted(_TYPES)
+

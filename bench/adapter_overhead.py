@@ -30,6 +30,9 @@ ratios; ``--all-logits`` computes them for every position instead.
     .venv/bin/python bench/adapter_overhead.py            # real SmolLM2-135M-Instruct, ~5 min on 2 cores
     .venv/bin/python bench/adapter_overhead.py --tiny     # a tiny random Llama: smoke run in seconds
     .venv/bin/python bench/adapter_overhead.py --profile bank_users   # + a torch.profiler table
+
+Prints a table per shape, the ratios with PASS/FAIL per target, and the command that reproduces the
+run; the exit status is 1 when a target fails.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -52,54 +55,71 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing: `python bench/adapter_overhead.py`
     sys.path.insert(0, str(REPO))
 
+from parsona.errors import ConfigError  # noqa: E402  (after the sys.path line)
+
 
 @dataclass
 class Config:
     """What to measure. Every field is a flag: ``prefill_tokens`` is ``--prefill-tokens``."""
 
-    model: str = field(default="", metadata={"help": "Hugging Face id or local directory of the base model; "
-                                                     "empty: the packaged SmolLM2-135M-Instruct"})
-    tiny: bool = field(default=False, metadata={"help": "use parsona.base_model.tiny_causal_lm() instead of "
-                                                        "--model: a smoke run in seconds, timings meaningless"})
-    batch: int = field(default=16, metadata={"help": "rows per forward (B); also the number of rows in the "
-                                                     "multi-user batch"})
-    prefill_tokens: int = field(default=64, metadata={"help": "tokens per row of the prefill shape (T); 0 skips it"})
-    decode: bool = field(default=True, metadata={"help": "also time the decode shape: B × 1 token, no KV cache"})
-    all_logits: bool = field(default=False, metadata={"help": "prefill computes logits for every position "
-                                                              "(default: last position only, as generate() does)"})
-    warmup: int = field(default=1, metadata={"help": "prefill rounds run and discarded before timing"})
-    repeats: int = field(default=5, metadata={"help": "timed prefill rounds; each variant's time is their median"})
-    decode_warmup: int = field(default=3, metadata={"help": "decode rounds run and discarded before timing"})
-    decode_repeats: int = field(default=25, metadata={"help": "timed decode rounds (decode forwards are cheap)"})
-    rank: int = field(default=8, metadata={"help": "preference LoRA rank k; the PEFT reference gets rank k + m"})
-    n_objectives: int = field(default=2, metadata={"help": "preference LoRA objectives m"})
-    user_rank: int = field(default=8, metadata={"help": "rank of each user's LoRA in the multi-user batch"})
-    users: int = field(default=16, metadata={"help": "distinct user LoRAs in the multi-user batch "
-                                                     "(rows cycle through them when fewer than --batch)"})
-    threads: int = field(default=0, metadata={"help": "torch.set_num_threads(N) before timing; 0 leaves torch's "
-                                                      "default (on a machine shared with other jobs, 1 is far "
-                                                      "less noisy)"})
-    seed: int = field(default=0, metadata={"help": "seed for token ids, preferences and LoRA weights"})
-    mixed_target: float = field(default=1.02, metadata={"help": "target: pref_mixed / pref_single at most this"})
-    peft_target: float = field(default=1.10, metadata={"help": "target: pref_single / PEFT LoRA of rank k+m at most this"})
-    merged_target: float = field(default=1.02, metadata={"help": "target: pref_merged / bare at most this"})
-    users_target: float = field(default=1.30, metadata={"help": "target: bank_users / bank_one at most this"})
-    profile: str = field(default="", metadata={"help": "after timing, profile this variant (e.g. bank_users) "
-                                                       "with torch.profiler on the prefill shape and print "
-                                                       "the top ops"})
+    model: str = ""
+    """Hugging Face id or local directory of the base model; empty: the packaged SmolLM2-135M-Instruct."""
+    tiny: bool = False
+    """Use parsona.base_model.tiny_causal_lm() instead of --model: a smoke run in seconds, timings meaningless."""
+    batch: int = 16
+    """Rows per forward (B); also the number of rows in the multi-user batch."""
+    prefill_tokens: int = 64
+    """Tokens per row of the prefill shape (T); 0 skips it."""
+    decode: bool = True
+    """Also time the decode shape: B × 1 token, no KV cache."""
+    all_logits: bool = False
+    """Prefill computes logits for every position (default: last position only, as generate() does)."""
+    warmup: int = 1
+    """Prefill rounds run and discarded before timing."""
+    repeats: int = 5
+    """Timed prefill rounds; each variant's time is their median."""
+    decode_warmup: int = 3
+    """Decode rounds run and discarded before timing."""
+    decode_repeats: int = 25
+    """Timed decode rounds (decode forwards are cheap)."""
+    rank: int = 8
+    """Preference LoRA rank k; the PEFT reference gets rank k + m."""
+    n_objectives: int = 2
+    """Preference LoRA objectives m."""
+    user_rank: int = 8
+    """Rank of each user's LoRA in the multi-user batch."""
+    users: int = 16
+    """Distinct user LoRAs in the multi-user batch (rows cycle through them when fewer than --batch)."""
+    threads: int = 0
+    """torch.set_num_threads(N) before timing; 0 leaves torch's default (on a machine shared with other
+    jobs, 1 is far less noisy)."""
+    seed: int = 0
+    """Seed for token ids, preferences and LoRA weights."""
+    mixed_target: float = 1.02
+    """Target: pref_mixed / pref_single at most this."""
+    peft_target: float = 1.10
+    """Target: pref_single / PEFT LoRA of rank k+m at most this."""
+    merged_target: float = 1.02
+    """Target: pref_merged / bare at most this."""
+    users_target: float = 1.30
+    """Target: bank_users / bank_one at most this."""
+    profile: str = ""
+    """After timing, profile this variant (e.g. bank_users) with torch.profiler on the prefill shape and
+    print the top ops."""
 
     def __post_init__(self) -> None:
         for name in ("batch", "repeats", "decode_repeats", "rank", "n_objectives", "user_rank", "users"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"--{name.replace('_', '-')}: use a whole number ≥ 1 (got {getattr(self, name)})")
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
         if self.threads < 0:
-            raise SystemExit("--threads: use 0 (torch's default) or a positive count")
-        if self.prefill_tokens < 0 or self.warmup < 0 or self.decode_warmup < 0:
-            raise SystemExit("--prefill-tokens, --warmup and --decode-warmup must be ≥ 0")
+            raise ConfigError("threads", "Use 0 (torch's default) or a positive count.", problem=f"got {self.threads}")
+        for name in ("prefill_tokens", "warmup", "decode_warmup"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "Use 0 or more.", problem=f"got {getattr(self, name)}")
         if self.n_objectives < 2:
-            raise SystemExit("--n-objectives: use 2 or more")
+            raise ConfigError("n_objectives", "Use 2 or more.", problem=f"got {self.n_objectives}")
         if self.prefill_tokens == 0 and not self.decode:
-            raise SystemExit("nothing to measure: pass --prefill-tokens > 0 or --decode")
+            raise ConfigError("prefill_tokens", "Pass --prefill-tokens > 0 or --decode.", problem="nothing to measure")
 
 
 from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # noqa: E402  (after the sys.path line)
@@ -332,7 +352,7 @@ def main(cfg: Config) -> bool:
 
     if cfg.profile:
         if cfg.profile not in variants:
-            raise SystemExit(f"--profile: choose one of {', '.join(variants)} (got {cfg.profile!r})")
+            raise ConfigError("profile", f"Choose one of {', '.join(variants)}.", problem=f"got {cfg.profile!r}")
         title, ids, kw, *_ = shapes[0]
         print(f"\n## torch.profiler: {cfg.profile}, {title.split(' (')[0]}\n")
         profile_variant(variants[cfg.profile], ids, kw)
@@ -344,15 +364,7 @@ def main(cfg: Config) -> bool:
     return all(ok for _, ok in results)
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    from bench_cli import parse_config
-
-    return parse_config(Config, "bench/adapter_overhead.py",
-                        __doc__.split("\n\n")[0] + " Prints a table per shape, the ratios with PASS/FAIL per "
-                        "target, and the command that reproduces the run.",
-                        "Variants: bare, pref_single, pref_mixed, peft_r{k+m}, pref_merged, bank_one, bank_users, "
-                        "peft_users (see the module docstring). Exit status 1 when a target fails.", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(0 if main(parse_args()) else 1)
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, lambda cfg: sys.exit(0 if main(cfg) else 1))   # exit status 1 when a target fails

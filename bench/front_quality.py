@@ -1,6 +1,6 @@
 """How good a trade-off front does each method learn, for how much compute? (tracker issue 5)
 
-Methods, all on one base model, the same HH pairs (front_data.front_pairs) and one LoRA rank:
+Methods, all on one base model, the same HH pairs (training.front_data.front_pairs) and one LoRA rank:
 
   pref_linear   preference LoRA (Panacea), DPO, linear scalarization      max_steps steps
   pref_tcheb    the same with Tchebycheff scalarization                   max_steps steps
@@ -48,151 +48,189 @@ a reward model refit in the same directory is a new eval (its files are part of 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from parsona.errors import ConfigError
+from parsona.recipes.train_preference_lora import Config as Recipe   # the preference LoRA's defaults
+
 COLUMNS = ["method", "train_steps", "train_tokens", "train_s", "eval_seconds", "hypervolume", "reference_point",
            "igd_plus", "sparsity", "inner_product", "spearman_helpful", "spearman_harmless", "n_non_dominated"]
 OBJECTIVES = ("helpful", "harmless")
+METHODS = ("pref_linear", "pref_tcheb", "soups_linear", "soups_cat", "dps")
 
 
-def parse(argv=None) -> argparse.Namespace:
-    from parsona.recipes.train_preference_lora import Config as recipe   # the preference LoRA's defaults
+@dataclass
+class Config:
+    """Every field is a flag: ``max_steps`` is ``--max-steps``. Every field but output_dir, methods, seeds
+    and eval_batch is part of a scored front's cache key (eval_settings), so keep their types as they are."""
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model dir or id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--output-dir", default="runs/front_quality", help="adapters, results.json, front.png")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    p.add_argument("--max-steps", type=int, default=8, help="preference-LoRA steps = Rewarded Soups' total (default: 8)")
-    p.add_argument("--pairs-per-step", type=int, default=4)
-    p.add_argument("--max-length", type=int, default=64, help="tokens per prompt + reply (default: 64)")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=2)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--pref-rank", type=int, default=recipe.rank,
-                   help=f"preference LoRA only: its shared rank k (default: the recipe's, {recipe.rank})")
-    p.add_argument("--pref-alpha", type=float, default=recipe.alpha,
-                   help=f"preference LoRA's alpha: ΔW scaled by alpha / (k + 2p) (default: {recipe.alpha:g})")
-    p.add_argument("--all-labels-only", action=argparse.BooleanOptionalAction, default=recipe.all_labels_only,
-                   help="every method trains only on pairs labelled for both objectives "
-                        f"(default: the recipe's, {recipe.all_labels_only})")
-    p.add_argument("--preference-rank", type=int, default=recipe.preference_rank,
-                   help=f"preference LoRA: singular values per objective (1: Panacea; default: {recipe.preference_rank})")
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--pref-scale-lr-multiplier", type=float, default=1.0,
-                   help="preference LoRA: the scales s learn at learning rate × this (default: 1)")
-    p.add_argument("--vertex-prob", type=float, default=0.2,
-                   help="preference LoRA: share of rows trained at a one-objective λ (default: 0.2, the recipe's)")
-    p.add_argument("--eval-pairs", type=int, default=16, help="held-out pairs, both-labelled first (default: 16)")
-    p.add_argument("--eval-batch", type=int, default=16, help="pairs per eval forward (default: 16)")
-    p.add_argument("--n-partitions", type=int, default=10, help="eval grid simplex_grid(2, n): n + 1 λ (default: 10)")
-    p.add_argument("--dps-partitions", type=int, default=2, help="dps grid: n + 1 LoRAs (default: 2)")
-    p.add_argument("--dps-steps-each", type=int, default=0, help="steps per dps LoRA (0: ceil(3 max_steps / n_dps))")
-    p.add_argument("--methods", default="pref_linear,pref_tcheb,soups_linear,soups_cat,dps")
-    p.add_argument("--reward-models", default="", help="real eval: helpful=DIR,harmless=DIR (BradleyTerryReward)")
-    p.add_argument("--reference-point", default="",
-                   help="HV reference point for real eval rewards: a,b, or base (the default: the base model's mean "
-                        "reward on the eval prompts minus 0.4, i.e. 10 points of preference probability)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    return p.parse_args(argv)
+    model: str | None = None
+    """Model dir or id; None: the packaged SmolLM2-135M-Instruct."""
+    output_dir: str = "runs/front_quality"
+    """Adapters, results.json, front.png."""
+    seeds: str = "0"
+    """Comma-separated seeds."""
+    max_steps: int = 8
+    """Preference-LoRA steps = Rewarded Soups' total."""
+    pairs_per_step: int = 4
+    """Preference pairs per optimizer step."""
+    max_length: int = 64
+    """Tokens per prompt + reply."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate, every method."""
+    warmup_steps: int = 2
+    """Linear learning-rate warm-up steps, every method."""
+    rank: int = 8
+    """LoRA rank of the baselines (Rewarded Soups, dps)."""
+    pref_rank: int = Recipe.rank
+    """Preference LoRA only: its shared rank k (the recipe's default)."""
+    pref_alpha: float = Recipe.alpha
+    """Preference LoRA's alpha: ΔW scaled by alpha / (k + 2p) (the recipe's default)."""
+    all_labels_only: bool = Recipe.all_labels_only
+    """Every method trains only on pairs labelled for both objectives (the recipe's default)."""
+    preference_rank: int = Recipe.preference_rank
+    """Preference LoRA: singular values per objective p (1: Panacea; the recipe's default)."""
+    beta: float = 0.1
+    """DPO's β, in training and in the eval's implicit reward."""
+    pref_scale_lr_multiplier: float = 1.0
+    """Preference LoRA: the scales s learn at learning rate × this."""
+    vertex_prob: float = 0.2
+    """Preference LoRA: share of rows trained at a one-objective λ (the recipe's default)."""
+    eval_pairs: int = 16
+    """Held-out pairs, both-labelled first."""
+    eval_batch: int = 16
+    """Pairs per eval forward."""
+    n_partitions: int = 10
+    """Eval grid simplex_grid(2, n): n + 1 λ."""
+    dps_partitions: int = 2
+    """dps grid: n + 1 LoRAs."""
+    dps_steps_each: int = 0
+    """Steps per dps LoRA (0: ceil(3 max_steps / n_dps))."""
+    methods: str = ",".join(METHODS)
+    """Comma-separated methods to train and score (pref_linear, pref_tcheb, soups_linear, soups_cat, dps)."""
+    reward_models: str = ""
+    """Real eval: helpful=DIR,harmless=DIR (BradleyTerryReward dirs)."""
+    reference_point: str = ""
+    """HV reference point for real eval rewards: a,b, or base (when empty: the base model's mean reward on
+    the eval prompts minus 0.4, i.e. 10 points of preference probability)."""
+    max_new_tokens: int = 32
+    """Tokens per greedy reply of the real eval."""
+
+    def __post_init__(self) -> None:
+        methods = method_list(self)
+        if not methods or set(methods) - set(METHODS):
+            raise ConfigError("methods", f"Choose from {','.join(METHODS)}.", problem=f"got {self.methods!r}")
+        if not all(s.strip().lstrip("-").isdigit() for s in self.seeds.split(",")):
+            raise ConfigError("seeds", "Give comma-separated whole numbers, e.g. 0,1,2.", problem=f"got {self.seeds!r}")
+
+
+def method_list(cfg: Config) -> list[str]:
+    return [m.strip() for m in cfg.methods.split(",") if m.strip()]
 
 
 def eval_set(n: int):
     """Held-out pairs: both-labelled first (each serves both objectives), sorted by length (less padding)."""
-    from parsona.recipes.front_data import front_pairs
+    from parsona.training.front_data import front_pairs
 
     _, pairs = front_pairs(OBJECTIVES)
     pairs = sorted(pairs, key=lambda p: (-len(p.labels), p.prompt, p.response_a))[:n]
     return sorted(pairs, key=lambda p: len(p.prompt) + len(p.response_a) + len(p.response_b))
 
 
-def train_all(args, seed: int, out: Path, methods: list[str]) -> dict[str, dict]:
+def train_all(cfg: Config, seed: int, out: Path, methods: list[str]) -> dict[str, dict]:
     """Train what ``methods`` need; return {run: {dir, steps, tokens, seconds}}."""
+    from parsona.front_policies import FRONT_FILE
     from parsona.recipes import baselines, train_preference_lora
 
-    common = dict(model=args.model, objectives=OBJECTIVES, beta=args.beta, rank=args.rank, learning_rate=args.learning_rate,
-                  warmup_steps=args.warmup_steps, pairs_per_step=args.pairs_per_step, max_length=args.max_length, seed=seed,
-                  all_labels_only=args.all_labels_only)
+    common = dict(model=cfg.model, objectives=OBJECTIVES, beta=cfg.beta, rank=cfg.rank, learning_rate=cfg.learning_rate,
+                  warmup_steps=cfg.warmup_steps, pairs_per_step=cfg.pairs_per_step, max_length=cfg.max_length, seed=seed,
+                  all_labels_only=cfg.all_labels_only)
     runs = {}
     for scal in ("linear", "tcheb"):
         if f"pref_{scal}" in methods:
             d = train_preference_lora.main(train_preference_lora.Config(
-                output_dir=str(out / f"pref_{scal}"), max_steps=args.max_steps, checkpoint_every=20,
-                scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=args.vertex_prob,
-                pref_scale_lr_multiplier=args.pref_scale_lr_multiplier, preference_rank=args.preference_rank, alpha=args.pref_alpha,
-                **{**common, "rank": args.pref_rank}))
+                output_dir=str(out / f"pref_{scal}"), max_steps=cfg.max_steps, checkpoint_every=20,
+                scalarization="linear" if scal == "linear" else "tchebycheff", vertex_prob=cfg.vertex_prob,
+                pref_scale_lr_multiplier=cfg.pref_scale_lr_multiplier, preference_rank=cfg.preference_rank, alpha=cfg.pref_alpha,
+                **{**common, "rank": cfg.pref_rank}))
             s = json.loads((d / "training_summary.json").read_text())
             runs[f"pref_{scal}"] = dict(dir=d, steps=s["steps"], tokens=s["tokens"], seconds=s["seconds"])
-    n_dps = args.dps_partitions + 1
-    each = args.dps_steps_each or math.ceil(3 * args.max_steps / n_dps)
+    n_dps = cfg.dps_partitions + 1
+    each = cfg.dps_steps_each or math.ceil(3 * cfg.max_steps / n_dps)
     for method, run in (("rewarded_soups", "soups"), ("dps", "dps")):
         if any(m.startswith(run) for m in methods):
-            d = baselines.main(baselines.Config(method=method, output_dir=str(out / "baselines"), max_steps=args.max_steps,
-                                                n_partitions=args.dps_partitions, dps_steps_each=each, **common))
-            f = json.loads((d / baselines.FRONT_FILE).read_text())
+            d = baselines.main(baselines.Config(method=method, output_dir=str(out / "baselines"), max_steps=cfg.max_steps,
+                                                n_partitions=cfg.dps_partitions, dps_steps_each=each, **common))
+            f = json.loads((d / FRONT_FILE).read_text())
             runs[run] = dict(dir=d, steps=f["total_steps"], tokens=f["total_tokens"],
                              seconds=sum(lora["seconds"] for lora in f["loras"]), budget=f["budget"])
     return runs
 
 
-def evaluate_all(args, runs: dict, methods: list[str], pairs, out: Path, reward_models: dict | None = None) -> list:
+def evaluate_all(cfg: Config, runs: dict, methods: list[str], pairs, out: Path, reward_models: dict | None = None) -> list:
     """Score every method's front; each result is kept under out/eval/, so a rerun (or a second process
     given other --methods and the same --output-dir) reuses it instead of scoring it again."""
-    from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
-    from parsona.evaluate import evaluate_front, reference_logprobs
-    from parsona.front_policies import PreferenceLoRAPolicy
+    from parsona.fronts import evaluate_methods
     from parsona.objectives import simplex_grid
-    from parsona.recipes.baselines import load_front_policy
     from parsona.recipes.eval_front import reward_reference
 
-    model, tokenizer = load_base_model(args.model, device="cpu", dtype=torch.float32)
-    grid = np.asarray(simplex_grid(2, args.n_partitions), dtype=float)
-    settings = {method: eval_settings(args, method) for method in methods}
+    model, tokenizer = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
+    settings = {method: eval_settings(cfg, method) for method in methods}
     cached = {method: load_result(cache_path(out, settings[method]), settings[method]) for method in methods}
     reference_point = None
     if reward_models is not None and any(r is None for r in cached.values()):   # before any adapter is attached
-        reference_point = shared_reference_point(reference_file(args), cached, lambda: reward_reference(
-            args.reference_point or "base", model, tokenizer, pairs, reward_models, OBJECTIVES,
-            max_new_tokens=args.max_new_tokens, max_length=args.max_length, batch_size=args.eval_batch))
+        reference_point = shared_reference_point(reference_file(cfg), cached, lambda: reward_reference(
+            cfg.reference_point or "base", model, tokenizer, pairs, reward_models, OBJECTIVES,
+            max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length, batch_size=cfg.eval_batch))
         print(f"HV reference point for rewards: {[round(float(x), 4) for x in reference_point]} "
-              f"({args.reference_point or 'base'})")
-    kw = dict(beta=args.beta, max_length=args.max_length, batch_size=args.eval_batch, reward_models=reward_models,
-              reference_point=reference_point, max_new_tokens=args.max_new_tokens)
-    results, ref = [], None
+              f"({cfg.reference_point or 'base'})")
+    todo = {m: (lambda m=m: build_policy(model, m, runs[run_name(m)]["dir"])) for m in methods if cached[m] is None}
+    scored = evaluate_methods(
+        model, tokenizer, todo, pairs, OBJECTIVES, np.asarray(simplex_grid(2, cfg.n_partitions), dtype=float),
+        grids={"dps": np.asarray(simplex_grid(2, cfg.dps_partitions), dtype=float)},   # dps: only its own λ
+        beta=cfg.beta, max_length=cfg.max_length, batch_size=cfg.eval_batch, reward_models=reward_models,
+        reference_point=reference_point, max_new_tokens=cfg.max_new_tokens,
+        on_result=lambda r: save_result(cache_path(out, settings[r.method]), settings[r.method], r))   # kept at once
+    by_method = {**{m: r for m, r in cached.items() if r is not None}, **{r.method: r for r in scored}}
+    results = []
     for method in methods:
-        run = runs[method.split("_")[0] if method.startswith(("soups", "dps")) else method]
-        result = cached[method]
-        if result is None:
-            if method.startswith("pref"):
-                policy = PreferenceLoRAPolicy(load_adapter(model, run["dir"]))
-            else:
-                policy = load_front_policy(model, run["dir"], mode=method.split("_")[1] if "_" in method else "linear")
-            if ref is None:
-                ref = reference_logprobs(model, tokenizer, policy, pairs, max_length=args.max_length, batch_size=args.eval_batch)
-            g = np.asarray(simplex_grid(2, args.dps_partitions), dtype=float) if method == "dps" else grid
-            result = evaluate_front(model, tokenizer, policy, pairs, OBJECTIVES, g, reference_logps=ref, method=method, **kw)
-            policy.adapter.detach()
-            save_result(cache_path(out, settings[method]), settings[method], result)
+        run, result = runs[run_name(method)], by_method[method]
         result.info = {"train_steps": run["steps"], "train_tokens": run["tokens"], "train_s": round(run["seconds"], 1)}
         results.append(result)
     return results
 
 
-def reference_file(args) -> Path:
+def run_name(method: str) -> str:
+    """The training run a method's front comes from: soups_linear and soups_cat share the soups LoRAs."""
+    return method.split("_")[0] if method.startswith(("soups", "dps")) else method
+
+
+def build_policy(model, method: str, directory: Path):
+    """Attach ``method``'s trained adapter(s) to ``model`` as a front policy."""
+    from parsona.adapters import load_adapter
+    from parsona.front_policies import PreferenceLoRAPolicy, load_front_policy
+
+    if method.startswith("pref"):
+        return PreferenceLoRAPolicy(load_adapter(model, directory))
+    return load_front_policy(model, directory, mode=method.split("_")[1] if "_" in method else "linear")
+
+
+def reference_file(cfg: Config) -> Path:
     """Where the reward fronts' HV reference point is kept: beside every seed, keyed by what it depends on."""
     keys = ("model", "eval_pairs", "max_length", "max_new_tokens", "reward_models", "reference_point")
-    key = json.dumps({**{k: getattr(args, k) for k in keys}, "reward_files": reward_fingerprint(args.reward_models)})
-    return Path(args.output_dir) / f"reward-reference-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    key = json.dumps({**{k: getattr(cfg, k) for k in keys}, "reward_files": reward_fingerprint(cfg.reward_models)})
+    return Path(cfg.output_dir) / f"reward-reference-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
 def shared_reference_point(path: Path, cached: dict, fix) -> np.ndarray:
@@ -220,12 +258,12 @@ def reward_fingerprint(specs: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def eval_settings(args, method: str) -> str:
+def eval_settings(cfg: Config, method: str) -> str:
     """What a cached front depends on: every flag but where it goes, which methods and seeds run, and the
     eval batch size; plus the method and the reward models' files. Reused only when this matches exactly."""
     skip = {"output_dir", "methods", "seeds", "eval_batch"}
-    rewards = {"reward_files": reward_fingerprint(args.reward_models)} if args.reward_models else {}
-    return json.dumps({"method": method, **{k: v for k, v in sorted(vars(args).items()) if k not in skip}, **rewards})
+    rewards = {"reward_files": reward_fingerprint(cfg.reward_models)} if cfg.reward_models else {}
+    return json.dumps({"method": method, **{k: v for k, v in sorted(vars(cfg).items()) if k not in skip}, **rewards})
 
 
 def cache_path(out: Path, settings: str) -> Path:
@@ -236,34 +274,20 @@ def cache_path(out: Path, settings: str) -> Path:
 
 
 def save_result(path: Path, settings: str, result) -> None:
-    """A FrontResult as .npz (arrays, no pickle), written atomically, with the settings that made it."""
-    from parsona.io import atomic_file
+    """A FrontResult as .npz (parsona.fronts: no pickle, atomic), with the settings that made it."""
+    from parsona.fronts import save_front
 
-    arrays = dict(preferences=result.preferences, accuracy=result.accuracy, dpo_loss=result.dpo_loss,
-                  n_labelled=np.asarray(result.n_labelled), reference_point=result.reference_point,
-                  pair_correct=result.pair_correct, seconds=np.asarray(result.seconds), settings=np.asarray(settings),
-                  objectives=np.asarray(result.objectives), method=np.asarray(result.method))
-    if result.reward is not None:
-        arrays.update(reward=result.reward, prompt_reward=result.prompt_reward)
-    with atomic_file(path, "wb") as f:
-        np.savez(f, **arrays)
+    save_front(result, path, settings=settings)
 
 
 def load_result(path: Path, settings: str):
     """The FrontResult saved at ``path`` for exactly these settings, else None (score it again)."""
-    from parsona.evaluate import FrontResult
+    from parsona.fronts import front_settings, load_front
 
-    if not path.is_file():
+    if not path.is_file() or front_settings(path) != settings:
         return None
-    with np.load(path, allow_pickle=False) as f:
-        if str(f["settings"]) != settings:
-            return None
-        print(f"reusing {path} (same settings)")
-        return FrontResult(str(f["method"]), tuple(str(o) for o in f["objectives"]), f["preferences"], f["accuracy"],
-                           f["dpo_loss"], [int(x) for x in f["n_labelled"]], f["reference_point"],
-                           reward=f["reward"] if "reward" in f else None, pair_correct=f["pair_correct"],
-                           prompt_reward=f["prompt_reward"] if "prompt_reward" in f else None,
-                           seconds=float(f["seconds"]))
+    print(f"reusing {path} (same settings)")
+    return load_front(path)
 
 
 def targets(rows: dict) -> list[str]:
@@ -299,16 +323,15 @@ def across_seeds(per_seed: dict[int, dict[str, dict]]) -> list[str]:
     """Several seeds: each method's mean ± sd, then the targets judged on the means (the ratio of mean HVs,
     steadier than a mean of ratios), with each seed's own HV ratio beside them."""
     from parsona.evaluate import format_table
+    from parsona.fronts import seed_means
 
     seeds = sorted(per_seed)
-    methods = [m for m in per_seed[seeds[0]] if all(m in per_seed[s] for s in seeds)]
+    stats = seed_means({s: per_seed[s] for s in seeds}, (*SEED_COLUMNS, "train_steps", "train_tokens"))
     means, table = {}, []
-    for m in methods:
-        values = {k: np.array([per_seed[s][m][k] for s in seeds], dtype=float)
-                  for k in (*SEED_COLUMNS, "train_steps", "train_tokens")}
-        means[m] = {**{k: float(v.mean()) for k, v in values.items()}, "metric": per_seed[seeds[0]][m]["metric"]}
+    for m, columns in stats.items():
+        means[m] = {**{k: mean for k, (mean, _) in columns.items()}, "metric": per_seed[seeds[0]][m]["metric"]}
         means[m].update(train_steps=round(means[m]["train_steps"]), train_tokens=round(means[m]["train_tokens"]))
-        table.append({"method": m, **{k: f"{values[k].mean():.4g} ± {values[k].std(ddof=1):.2g}" for k in SEED_COLUMNS}})
+        table.append({"method": m, **{k: f"{columns[k][0]:.4g} ± {columns[k][1]:.2g}" for k in SEED_COLUMNS}})
     lines = [f"\nmean ± sd over seeds {','.join(map(str, seeds))}", format_table(table, ["method", *SEED_COLUMNS]),
              "targets on the means:", *targets(means)]
     for b in ("soups_linear", "soups_cat", "dps"):
@@ -347,30 +370,29 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.inf if a > 0 else math.nan
 
 
-def main(argv=None) -> None:
+def main(cfg: Config) -> None:
     from parsona.evaluate import compare, format_table, plot_front
     from parsona.io import write_json
 
-    args = parse(argv)
     reward_models = None
-    if args.reward_models:   # loaded (and a malformed spec fails) now, not after hours of training
+    if cfg.reward_models:   # loaded (and a malformed spec fails) now, not after hours of training
         from parsona.recipes.eval_front import load_reward_models, reference_values
 
-        reward_models = load_reward_models(args.reward_models.split(","), OBJECTIVES)
-        reference_values(args.reference_point or "base")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    out_root = Path(args.output_dir)
-    pairs = eval_set(args.eval_pairs)
+        reward_models = load_reward_models(cfg.reward_models.split(","), OBJECTIVES)
+        reference_values(cfg.reference_point or "base")
+    methods = method_list(cfg)
+    out_root = Path(cfg.output_dir)
+    pairs = eval_set(cfg.eval_pairs)
     began = time.perf_counter()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"eval: {len(pairs)} held-out pairs ({sum('helpful' in p.labels for p in pairs)} helpful-labelled, "
-          f"{sum('harmless' in p.labels for p in pairs)} harmless-labelled), grid simplex_grid(2, {args.n_partitions}), "
-          f"dps grid simplex_grid(2, {args.dps_partitions})")
+          f"{sum('harmless' in p.labels for p in pairs)} harmless-labelled), grid simplex_grid(2, {cfg.n_partitions}), "
+          f"dps grid simplex_grid(2, {cfg.dps_partitions})")
     per_seed = {}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [int(s) for s in cfg.seeds.split(",")]:
         out = out_root / f"seed{seed}"
-        runs = train_all(args, seed, out, methods)
-        results = evaluate_all(args, runs, methods, pairs, out, reward_models)
+        runs = train_all(cfg, seed, out, methods)
+        results = evaluate_all(cfg, runs, methods, pairs, out, reward_models)
         rows = compare(results)
         print(f"\nseed {seed}  (metric: {results[0].metric}; HV reference point {results[0].reference_point.tolist()}, "
               "fixed before the run; IGD+ vs the union front of these methods)")
@@ -388,4 +410,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

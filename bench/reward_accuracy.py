@@ -27,17 +27,19 @@ Printed next to the reward model, on the same eval pairs:
     .venv/bin/python bench/reward_accuracy.py --max-pairs 200 # smoke run
     .venv/bin/python bench/reward_accuracy.py --save-dir runs/rewards   # keep the two rewards, for
         # bench/front_quality.py --reward-models helpful=runs/rewards/helpful,harmless=runs/rewards/harmless
+
+Prints held-out pairwise accuracy per objective, the TF-IDF floor, the published GPT-2-large numbers,
+and the command that reproduces the run.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from parsona.data import read_hh, train_eval_split  # noqa: E402
+from parsona.errors import ConfigError  # noqa: E402
 from parsona.objectives.features import SentenceEncoder  # noqa: E402
 from parsona.objectives.rewards import BradleyTerryReward, LengthReward, pairwise_accuracy  # noqa: E402
 
@@ -58,27 +61,38 @@ README_TFIDF = {"helpful": 0.585, "harmless": 0.618}  # data README, 2-fold on t
 class Config:
     """What to run. Every field is a flag: ``eval_fraction`` is ``--eval-fraction``."""
 
-    eval_fraction: float = field(default=0.2, metadata={"help": "share of prompts (by sha256) held out for eval"})
-    helpful_train: str = field(default="helpful-base,helpful-online,helpful-rejection-sampled",
-                               metadata={"help": "comma-separated HH files whose train side trains the helpful reward"})
-    helpful_eval: str = field(default="helpful-base", metadata={"help": "HH files whose eval side scores it"})
-    harmless_train: str = field(default="harmless-base", metadata={"help": "HH files for the harmless reward's train side"})
-    harmless_eval: str = field(default="harmless-base", metadata={"help": "HH files whose eval side scores it"})
-    C: float = field(default=0.3, metadata={"help": "inverse L2 strength of the Bradley-Terry head (MiniLM features)"})
-    tfidf_C: float = field(default=1.0, metadata={"help": "inverse L2 strength for the TF-IDF baseline"})
-    encoder: str = field(default="", metadata={"help": "sentence encoder dir or cached HF id; empty: packaged MiniLM"})
-    batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
-    max_pairs: int = field(default=0, metadata={"help": "use only the first N pairs of each file (0: all); smoke runs"})
-    save_dir: str = field(default="", metadata={"help": "save each trained MiniLM reward to SAVE_DIR/<objective> "
-                                                        "(for front_quality.py --reward-models); empty: don't"})
+    eval_fraction: float = 0.2
+    """Share of prompts (by sha256) held out for eval."""
+    helpful_train: str = "helpful-base,helpful-online,helpful-rejection-sampled"
+    """Comma-separated HH files whose train side trains the helpful reward."""
+    helpful_eval: str = "helpful-base"
+    """HH files whose eval side scores it."""
+    harmless_train: str = "harmless-base"
+    """HH files for the harmless reward's train side."""
+    harmless_eval: str = "harmless-base"
+    """HH files whose eval side scores it."""
+    C: float = 0.3
+    """Inverse L2 strength of the Bradley-Terry head (MiniLM features)."""
+    tfidf_C: float = 1.0
+    """Inverse L2 strength for the TF-IDF baseline."""
+    encoder: str = ""
+    """Sentence encoder dir or cached HF id; empty: packaged MiniLM."""
+    batch_size: int = 64
+    """Encoder batch size."""
+    max_pairs: int = 0
+    """Use only the first N pairs of each file (0: all); smoke runs."""
+    save_dir: str = ""
+    """Save each trained MiniLM reward to SAVE_DIR/<objective> (for front_quality.py --reward-models); empty: don't."""
 
     def __post_init__(self) -> None:
         if not 0 < self.eval_fraction < 1:
-            raise SystemExit(f"--eval-fraction: use a fraction strictly between 0 and 1 (got {self.eval_fraction})")
-        if self.C <= 0 or self.tfidf_C <= 0:
-            raise SystemExit("--C and --tfidf-C must be positive")
+            raise ConfigError("eval_fraction", "Use a fraction strictly between 0 and 1.",
+                              problem=f"got {self.eval_fraction}")
+        for name in ("C", "tfidf_C"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "Use a positive inverse L2 strength.", problem=f"got {getattr(self, name)}")
         if self.max_pairs < 0:
-            raise SystemExit("--max-pairs: use 0 (all) or a positive count")
+            raise ConfigError("max_pairs", "Use 0 (all) or a positive count.", problem=f"got {self.max_pairs}")
 
 
 class CachedFeaturizer:
@@ -199,18 +213,7 @@ def main(cfg: Config) -> list[dict]:
     return results
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(
-        prog="bench/reward_accuracy.py",
-        description=__doc__.split("\n\n")[0] + " Prints held-out pairwise accuracy per objective, the TF-IDF "
-                    "floor, the published GPT-2-large numbers, and the command that reproduces the run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in dataclasses.fields(Config):
-        kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f.metadata["help"])
-    return Config(**vars(parser.parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

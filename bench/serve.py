@@ -32,8 +32,8 @@ Targets: (b) ≥ 0.90 × (a) and (c) ≥ 0.80 × (a) in tokens/s.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import io
 import os
 import socket
@@ -43,14 +43,44 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import torch
 
+from parsona.errors import ConfigError
+
 ADMIN = "bench-admin"
 PROMPTS = ["Give me a tip for cooking rice.", "What is the capital of France?", "Write a haiku about rain.",
            "How do I sort a list in Python?", "Name three primary colours.", "Why is the sky blue?"]
+
+
+@dataclass
+class Config:
+    """Every field is a flag: ``max_tokens`` is ``--max-tokens``."""
+
+    model: str | None = None
+    """Model id or dir; None: the packaged SmolLM2-135M-Instruct."""
+    tiny: bool = False
+    """Use a tiny random model (smoke run)."""
+    rounds: int = 3
+    """Timed rounds, after one warm-up round that is discarded."""
+    requests: int = 96
+    """Requests per server per round."""
+    seconds: float = 60.0
+    """Time limit per server per round."""
+    concurrency: int = 16
+    """Clients sending at once; also the servers' --max-batch-size."""
+    max_tokens: int = 16
+    """Tokens per greedy reply."""
+    batch_wait_ms: float = 250.0
+    """The servers' --batch-wait-ms: long enough that every batch fills."""
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "requests", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
 
 
 def free_port() -> int:
@@ -59,24 +89,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args, store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start(cfg: Config, store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """One ``parsona serve`` process on a free port, once /healthz answers; its stderr goes to store.log."""
     port = free_port()
     cmd = [sys.executable, "-m", "parsona.cli", "serve", "--store", str(store), "--port", str(port),
-           "--max-resident-loras", "64", "--max-batch-size", str(args.concurrency),
-           "--batch-wait-ms", str(args.batch_wait_ms), *extra]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+           "--max-resident-loras", "64", "--max-batch-size", str(cfg.concurrency),
+           "--batch-wait-ms", str(cfg.batch_wait_ms), *extra]
+    if cfg.model:
+        cmd += ["--model", cfg.model]
+    log = store.with_suffix(".log")
+    with open(log, "wb") as stderr:   # the child keeps its own handle
+        proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
+        if proc.poll() is not None:   # it died: say why now rather than after two minutes of polling
+            break
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"server did not start: {' '.join(cmd)}")
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise SystemExit(f"server did not start (exit status {proc.wait()}): {' '.join(cmd)}\n{tail}")
 
 
 def lora_archives(model, n: int, rank: int = 8) -> list[bytes]:
@@ -121,18 +157,18 @@ def batch_stats(base: str) -> tuple[float, float]:
     return float(values["parsona_batch_size_sum"]), float(values["parsona_batch_size_count"])
 
 
-async def load(base: str, model: str, users, with_preference: bool, args) -> dict:
-    """Send requests from ``args.concurrency`` clients until the count or the time is up."""
+async def load(base: str, model: str, users, with_preference: bool, cfg) -> dict:
+    """Send requests from ``cfg.concurrency`` clients until the count or the time is up."""
     latencies, tokens, errors = [], 0, 0
-    next_i, deadline = 0, time.monotonic() + args.seconds
+    next_i, deadline = 0, time.monotonic() + cfg.seconds
 
     async def client(c: httpx.AsyncClient):
         nonlocal next_i, tokens, errors
-        while next_i < args.requests and time.monotonic() < deadline:
+        while next_i < cfg.requests and time.monotonic() < deadline:
             i, next_i = next_i, next_i + 1
             key, adapter = users[i % len(users)]
             body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                    "temperature": 0, "max_tokens": args.max_tokens}
+                    "temperature": 0, "max_tokens": cfg.max_tokens}
             if with_preference:
                 lam = (i % 11) / 10
                 body["preference"] = [lam, 1 - lam]
@@ -147,26 +183,15 @@ async def load(base: str, model: str, users, with_preference: bool, args) -> dic
             tokens += r.json()["usage"]["completion_tokens"]
 
     start_t = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=args.concurrency)) as c:
-        await asyncio.gather(*[client(c) for _ in range(args.concurrency)])
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=cfg.concurrency)) as c:
+        await asyncio.gather(*[client(c) for _ in range(cfg.concurrency)])
     wall = time.perf_counter() - start_t
     lat = sorted(latencies)
     return {"req_s": len(lat) / wall, "tok_s": tokens / wall, "p50": lat[len(lat) // 2],
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "n": len(lat), "errors": errors}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model id or dir (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke run)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests", type=int, default=96, help="requests per server per round")
-    p.add_argument("--seconds", type=float, default=60.0, help="time limit per server per round")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=250.0,
-                   help="the servers' --batch-wait-ms: long enough that every batch fills (default: 250)")
-    args = p.parse_args()
+def main(cfg: Config) -> None:
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]), flush=True)
 
     from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
@@ -174,25 +199,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.tiny:
-            args.model = str(save_tiny_model(tmp / "tiny"))
-        model, _ = load_base_model(args.model, device="cpu")
-        model_id = Path(args.model).name if args.model else DEFAULT_MODEL
+        if cfg.tiny:
+            cfg = dataclasses.replace(cfg, model=str(save_tiny_model(tmp / "tiny")))
+        model, _ = load_base_model(cfg.model, device="cpu")
+        model_id = Path(cfg.model).name if cfg.model else DEFAULT_MODEL
         save_adapter(attach(model, PreferenceLoRAConfig(rank=8, n_objectives=2)), tmp / "pref")
         archives = lora_archives(model, 64)
         del model
         servers = {}
         try:
-            for name, extra in [("base", []), ("pref", ["--adapter", str(tmp / "pref")]), ("users64", [])]:
-                servers[name] = start(args, tmp / f"store-{name}", extra)
+            for name, extra in [("base", []), ("pref", ["--preference-adapter", str(tmp / "pref")]), ("users64", [])]:
+                servers[name] = start(cfg, tmp / f"store-{name}", extra)
             users = {name: make_users(base, archives if name == "users64" else [None])
                      for name, (_, base) in servers.items()}
             results: dict[str, list[dict]] = {n: [] for n in servers}
             order = list(servers)
-            for rnd in range(args.rounds + 1):  # round 0 warms every server up and is discarded
+            for rnd in range(cfg.rounds + 1):  # round 0 warms every server up and is discarded
                 for name in order[rnd % 3:] + order[: rnd % 3]:
                     before = batch_stats(servers[name][1])
-                    res = asyncio.run(load(servers[name][1], model_id, users[name], name == "pref", args))
+                    res = asyncio.run(load(servers[name][1], model_id, users[name], name == "pref", cfg))
                     after = batch_stats(servers[name][1])
                     res["batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
                     if rnd > 0:
@@ -222,4 +247,6 @@ def report(results: dict[str, list[dict]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

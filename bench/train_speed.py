@@ -3,17 +3,23 @@ optimizer step, tokens/s and peak RSS, side by side in one run.
 
 Contenders, each in its own subprocess (so that peak RSS is per contender and nothing is shared):
 
-  parsona   the recipe's own step (parsona.recipes.train_preference_lora.pair_step): pair by pair,
-            the prompt runs once for both replies (PairLogProbs), one forward serves all m objectives,
+  parsona   the recipe itself: parsona.training.preference.setup(cfg), the set-up the recipe's main()
+            runs (seeded frozen base, preference LoRA, training pairs, AdamW with the scales' own
+            rate, warm-up, Accelerator), then its step (PreferenceRun.step): pair by pair, the
+            prompt runs once for both replies (PairLogProbs), one forward serves all m objectives,
             the reference pass is the same model with the adapter off, without grad; backward per
-            pair; then AdamW on the preference-LoRA parameters, under the recipe's Accelerator.
-  trl       trl.DPOTrainer (what a user would otherwise pick) with a PEFT LoraConfig of rank k on
-            all 7 projections (lora_alpha = alpha, dropout 0), reference = the same model with the
-            adapter off (TRL's default for PEFT), fp32, CPU, no eval, no saving, logging off, TRL's
-            other defaults (including gradient_checkpointing=True; --no-trl-gradient-checkpointing).
+            pair; then the optimizer and schedule step.
+  trl       trl.DPOTrainer (what a user would otherwise pick) with a PEFT LoraConfig on all 7
+            projections of the same rank as the preference LoRA's PEFT export, r = k + m·p, and
+            lora_alpha = alpha (so ΔW has the same scale alpha / r), dropout 0, reference = the same
+            model with the adapter off (TRL's default for PEFT), fp32, CPU, no eval, no saving,
+            logging off, TRL's other defaults (including gradient_checkpointing=True;
+            --no-trl-gradient-checkpointing). TRL is the `bench` extra: pip install -e ".[bench]".
 
-Both see the same pairs (the first ones of front_data.front_pairs' training split, in order, minus
-any whose prompt alone fills max_length, which TRL would drop), pairs_per_step pairs per optimizer
+The timed config is the recipe's Config (parsona.recipes.train_preference_lora) with its defaults,
+changed only by this script's flags of the same names; it is printed with the fields that differ.
+Both contenders see the same pairs (the first of the recipe's training pairs, in order, minus any
+whose prompt alone fills max_length, which TRL would drop), pairs_per_step pairs per optimizer
 step, max_length tokens per row, gradient accumulation 1. TRL's chosen/rejected follow the first
 objective's label (the second's where the first is missing). The first --warmup steps of each
 contender are run and not timed. A step's time runs from the end of the previous step to the end of
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -56,7 +63,20 @@ if str(REPO) not in sys.path:  # run from a checkout without installing: `python
 CONTENDERS = ("parsona", "trl")
 OBJECTIVES = ("helpful", "harmless", "brevity")
 from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # noqa: E402  (after the sys.path line)
+from parsona.recipes.train_preference_lora import Config as Recipe  # noqa: E402  (the recipe that is timed)
 from step_clock import StepClock  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+RECIPE = Recipe()   # its defaults: every recipe flag below defaults to them, so the bench cannot drift
+# The recipe's fields this script has flags for (same names); the rest keep the recipe's defaults.
+RECIPE_FLAGS = ("n_objectives", "pairs_per_step", "max_length", "rank", "preference_rank", "alpha", "beta",
+                "loss", "scalarization", "learning_rate", "pref_scale_lr_multiplier", "warmup_steps",
+                "vertex_prob", "dirichlet_alpha", "all_labels_only", "seed")
+TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}   # TRL's loss_type for the recipe's --loss
+
+
+def recipe_flag(name: str, help_text: str):
+    """A flag for the recipe's field ``name``, defaulting to the recipe's default."""
+    return field(default=getattr(RECIPE, name), metadata={"help": f"recipe: {help_text}"})
 
 
 @dataclass
@@ -68,16 +88,24 @@ class Config:
     tiny: bool = field(default=False, metadata={"help": "use a tiny random Llama + byte tokenizer (save_tiny_model) "
                                                         "instead of --model: a wiring smoke run, timings meaningless"})
     contenders: str = field(default="parsona,trl", metadata={"help": "comma-separated, from: " + ", ".join(CONTENDERS)})
-    n_objectives: int = field(default=2, metadata={"help": "m, objectives of the preference LoRA (first m of "
-                                                           + ", ".join(OBJECTIVES) + ")"})
-    pairs_per_step: int = field(default=4, metadata={"help": "preference pairs per optimizer step (TRL's "
-                                                             "per_device_train_batch_size); rows = 2 × this"})
-    max_length: int = field(default=256, metadata={"help": "tokens per prompt + reply row"})
-    rank: int = field(default=8, metadata={"help": "LoRA rank: k of the preference LoRA, r of TRL's PEFT LoRA"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha for both (preference LoRA scales by "
-                                                         "alpha / (k + m), PEFT by alpha / r)"})
-    beta: float = field(default=0.1, metadata={"help": "DPO β for both"})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate for both"})
+    n_objectives: int = recipe_flag("n_objectives", "m, objectives of the preference LoRA (the first m of "
+                                                     + ", ".join(OBJECTIVES) + ")")
+    pairs_per_step: int = recipe_flag("pairs_per_step", "preference pairs per optimizer step (TRL's "
+                                                        "per_device_train_batch_size); rows = 2 × this")
+    max_length: int = recipe_flag("max_length", "tokens per prompt + reply row")
+    rank: int = recipe_flag("rank", "k, the preference LoRA's shared singular values (TRL's LoRA has r = k + m·p)")
+    preference_rank: int = recipe_flag("preference_rank", "p, singular values per objective")
+    alpha: float = recipe_flag("alpha", "LoRA alpha for both (ΔW scaled by alpha / (k + m·p) in both)")
+    beta: float = recipe_flag("beta", "DPO β for both")
+    loss: str = recipe_flag("loss", "dpo, ipo or hinge (TRL's loss_type sigmoid, ipo, hinge)")
+    scalarization: str = recipe_flag("scalarization", "linear or tchebycheff")
+    learning_rate: float = recipe_flag("learning_rate", "AdamW learning rate for both")
+    pref_scale_lr_multiplier: float = recipe_flag("pref_scale_lr_multiplier", "the scales s learn at lr × this")
+    warmup_steps: int = recipe_flag("warmup_steps", "linear learning-rate warm-up steps (not --warmup)")
+    vertex_prob: float = recipe_flag("vertex_prob", "share of rows trained at a one-objective λ")
+    dirichlet_alpha: float = recipe_flag("dirichlet_alpha", "concentration of the Dirichlet over λ")
+    all_labels_only: bool = recipe_flag("all_labels_only", "train only on pairs labelled for every objective")
+    seed: int = recipe_flag("seed", "seed for LoRA init, data and λ sampling")
     warmup: int = field(default=1, metadata={"help": "steps run first and not timed, per contender"})
     parsona_steps: int = field(default=5, metadata={"help": "timed steps of the parsona recipe"})
     trl_steps: int = field(default=3, metadata={"help": "timed steps of TRL's DPOTrainer (≈ 1 min each on 2 cores)"})
@@ -87,7 +115,6 @@ class Config:
                                                       "torch's default (one per core). On cores shared with "
                                                       "other jobs, 2 threads stall at every op's barrier: a "
                                                       "parsona step took 62 s with 2 threads, 26 s with 1"})
-    seed: int = field(default=0, metadata={"help": "seed for LoRA init and λ sampling"})
     time_target: float = field(default=0.3, metadata={"help": "target: parsona s/step ≤ this × TRL's s/step"})
     rss_target_gb: float = field(default=4.0, metadata={"help": "target: parsona peak RSS ≤ this many GB (10^9 B)"})
     profile: bool = field(default=False, metadata={"help": "after timing, run one more parsona step under "
@@ -96,7 +123,7 @@ class Config:
     result_file: str = field(default="", metadata={"internal": True, "help": argparse.SUPPRESS})
 
     def __post_init__(self) -> None:
-        for name in ("pairs_per_step", "max_length", "rank", "parsona_steps", "trl_steps"):
+        for name in ("parsona_steps", "trl_steps"):
             if getattr(self, name) < 1:
                 raise SystemExit(f"--{name.replace('_', '-')}: use a whole number ≥ 1 (got {getattr(self, name)})")
         if self.warmup < 0 or self.threads < 0:
@@ -106,6 +133,12 @@ class Config:
         unknown = set(self.names()) - set(CONTENDERS)
         if unknown or not self.names():
             raise SystemExit(f"--contenders: choose from {', '.join(CONTENDERS)} (got {self.contenders!r})")
+        from parsona.errors import ConfigError
+
+        try:
+            self.recipe()   # the recipe's own checks, before any contender starts
+        except ConfigError as exc:
+            raise SystemExit(f"--{exc.field.replace('_', '-')}: {exc}") from None
 
     def names(self) -> list[str]:
         return [c.strip() for c in self.contenders.split(",") if c.strip()]
@@ -120,6 +153,16 @@ class Config:
     def total_steps(self) -> int:
         return self.warmup + max(self.steps(c) for c in self.names())
 
+    def recipe(self, model: str | None = None, output_dir: str = RECIPE.output_dir) -> Recipe:
+        """The timed config: the recipe's defaults, this script's recipe flags, and the bench's own steps."""
+        return dataclasses.replace(RECIPE, **{name: getattr(self, name) for name in RECIPE_FLAGS},
+                                   objectives=self.objectives, model=model, output_dir=output_dir,
+                                   max_steps=self.warmup + self.parsona_steps)
+
+    def lora_rank(self) -> int:
+        """k + m·p: the preference LoRA's rank as a PEFT LoRA (to_peft), and TRL's LoRA rank."""
+        return self.rank + self.n_objectives * self.preference_rank
+
 
 # -- shared set-up (runs inside a contender's process) ---------------------------------------------------
 def model_source(cfg: Config, tmp: Path) -> str | None:
@@ -130,11 +173,9 @@ def model_source(cfg: Config, tmp: Path) -> str | None:
     return cfg.model or None
 
 
-def bench_pairs(cfg: Config, tokenizer) -> list:
-    """The first pairs of the training split, in order, whose prompt alone is shorter than max_length."""
-    from parsona.recipes.front_data import front_pairs
-
-    train, _ = front_pairs(cfg.objectives)
+def bench_pairs(cfg: Config, tokenizer, train: list) -> list:
+    """The first of the recipe's training pairs ``train``, in order, whose prompt alone is shorter than
+    max_length (TRL drops the others): the same list in both contenders' processes."""
     need = cfg.pairs_per_step * cfg.total_steps()
     picked = []
     for pair in train:
@@ -148,42 +189,19 @@ def bench_pairs(cfg: Config, tokenizer) -> list:
 # -- contender: the parsona recipe -----------------------------------------------------------------------
 def run_parsona(cfg: Config, tmp: Path) -> dict:
     import torch
-    from accelerate import Accelerator
 
-    from parsona.adapters import PreferenceLoRAConfig, attach
-    from parsona.base_model import load_base_model
-    from parsona.devices import mixed_precision
-    from parsona.logprobs import PairLogProbs
-    from parsona.recipes import train_preference_lora as recipe
+    from parsona.training.preference import setup
 
-    rcfg = recipe.Config(model=model_source(cfg, tmp), output_dir=str(tmp / "run"), objectives=cfg.objectives,
-                         n_objectives=cfg.n_objectives, beta=cfg.beta, rank=cfg.rank, alpha=cfg.alpha,
-                         learning_rate=cfg.learning_rate, max_steps=cfg.warmup + cfg.parsona_steps,
-                         pairs_per_step=cfg.pairs_per_step, max_length=cfg.max_length, seed=cfg.seed)
-    # As recipe.main() sets up (minus data loading, checkpointing and the summary):
-    accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
-    torch.manual_seed(rcfg.seed)
-    model, tokenizer = load_base_model(rcfg.model, device=accelerator.device, dtype=torch.float32)
-    model.requires_grad_(False)
-    adapter = attach(model, PreferenceLoRAConfig(rank=rcfg.rank, n_objectives=rcfg.n_objectives, alpha=rcfg.alpha))
-    train = bench_pairs(cfg, tokenizer)
-    scorer = PairLogProbs(model, adapter).train()
-    optimizer = torch.optim.AdamW(list(adapter.parameters()), lr=rcfg.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, rcfg.warmup_steps)))
-    scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
-    loss_fn, scalarize = recipe.loss_function(rcfg.loss), recipe.scalarizer(rcfg.scalarization)
-    n_params = sum(p.numel() for p in adapter.parameters())
+    rcfg = cfg.recipe(model_source(cfg, tmp), str(tmp / "run"))
+    run = setup(rcfg)   # what the recipe's main() builds before its loop, nothing copied
+    train = bench_pairs(cfg, run.tokenizer, run.train)
+    n_params = sum(p.numel() for p in run.adapter.parameters())
     B = rcfg.pairs_per_step
 
     def step(i: int) -> tuple[int, float]:
-        # The body of recipe.main()'s loop, with pairs taken in order instead of the seeded permutation.
-        pairs = train[i * B : (i + 1) * B]
-        lam = recipe.step_preferences(rcfg, i)[: len(pairs)].to(accelerator.device)           # (B, m)
-        _, _, n_tokens, loss = recipe.pair_step(scorer, adapter, tokenizer, pairs, lam, rcfg.objectives, loss_fn,
-                                                scalarize, rcfg.beta, rcfg.max_length, accelerator)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
+        # The recipe's step, with pairs taken in order (as TRL's sequential sampler takes them)
+        # instead of the seeded permutation; λ is the recipe's for step i.
+        _, _, n_tokens, loss = run.step(i, pairs=train[i * B : (i + 1) * B])
         return n_tokens, loss
 
     clock = StepClock()
@@ -194,7 +212,7 @@ def run_parsona(cfg: Config, tmp: Path) -> dict:
         losses.append(loss)
         clock.step_done(n_tokens, "parsona", rcfg.max_steps)
     result = clock.result(cfg.warmup, torch.get_num_threads(), trainable_params=n_params, losses=losses,
-                          versions={"torch": torch.__version__})
+                          versions={"torch": torch.__version__}, recipe_config=dataclasses.asdict(rcfg))
     if cfg.profile:
         result["profile"] = profile_step(lambda: step(rcfg.max_steps - 1))
     return result
@@ -220,11 +238,12 @@ def run_trl(cfg: Config, tmp: Path) -> dict:
     from transformers import TrainerCallback
 
     from parsona.base_model import load_base_model
+    from parsona.training.front_data import training_pairs
 
     datasets.disable_progress_bars()
     model, tokenizer = load_base_model(model_source(cfg, tmp), device="cpu", dtype=torch.float32)
     tokenizer.padding_side = "right"
-    pairs = bench_pairs(cfg, tokenizer)
+    pairs = bench_pairs(cfg, tokenizer, training_pairs(cfg.recipe()))   # the pairs the recipe's setup reads
     rows = []
     for p in pairs:
         label = p.labels.get(cfg.objectives[0], p.labels.get(cfg.objectives[1], 0))
@@ -239,8 +258,9 @@ def run_trl(cfg: Config, tmp: Path) -> dict:
         gradient_checkpointing=cfg.trl_gradient_checkpointing, use_cpu=True, bf16=False, fp16=False,
         report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
         train_sampling_strategy="sequential", dataloader_num_workers=0, seed=cfg.seed, data_seed=cfg.seed,
+        **({} if cfg.loss == "dpo" else {"loss_type": TRL_LOSS[cfg.loss]}),   # "sigmoid", TRL's default, is DPO
     )
-    lora = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets,
+    lora = peft.LoraConfig(r=cfg.lora_rank(), lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets,
                            task_type="CAUSAL_LM")
     clock_box: dict = {}
     batch_tokens: list[int] = []
@@ -335,11 +355,30 @@ def gb(x: float | None) -> str:
     return "n/a" if x is None else f"{x / 1e9:.2f}"
 
 
+def timed_config(cfg: Config) -> list[str]:
+    """The recipe config the parsona contender times, and what differs from the recipe's defaults."""
+    timed = cfg.recipe(model="tiny random Llama (save_tiny_model)" if cfg.tiny else (cfg.model or None),
+                       output_dir="(a temporary directory)")
+    default = dataclasses.asdict(RECIPE)
+    flagged = [f"{k}={v!r}" for k, v in dataclasses.asdict(timed).items()
+               if k in RECIPE_FLAGS and v != default[k]]
+    by_bench = [f"{k}={v!r}" for k, v in dataclasses.asdict(timed).items()
+                if k not in RECIPE_FLAGS and v != default[k]]
+    return [f"timed config: parsona.recipes.train_preference_lora.Config({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(timed).items())})",
+            f"  differs from the recipe's defaults by flag: {', '.join(flagged) or 'nothing'}",
+            f"  set by the bench (where and how long it runs): {', '.join(by_bench) or 'nothing'}",
+            f"  TRL's PEFT LoRA: r = k + m·p = {cfg.lora_rank()}, lora_alpha = {cfg.alpha:g}"]
+
+
 def main(cfg: Config) -> bool:
     """Run every contender, print the table and the targets; True when every target checked passes."""
     if cfg.worker:
         worker_main(cfg)
         return True
+    if "trl" in cfg.names() and importlib.util.find_spec("trl") is None:
+        raise SystemExit("trl is not installed (the `bench` extra): .venv/bin/pip install -e \".[bench]\", "
+                         "or time the recipe alone with --contenders parsona")
+    print("\n".join(timed_config(cfg)), file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = {}
     for name in cfg.names():
@@ -350,9 +389,17 @@ def main(cfg: Config) -> bool:
     model = "tiny random Llama" if cfg.tiny else (cfg.model or "SmolLM2-135M-Instruct (packaged)")
     versions = {k: v for r in results.values() for k, v in r["versions"].items()}
     print(f"\n# Preference-LoRA training speed vs TRL DPOTrainer ({model}, fp32, CPU, {os.cpu_count()} cores)")
-    print(f"{cfg.pairs_per_step} pairs/step ({2 * cfg.pairs_per_step} rows), max_length {cfg.max_length}, rank {cfg.rank}, "
-          f"m={cfg.n_objectives} ({', '.join(cfg.objectives)}); {cfg.warmup} warm-up step(s) untimed; "
+    print(f"{cfg.pairs_per_step} pairs/step ({2 * cfg.pairs_per_step} rows), max_length {cfg.max_length}, "
+          f"preference LoRA k={cfg.rank} + m·p={cfg.n_objectives}·{cfg.preference_rank} (TRL r={cfg.lora_rank()}), "
+          f"alpha {cfg.alpha:g}, m={cfg.n_objectives} ({', '.join(cfg.objectives)}); {cfg.warmup} warm-up step(s) untimed; "
           + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    print("\n".join(timed_config(cfg)))
+    if "parsona" in results:   # the worker reports the config it timed: it must be the one printed
+        where = ("model", "output_dir")   # the worker's own temporary paths
+        timed = {k: v for k, v in results["parsona"]["recipe_config"].items() if k not in where}
+        printed = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg.recipe()))).items() if k not in where}
+        if timed != printed:
+            raise SystemExit(f"bench bug: the parsona contender timed {timed}, not the printed config")
     print(f"\n| {'contender':<10} | {'steps':>5} | {'s/step (median)':>15} | {'min..max':>13} | {'tokens/step':>11} | "
           f"{'tokens/s':>8} | {'peak RSS GB':>11} | {'train-peak GB':>13} | {'setup-peak GB':>13} | {'CPU share':>9} | "
           f"{'load 1m before→after':>20} | {'trainable':>9} |")

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from parsona.errors import ConfigError
-
-VECTOR_ATOL = 1e-6  # one preference, usually written by a person in float64
-BATCH_ATOL = 1e-5  # batches arrive as float32 tensors; rounding of m terms is larger
+from parsona.simplex import SIMPLEX_ATOL, check_preference  # noqa: F401  (the one check and tolerance, shared with the adapters)
 
 
 def _to_numpy(values) -> np.ndarray:
@@ -33,34 +31,14 @@ class PreferenceVector:
 
     ``PreferenceVector([0.7, 0.3])``; ``n_objectives`` (optional) is the length it must have.
     Raises :class:`ConfigError` (field ``preference``) for the wrong length, m < 2, NaN/inf,
-    negative entries or a sum off 1 by more than 1e-6.
+    negative entries or a sum off 1 by more than ``SIMPLEX_ATOL`` (1e-6).
     """
 
     __slots__ = ("values",)
 
     def __init__(self, values, n_objectives: int | None = None):
-        arr = _to_numpy(values)
-        if arr.ndim != 1:
-            raise ConfigError("preference", "pass one flat list of m weights, e.g. [0.7, 0.3]",
-                              f"expected a 1-D vector, got shape {tuple(arr.shape)}")
-        m = arr.shape[0]
-        if n_objectives is not None and m != n_objectives:
-            raise ConfigError("preference", f"give exactly {n_objectives} weights, one per objective",
-                              f"has {m} weights but the model has {n_objectives} objectives")
-        if m < 2:
-            raise ConfigError("preference", "use at least 2 objectives; one objective needs no preference",
-                              f"has {m} weight(s)")
-        if not np.isfinite(arr).all():
-            raise ConfigError("preference", "replace NaN/inf with finite weights",
-                              f"contains non-finite values {arr.tolist()}")
-        if (arr < 0).any():
-            raise ConfigError("preference", "make every weight >= 0",
-                              f"has negative weights {arr.tolist()}")
-        total = float(arr.sum())
-        if abs(total - 1.0) > VECTOR_ATOL:
-            raise ConfigError("preference", "make the weights sum to 1 (divide by their sum)",
-                              f"sums to {total:.8g}, not 1")
-        self.values: tuple[float, ...] = tuple(float(v) for v in arr)
+        lam = check_preference(torch.from_numpy(_to_numpy(values)), n_objectives)   # (m,) float64
+        self.values: tuple[float, ...] = tuple(float(v) for v in lam)
 
     @classmethod
     def from_any(cls, values, n_objectives: int | None = None) -> "PreferenceVector":
@@ -99,41 +77,14 @@ def validate_preferences(preference, n_objectives: int) -> torch.Tensor:
     """Check a batch of preferences ``(B, m)`` and return it as a floating tensor.
 
     Used by adapters and the host on every request. Errors (field ``preference``) name the bad
-    row: wrong ndim, wrong m, NaN/inf, negative weights, or a row sum off 1 by more than 1e-5.
+    row: wrong ndim, wrong m, NaN/inf, negative weights, or a row sum off 1 by more than 1e-6.
     Integer/numpy input becomes float32; floating tensors keep their dtype and device.
     """
     if n_objectives < 2:
         raise ConfigError("n_objectives", "set n_objectives >= 2", f"got {n_objectives}")
     if not isinstance(preference, torch.Tensor):
         preference = torch.as_tensor(np.asarray(preference, dtype=np.float32))
-    if not preference.is_floating_point():
-        preference = preference.float()
-    if preference.ndim != 2:
-        raise ConfigError("preference", "pass a (batch, n_objectives) tensor, one row per example",
-                          f"expected 2 dimensions, got shape {tuple(preference.shape)}")
-    if preference.shape[1] != n_objectives:
-        raise ConfigError("preference", f"give {n_objectives} weights per row",
-                          f"rows have {preference.shape[1]} weights, model has {n_objectives} objectives")
-    # a (B, m) copy on the CPU in float64: the tolerance test is not float32 noise, and MPS has no float64
-    checked = preference.detach().to("cpu", torch.float64)
-    bad = ~torch.isfinite(checked).all(dim=1)
-    if bad.any():
-        row = int(bad.nonzero()[0])
-        raise ConfigError("preference", "replace NaN/inf with finite weights",
-                          f"row {row} is {checked[row].tolist()}")
-    bad = (checked < 0).any(dim=1)
-    if bad.any():
-        row = int(bad.nonzero()[0])
-        raise ConfigError("preference", "make every weight >= 0",
-                          f"row {row} has negative weights {checked[row].tolist()}")
-    sums = checked.sum(dim=1)  # (B,)
-    bad = (sums - 1.0).abs() > BATCH_ATOL
-    if bad.any():
-        row = int(bad.nonzero()[0])
-        raise ConfigError("preference", "make each row sum to 1 (divide by its sum)",
-                          f"row {row} sums to {float(sums[row]):.8g}")
-    return preference
-
+    return check_preference(preference, n_objectives, batched=True)
 
 def sample_simplex(n: int, m: int, alpha: float = 1.0, vertex_prob: float = 0.0,
                    generator: torch.Generator | None = None) -> torch.Tensor:

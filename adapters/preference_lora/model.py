@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from parsona.errors import ConfigError
-from ..base import Adapter
+from parsona.simplex import check_preference
+
+from ..base import Adapter, base_model_name
 from ..peft_format import LoRAWeights, write_peft_lora
 from .config import PreferenceLoRAConfig
 from .layer import PreferenceLoRALayer
-
-SIMPLEX_TOLERANCE = 1e-5
 
 
 class PreferenceLoRA(Adapter):
@@ -39,27 +39,19 @@ class PreferenceLoRA(Adapter):
 
     def check_preference(self, preference: Any, batched: bool) -> torch.Tensor:
         """λ as a float tensor, (B, m) if ``batched`` else (m,), or a ConfigError saying what is wrong."""
-        m = self.config.n_objectives
         if preference is None:
+            m = self.config.n_objectives
             raise ConfigError("preference", f"Pass a preference vector of {m} weights that sum to 1.", problem="missing")
-        lam = torch.as_tensor(preference, dtype=torch.float32)
-        want = 2 if batched else 1
-        if lam.ndim != want or lam.shape[-1] != m:
-            shape = f"(B, {m})" if batched else f"({m},)"
-            raise ConfigError("preference", f"Pass shape {shape}: {m} weights per row, one row per sequence.",
-                              problem=f"got shape {tuple(lam.shape)}")
-        if not torch.isfinite(lam).all():
-            raise ConfigError("preference", "Every weight must be a finite number.", problem="contains NaN or inf")
-        if (lam < 0).any():
-            raise ConfigError("preference", "Weights must be ≥ 0.", problem="has a negative entry")
-        bad = ((lam.sum(-1) - 1).abs() > SIMPLEX_TOLERANCE).nonzero().flatten().tolist() if batched else []
-        if bad or (not batched and abs(float(lam.sum()) - 1) > SIMPLEX_TOLERANCE):
-            where = f"row {bad[0]} sums to {float(lam[bad[0]].sum()):.6g}" if bad else f"sums to {float(lam.sum()):.6g}"
-            raise ConfigError("preference", "Weights must sum to 1 (divide by their sum).", problem=where)
-        return lam
+        return check_preference(preference, self.config.n_objectives, batched=batched)
 
-    def _delta_weight(self, layer: nn.Module, preference: Any = None) -> torch.Tensor:
-        return layer.delta_weight(self.check_preference(preference, batched=False).to(layer.U.device))
+    def check_row(self, name: str, value: Any) -> torch.Tensor:
+        return self.check_preference(value, batched=False).float()                      # (m,)
+
+    def _merge_inputs(self, preference: Any = None) -> dict[str, torch.Tensor]:
+        return {"preference": self.check_preference(preference, batched=False)}
+
+    def _delta_weight(self, layer: nn.Module, preference: torch.Tensor) -> torch.Tensor:
+        return layer.delta_weight(preference.to(layer.U.device))
 
     def example_inputs(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Random simplex rows (Dirichlet(1) via normalised exponentials), one per sequence."""
@@ -75,5 +67,5 @@ class PreferenceLoRA(Adapter):
         lam = self.check_preference(preference, batched=False)
         r = self.config.rank + self.config.n_objectives * self.config.preference_rank
         factors = {path: layer.peft_factors(lam.to(layer.U.device)) for path, layer in self.layers.items()}
-        name = base_model_name_or_path or getattr(self.model, "name_or_path", None)
+        name = base_model_name_or_path or self.base_model or base_model_name(self.model)
         return write_peft_lora(LoRAWeights(rank=r, alpha=float(r), factors=factors), out_dir, list(self.layers), name)

@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 
 from parsona.errors import ConfigError
-from parsona.recipes.front_data import KNOWN_OBJECTIVES
-from parsona.recipes.train_preference_lora import SCALARIZATIONS, other_settings
+from parsona.front_policies import FRONT_FILE, load_front_policy  # noqa: F401  (load_front_policy: see below)
+from parsona.recipes.train_preference_lora import SCALARIZATIONS, scalarizer
+from parsona.training.checkpoints import other_settings
+from parsona.training.front_data import KNOWN_OBJECTIVES
 
 METHODS = ("rewarded_soups", "dps")
-FRONT_FILE = "front.json"
 
 
 @dataclass
@@ -116,33 +117,31 @@ def plan(cfg: Config) -> list[dict]:
 
 
 def main(cfg: Config) -> Path:
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from parsona.adapters import LoRAConfig, attach
     from parsona.adapters.peft_format import LoRAWeights
-    from parsona.base_model import load_base_model
-    from parsona.devices import mixed_precision
     from parsona.io import write_json
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.front_data import data_fingerprint, training_pairs
-    from parsona.recipes.train_preference_lora import batches, loss_function, pair_step, scalarizer
+    from parsona.objectives import dpo_loss
+    from parsona.training.base import frozen_base, make_accelerator, warmup_schedule
+    from parsona.training.front_data import data_fingerprint, training_pairs
+    from parsona.training.sampling import batches
+    from parsona.training.step import pair_step
 
     out = Path(cfg.output_dir) / cfg.method
     # LoRAs an earlier run finished, each checked before anything trains (written last: the LoRA is complete)
     entries_planned = plan(cfg)
     done = {e["name"]: trained_lora(out / e["name"], e, cfg) for e in entries_planned
             if (out / e["name"] / "training_summary.json").is_file()}
-    accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = load_base_model(cfg.model, device=accelerator.device, dtype=torch.float32)
-    model.requires_grad_(False)
+    accelerator = make_accelerator()
+    model, tokenizer = frozen_base(cfg.model, accelerator, cfg.seed)
     bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))
     init = bank.weights("default")                            # the shared seeded init, A Kaiming, B = 0
     bank.remove("default")
     train = training_pairs(cfg)
     scorer = PairLogProbs(model, bank).train()
-    loss_fn = loss_function("dpo")
+    loss_fn = dpo_loss
 
     entries = []
     for entry in entries_planned:
@@ -159,7 +158,7 @@ def main(cfg: Config) -> Path:
                                             {p: (A.detach().clone(), B.detach().clone()) for p, (A, B) in init.factors.items()}))
         params = [t for layer in bank.layers.values() for t in (layer.A[entry["name"]], layer.B[entry["name"]])]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+        schedule = warmup_schedule(optimizer, cfg.warmup_steps)
         lam = torch.tensor([entry["preference"]], device=accelerator.device, dtype=torch.float32)   # (1, m)
         # Rewarded Soups: plain DPO on its objective (a one-hot λ, linearly); DPS: its fixed λ, scalarized
         scalarize = scalarizer("linear" if entry["objective"] is not None else cfg.scalarization)
@@ -212,23 +211,8 @@ def trained_lora(target: Path, entry: dict, cfg: Config) -> dict:
     return saved
 
 
-def load_front_policy(model, directory: str | Path, mode: str = "linear"):
-    """The policy a baseline run wrote: RewardedSoupsPolicy(mode) or GridPolicy, on a fresh LoRA bank."""
-    from parsona.adapters import LoRAConfig, attach
-    from parsona.front_policies import GridPolicy, RewardedSoupsPolicy
-
-    directory = Path(directory)
-    if not (directory / FRONT_FILE).is_file():
-        raise ConfigError(str(directory / FRONT_FILE), "Point to output_dir/<method> of a finished baselines run.",
-                          problem="file is missing")
-    front = json.loads((directory / FRONT_FILE).read_text())
-    bank = attach(model, LoRAConfig(**{k: front["config"][k] for k in ("rank", "alpha")}))
-    bank.remove("default")
-    for lora in front["loras"]:
-        bank.add(lora["name"], directory / lora["name"])
-    if front["method"] == "rewarded_soups":
-        return RewardedSoupsPolicy(bank, [lora["name"] for lora in front["loras"]], mode=mode)
-    return GridPolicy(bank, {tuple(lora["preference"]): lora["name"] for lora in front["loras"]})
+# load_front_policy moved to parsona.front_policies (eval_front and the benches use it, not only this
+# recipe); the name above stays importable from here while bench/front_quality.py still imports it.
 
 
 if __name__ == "__main__":

@@ -130,11 +130,10 @@ def main(cfg: Config) -> Path:
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
     from parsona.evaluate import compare, evaluate_front, format_table, plot_front, reference_logprobs
-    from parsona.front_policies import GridPolicy, PreferenceLoRAPolicy
+    from parsona.front_policies import GridPolicy, PreferenceLoRAPolicy, load_front_policy
     from parsona.io import write_json
     from parsona.objectives import simplex_grid
-    from parsona.recipes.baselines import load_front_policy
-    from parsona.recipes.front_data import front_pairs
+    from parsona.training.front_data import front_pairs
 
     adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
     trained = training_config(adapter_dir)

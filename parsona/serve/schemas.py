@@ -1,14 +1,21 @@
-"""Request and response bodies: OpenAI's shapes, plus `preference` and `adapter`.
+"""Request and response bodies: OpenAI's shapes, plus one field per runtime input of the host.
+
+The generation requests' extra fields (``preference``, ``adapter``, ...) are not written here:
+:func:`with_runtime_inputs` adds one per ``RuntimeInput`` the host's adapter types declared at
+registration, so a new type is accepted over HTTP without touching this file.
 
 Unknown request fields are refused (400 naming the field) rather than ignored, so a typo such as
-``preferences`` never silently serves the wrong trade-off (DESIGN §7).
+``preferences`` never silently serves the wrong trade-off (DESIGN §7). OpenAI fields this server
+does not implement are accepted at their neutral values (``presence_penalty: 0``, ``logprobs:
+false``, ``tools: []``, ...), so tools built on the OpenAI client work; any other value would change
+the output and is a 400 naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 ID = "Opaque id, as returned by this server."
 
@@ -62,22 +69,61 @@ class _Sampling(_Strict):
     stream: bool = Field(False, description="Send the text as server-sent events while it is generated.")
     stream_options: Optional[StreamOptions] = Field(None, description="Options for streaming.")
     user: Optional[str] = Field(None, description="OpenAI's end-user tag; not used (the API key identifies the caller).")
-    preference: Optional[list[float]] = Field(
-        None, description="Preference vector λ over the server's objectives: n_objectives weights ≥ 0 that sum to 1. "
-        "Required when the server has a preference adapter and no default preference; refused otherwise.")
-    adapter: Optional[str] = Field(None, description="One of the caller's adapter ids (GET /v1/adapters) to apply "
-                                   "to this request; omit for none.")
+    # OpenAI fields accepted at their neutral value only (NEUTRAL): anything else would change the output
+    presence_penalty: Optional[float] = Field(None, description="Only 0 is supported.")
+    frequency_penalty: Optional[float] = Field(None, description="Only 0 is supported.")
+    logit_bias: Optional[dict[str, float]] = Field(None, description="Only {} is supported.")
+    metadata: Optional[dict[str, str]] = Field(None, description="Accepted and ignored (nothing is stored).")
+    store: Optional[bool] = Field(None, description="Accepted and ignored: completions are never stored.")
+    service_tier: Optional[str] = Field(None, description="Accepted and ignored.")
+
+    @model_validator(mode="after")
+    def _neutral_only(self):
+        for name, neutral in NEUTRAL.items():
+            value = getattr(self, name, None)
+            if value is not None and value not in neutral:
+                send = f"send {' or '.join(repr(n) for n in neutral)} or " if neutral else ""
+                raise ValueError(f"{name}: {value!r:.40} is not supported by this server; {send}leave it out")
+        return self
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate (default: 64).")
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="Same as max_tokens (newer OpenAI name).")
+    logprobs: Optional[bool] = Field(None, description="Only false is supported.")
+    top_logprobs: Optional[int] = Field(None, description="Only 0 is supported.")
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="Only [] is supported (no tool calling).")
+    tool_choice: Optional[Union[str, dict[str, Any]]] = Field(None, description="Only 'none' is supported.")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Accepted and ignored (no tools).")
+    response_format: Optional[dict[str, Any]] = Field(None, description="Only {'type': 'text'} is supported.")
 
 
 class CompletionRequest(_Sampling):
     prompt: str = Field(min_length=1, description="The text to continue.")
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate (default: 16, as OpenAI).")
+    logprobs: Optional[int] = Field(None, description="Only 0 is supported.")
+    echo: Optional[bool] = Field(None, description="Only false is supported.")
+    best_of: Optional[int] = Field(None, description="Only 1 is supported.")
+    suffix: Optional[str] = Field(None, description="Only null is supported.")
+
+
+# field -> the values that leave the output as this server makes it (None, i.e. absent, always does)
+NEUTRAL: dict[str, tuple] = {
+    "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},), "logprobs": (False, 0),
+    "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none", "auto"), "response_format": ({"type": "text"},),
+    "echo": (False,), "best_of": (1,), "suffix": (),
+}
+
+
+def with_runtime_inputs(base: type[_Sampling], inputs) -> type[_Sampling]:
+    """``base`` with one optional body field per ``RuntimeInput`` (its name, wire type and description)."""
+    fields = {spec.name: (Optional[spec.annotation], Field(None, description=spec.description + (
+        " Required unless the server has a default." if spec.required else ""))) for spec in inputs}
+    clash = sorted(set(fields) & set(base.model_fields))
+    if clash:
+        raise ValueError(f"runtime input {clash[0]!r} would shadow the request field of that name")
+    return create_model(base.__name__, __base__=base, __module__=__name__, **fields)
 
 
 class Usage(BaseModel):
@@ -145,12 +191,20 @@ class TextCompletion(BaseModel):
     usage: Usage = Field(description="Token counts.")
 
 
+class RuntimeInputCard(BaseModel):
+    name: str = Field(description="The request body field.")
+    required: bool = Field(description="Whether every request must send it (or the server has a default).")
+    description: str = Field(description="What the value means.")
+
+
 class ModelCard(BaseModel):
     id: str = Field(description="Model id to pass as `model`.")
     object: Literal["model"] = Field("model", description="Always 'model'.")
     created: int = Field(description="Unix time the server started.")
     owned_by: str = Field("parsona", description="Always 'parsona'.")
     n_objectives: Optional[int] = Field(None, description="Length of `preference`; null without a preference adapter.")
+    runtime_inputs: list[RuntimeInputCard] = Field(default_factory=list, description="The per-request conditioning "
+                                                   "fields this server takes (body fields of the same name).")
 
 
 class ModelList(BaseModel):

@@ -9,6 +9,12 @@ Training uses its own copy of the base model (from ``model_factory``, made once,
 job), never the serving model: the serving model's adapters hold the current batch's per-row
 inputs, and training beside a running decode would change the weights under it. The LoRA is
 trained on the base model alone (no preference adapter); at serving time the deltas add.
+
+The training itself is a recipe (``parsona.recipes.train_user_lora``), passed in as ``train`` by
+whoever builds the Trainer (``parsona serve``'s CLI, the tests): the serving code never imports a
+recipe. ``train(settings, model=, tokenizer=, texts=, progress=)`` gets the recipe Config's fields
+as a dict, writes a PEFT LoRA directory at ``settings["output_dir"]`` and returns its path;
+``progress(step, steps, loss)`` is called after every step.
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ from parsona.errors import ConfigError
 from parsona.store import Store
 
 
+TrainFn = Callable[..., Path]   # (settings: dict, *, model, tokenizer, texts, progress) -> PEFT LoRA dir
+
+
 class Trainer:
-    def __init__(self, store: Store, model_factory: Callable[[], torch.nn.Module], tokenizer,
+    def __init__(self, store: Store, model_factory: Callable[[], torch.nn.Module], tokenizer, *, train: TrainFn,
                  max_length: int = 128, batch_size: int = 4):
-        self.store, self.model_factory = store, model_factory
+        self.store, self.model_factory, self.train = store, model_factory, train
         self.tokenizer = copy.deepcopy(tokenizer)  # never share a Rust tokenizer's state across threads
         self.max_length, self.batch_size = max_length, batch_size
         self._model: torch.nn.Module | None = None
@@ -78,45 +87,20 @@ class Trainer:
         return self._model
 
     def _train(self, user_id: str, job_id: str, params: dict) -> None:
-        from parsona.adapters import LoRAConfig, attach
-
         self.store.update_job(job_id, status="running", progress=0.0, message="loading the base model")
         texts = [h["text"] for h in self.store.history(user_id, limit=params["max_items"])]
-        examples = [self._encode(t) for t in texts]
         model = self._base()
-        bank = attach(model, LoRAConfig(rank=params["rank"], alpha=2.0 * params["rank"]))
-        try:
-            optimizer = torch.optim.AdamW(list(bank.parameters()), lr=params["learning_rate"])
-            g = torch.Generator().manual_seed(0)
-            steps = params["steps"]
-            for step in range(steps):
-                pick = torch.randint(len(examples), (min(self.batch_size, len(examples)),), generator=g).tolist()
-                input_ids, mask, labels = self._batch([examples[i] for i in pick])
-                with bank.inputs(adapter_names=["default"] * len(pick)):
-                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.store.update_job(job_id, progress=0.95 * (step + 1) / steps,
-                                      message=f"step {step + 1}/{steps}, loss {loss.item():.4f}")
-            with tempfile.TemporaryDirectory() as tmp:
-                bank.save_peft("default", Path(tmp) / "lora")
-                adapter_id = self.store.put_adapter(user_id, Path(tmp) / "lora", "lora", params["name"])
-            self.store.update_job(job_id, status="succeeded", adapter_id=adapter_id,
-                                  message=f"done: {steps} steps on {len(texts)} texts, final loss {loss.item():.4f}")
-        finally:
-            bank.detach()
+        steps, last = params["steps"], {}
 
-    def _encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text).input_ids
-        eos = self.tokenizer.eos_token_id
-        return (ids + ([eos] if eos is not None else []))[: self.max_length]
+        def progress(step: int, total: int, loss: float) -> None:   # the last 5% is the save
+            last["loss"] = loss
+            self.store.update_job(job_id, progress=0.95 * step / total, message=f"step {step}/{total}, loss {loss:.4f}")
 
-    def _batch(self, examples: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ids (B, T), attention mask, and labels with -100 on padding."""
-        device = next(self._base().parameters()).device
-        T = max(len(e) for e in examples)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([e + [pad] * (T - len(e)) for e in examples], device=device)
-        mask = torch.tensor([[1] * len(e) + [0] * (T - len(e)) for e in examples], device=device)
-        return ids, mask, ids.masked_fill(mask == 0, -100)
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = {"output_dir": str(Path(tmp) / "lora"), "rank": params["rank"], "alpha": 2.0 * params["rank"],
+                        "learning_rate": params["learning_rate"], "max_steps": steps,
+                        "batch_size": self.batch_size, "max_length": self.max_length}
+            lora = self.train(settings, model=model, tokenizer=self.tokenizer, texts=texts, progress=progress)
+            adapter_id = self.store.put_adapter(user_id, lora, "lora", params["name"])
+        self.store.update_job(job_id, status="succeeded", adapter_id=adapter_id,
+                              message=f"done: {steps} steps on {len(texts)} texts, final loss {last['loss']:.4f}")

@@ -1,10 +1,17 @@
-"""The adapter contract (DESIGN.md §3), checked for every registered type automatically."""
+"""The adapter contract (docs/architecture.md), checked for every registered type automatically.
+
+Each check is a plain function of ``(name, model, input_ids, tmp_path)`` collected in ``CONTRACT``;
+the tests below parametrize them over the registry, and :func:`check_contract` runs them all for a
+type registered later (a test's throwaway type).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +22,7 @@ from parsona.base_model import tiny_causal_lm
 from parsona.errors import ConfigError
 
 TYPES = names()
+ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 
 
 def run(model, adapter, input_ids, inputs):
@@ -22,8 +30,14 @@ def run(model, adapter, input_ids, inputs):
         return model(input_ids).logits
 
 
-def test_every_folder_type_is_registered():
-    assert {"preference_lora", "lora"} <= set(TYPES)
+def rows_of(inputs: dict, row: int) -> dict:
+    """Row ``row`` of a batch of runtime inputs, still a batch (of one)."""
+    return {k: v[row : row + 1] for k, v in inputs.items()}
+
+
+def test_every_folder_is_a_registered_type():
+    folders = {p.parent.name for p in ADAPTERS.glob("*/__init__.py")}
+    assert folders and folders <= set(TYPES), sorted(folders - set(TYPES))
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -81,10 +95,42 @@ def test_mixed_batch_equals_row_by_row(name, tiny_model, input_ids):
     inputs = adapter.example_inputs(len(input_ids), torch.Generator().manual_seed(3))
     batch = run(tiny_model, adapter, input_ids, inputs)
     for row in range(len(input_ids)):
-        one = {k: v[row : row + 1] for k, v in inputs.items()}
-        torch.testing.assert_close(batch[row : row + 1], run(tiny_model, adapter, input_ids[row : row + 1], one))
+        torch.testing.assert_close(batch[row : row + 1], run(tiny_model, adapter, input_ids[row : row + 1], rows_of(inputs, row)))
     # the rows really differ: a mixed batch that ignored its inputs would pass the loop above too
-    assert not torch.allclose(batch[0], run(tiny_model, adapter, input_ids[:1], {k: v[1:2] for k, v in inputs.items()})[0])
+    assert not torch.allclose(batch[0], run(tiny_model, adapter, input_ids[:1], rows_of(inputs, 1))[0])
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_rows_checked_and_stacked_give_the_batch(name, tiny_model, input_ids):
+    # what the host does with a request per row: check_row each value, stack_rows the batch
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    inputs = adapter.example_inputs(len(input_ids), torch.Generator().manual_seed(6))
+    assert set(inputs) == set(adapter.input_names) == set(get(name).input_names())
+    stacked = {}
+    for key, batch in inputs.items():
+        rows = [batch[i] for i in range(len(input_ids))]
+        wire = [r.tolist() if isinstance(r, torch.Tensor) else r for r in rows]  # what JSON would carry
+        stacked[key] = adapter.stack_rows(key, [None if w is None else adapter.check_row(key, w) for w in wire])
+    torch.testing.assert_close(run(tiny_model, adapter, input_ids, stacked), run(tiny_model, adapter, input_ids, inputs))
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_a_bad_row_value_names_its_input(name, tiny_model):
+    adapter = attach(tiny_model, get(name).config_cls())
+    for key in adapter.input_names:
+        for bad in (object(), "\u0000" * 3, [[[1.0]]]):
+            with pytest.raises(ConfigError) as err:
+                adapter.check_row(key, bad)
+            assert err.value.field == key
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_attach_freezes_the_base(name, tiny_model):
+    # PEFT's rule: an optimizer over requires_grad parameters must train the adapter only
+    adapter = attach(tiny_model, get(name).config_cls())
+    trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in adapter.parameters()} and trainable
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -119,6 +165,13 @@ def test_a_finished_block_leaves_nothing_of_its_batch_alive(name, tiny_model, in
 
 @pytest.mark.parametrize("name", TYPES)
 def test_merge_equals_unmerged(name, tiny_model, input_ids):
+    if not get(name).adapter_cls.mergeable:
+        adapter = attach(tiny_model, get(name).config_cls())
+        single = {k: v[0] for k, v in adapter.example_inputs(1).items()}
+        with pytest.raises(ConfigError, match="cannot be folded") as err:  # says so, never a wrong merge
+            adapter.merge(**single)
+        assert err.value.field == "merge"
+        return
     adapter = attach(tiny_model, get(name).config_cls())
     perturb(adapter)
     inputs = adapter.example_inputs(1, torch.Generator().manual_seed(5))
@@ -145,6 +198,8 @@ def test_bad_config_names_the_field(name, tiny_model):
             with pytest.raises(ConfigError) as err:
                 config_cls(**{field.name: -1})
             assert err.value.field == field.name
+    if "target_modules" not in {f.name for f in dataclasses.fields(config_cls)}:
+        return  # this type does not adapt Linears by name
     with pytest.raises(ConfigError) as err:
         attach(tiny_model, config_cls(target_modules=("no_such_proj",)))
     assert err.value.field == "target_modules" and "q_proj" in str(err.value)
@@ -166,3 +221,19 @@ def test_disabled_runs_the_base_model(name, tiny_model, input_ids):
     with torch.no_grad(), adapter.disabled():
         torch.testing.assert_close(tiny_model(input_ids).logits, base, rtol=0, atol=0)
     assert not torch.allclose(run(tiny_model, adapter, input_ids, adapter.example_inputs(len(input_ids))), base)
+
+
+CONTRACT = [f for n, f in sorted(globals().items()) if n.startswith("test_") and "name" in inspect.signature(f).parameters]
+
+
+def check_contract(name: str, tmp_path: Path) -> list[str]:
+    """Run every contract check for type ``name`` on fresh tiny models; returns the checks run."""
+    ran = []
+    for check in CONTRACT:
+        wanted = inspect.signature(check).parameters
+        kwargs = {"name": name, "tiny_model": tiny_causal_lm(), "tmp_path": tmp_path / check.__name__,
+                  "input_ids": torch.randint(3, 256, (4, 7), generator=torch.Generator().manual_seed(0))}
+        kwargs["tmp_path"].mkdir(parents=True, exist_ok=True)
+        check(**{k: v for k, v in kwargs.items() if k in wanted})
+        ran.append(check.__name__)
+    return ran

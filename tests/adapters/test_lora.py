@@ -84,7 +84,7 @@ def test_an_unknown_adapter_is_an_error_never_the_base(tiny_model, input_ids):
     bank = attach(tiny_model, LoRAConfig())
     with pytest.raises(ConfigError, match="unknown LoRA 'mallory'") as err:
         run(tiny_model, bank, input_ids, ["default", "mallory", None, None])
-    assert err.value.field == "adapter_names"
+    assert err.value.field == "adapter"
 
 
 def test_save_peft_loads_in_peft(tiny_model, input_ids, tmp_path):
@@ -166,5 +166,5 @@ def test_one_name_applies_to_every_row_with_and_without_gradients(user_dirs, inp
     torch.testing.assert_close(run(model, bank, input_ids, "alice"), expected)
     with bank.inputs(adapter_names="alice"):              # grad enabled: the training path
         torch.testing.assert_close(model(input_ids).logits, expected)
-    with pytest.raises(ValueError, match="adapter_names has 2 rows but the batch has 4"):
+    with pytest.raises(ValueError, match="adapter has 2 rows but the batch has 4"):
         run(model, bank, input_ids, ["alice", None])

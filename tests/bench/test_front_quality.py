@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from parsona.evaluate import FrontResult
+from parsona.recipes.config_cli import add_config_arguments, config_from_args, run_recipe
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "front_quality.py"
 
@@ -16,8 +19,16 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "front_quality.py"
 def load_bench():
     spec = importlib.util.spec_from_file_location("front_quality", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["front_quality"] = module      # config_cli reads Config's field docs and type hints through it
     spec.loader.exec_module(module)
     return module
+
+
+def parse(bench, argv):
+    """The bench's command line, parsed as ``python bench/front_quality.py ARGV`` parses it."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, bench.Config)
+    return config_from_args(bench.Config, parser.parse_args(argv))
 
 
 def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
@@ -28,7 +39,7 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     result = FrontResult("pref_linear", ("helpful", "harmless"), np.array([[0, 1], [0.5, 0.5], [1, 0]]),
                          np.nanmean(correct, axis=1), rng.random((3, 2)), [4, 5], np.array([0.4, 0.4]),
                          pair_correct=correct, seconds=1.5)
-    args = bench.parse(["--eval-pairs", "5", "--n-partitions", "2"])
+    args = parse(bench, ["--eval-pairs", "5", "--n-partitions", "2"])
     settings = bench.eval_settings(args, "pref_linear")
     path = bench.cache_path(tmp_path, settings)
     bench.save_result(path, settings, result)
@@ -38,15 +49,15 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
         np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
     assert (back.method, back.objectives, back.n_labelled, back.reward) == ("pref_linear", ("helpful", "harmless"), [4, 5], None)
 
-    assert bench.load_result(path, bench.eval_settings(bench.parse(["--eval-pairs", "6", "--n-partitions", "2"]),
+    assert bench.load_result(path, bench.eval_settings(parse(bench, ["--eval-pairs", "6", "--n-partitions", "2"]),
                                                        "pref_linear")) is None        # other eval pairs: score again
     assert bench.load_result(path, bench.eval_settings(args, "soups_cat")) is None
-    assert bench.eval_settings(bench.parse(["--eval-pairs", "5", "--n-partitions", "2", "--seeds", "3",
+    assert bench.eval_settings(parse(bench, ["--eval-pairs", "5", "--n-partitions", "2", "--seeds", "3",
                                             "--output-dir", "elsewhere"]), "pref_linear") == settings
     assert [p.name for p in path.parent.iterdir()] == [path.name]                     # no temp file left
 
     # a reward front keeps its per-prompt rewards (the bootstrap resamples them)
-    rewarded = bench.eval_settings(bench.parse(["--eval-pairs", "5", "--reward-models", "helpful=h,harmless=s"]),
+    rewarded = bench.eval_settings(parse(bench, ["--eval-pairs", "5", "--reward-models", "helpful=h,harmless=s"]),
                                    "pref_linear")
     result.prompt_reward = rng.normal(size=(3, 4, 2))
     result.reward = result.prompt_reward.mean(axis=1)
@@ -57,7 +68,7 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
     (tmp_path / "r.npz").unlink()
 
     # another eval set-up of the same adapters gets its own file: the first front is kept
-    other = bench.eval_settings(bench.parse(["--eval-pairs", "6", "--n-partitions", "2"]), "pref_linear")
+    other = bench.eval_settings(parse(bench, ["--eval-pairs", "6", "--n-partitions", "2"]), "pref_linear")
     assert bench.cache_path(tmp_path, other) != path and path.name.startswith("pref_linear-")
     bench.save_result(bench.cache_path(tmp_path, other), other, result)
     assert bench.load_result(path, settings) is not None and len(list(path.parent.iterdir())) == 2
@@ -91,12 +102,12 @@ def test_a_reward_refit_in_the_same_directory_is_another_eval(tmp_path):
     for name in ("helpful", "harmless"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "reward.safetensors").write_bytes(b"w1")
-    args = bench.parse(["--reward-models", f"helpful={tmp_path / 'helpful'},harmless={tmp_path / 'harmless'}"])
+    args = parse(bench, ["--reward-models", f"helpful={tmp_path / 'helpful'},harmless={tmp_path / 'harmless'}"])
     before, reference = bench.eval_settings(args, "pref_linear"), bench.reference_file(args)
     assert bench.eval_settings(args, "pref_linear") == before                       # same files: same key
     (tmp_path / "harmless" / "reward.safetensors").write_bytes(b"w2")
     assert bench.eval_settings(args, "pref_linear") != before and bench.reference_file(args) != reference
-    plain = bench.parse([])
+    plain = parse(bench, [])
     assert "reward_files" not in bench.eval_settings(plain, "pref_linear")           # accuracy fronts keep their keys
 
 
@@ -120,7 +131,7 @@ def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(t
     bench = load_bench()
     argv = ["--model", tiny_dir, "--max-steps", "2", "--eval-pairs", "4", "--n-partitions", "2", "--dps-partitions", "1",
             "--max-length", "64", "--seeds", "0,1", "--methods", "pref_linear,soups_linear,dps", "--output-dir", str(tmp_path)]
-    bench.main(argv)
+    run_recipe(bench.Config, bench.main, argv)
     out = capsys.readouterr().out
     assert "reusing" not in out and "mean ± sd over seeds 0,1" in out and "HV(pref_linear) / HV(dps)" in out
     results = {s: json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)}
@@ -129,7 +140,7 @@ def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(t
     weights = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
     assert len(weights) >= 2 * 4                                                   # per seed: pref, 2 soups, 2 dps
 
-    bench.main(argv)
+    run_recipe(bench.Config, bench.main, argv)
     again = capsys.readouterr().out
     assert again.count("reusing") == 2 * 3                                         # every front of both seeds
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights   # nothing retrained

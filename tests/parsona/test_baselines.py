@@ -10,10 +10,26 @@ import torch
 from parsona.adapters.peft_format import read_peft_lora
 from parsona.base_model import load_base_model
 from parsona.errors import ConfigError
-from parsona.front_policies import GridPolicy, RewardedSoupsPolicy
-from parsona.recipes.baselines import FRONT_FILE, Config, load_front_policy, main, plan
+from parsona.front_policies import GridPolicy, RewardedSoupsPolicy, load_front_policy
+from parsona.recipes.baselines import FRONT_FILE, Config, main, plan
 
 COMMON = dict(max_length=48, pairs_per_step=2, rank=2, warmup_steps=1)
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def logits_with_delta(tiny_dir, loras, lam, input_ids) -> torch.Tensor:
+    """Logits of a fresh base whose Linears got W0 + Σ λ_i s_i B_i A_i by hand: the exact mixture of
+    updates that RewardedSoupsPolicy(mode="cat") promises, built without the bank."""
+    model, _ = load_base_model(tiny_dir)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for l, lora in zip(lam, loras):
+            for path, (A, B) in lora.factors.items():
+                modules[path].weight += l * lora.scale * (B.float() @ A.float())     # (d_out, d_in)
+        return model(input_ids).logits
 
 
 def test_plan_splits_the_budget():
@@ -34,8 +50,24 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
     model, _ = load_base_model(tiny_dir)
     policy = load_front_policy(model, out, mode="cat")
     assert isinstance(policy, RewardedSoupsPolicy) and policy.names == ("helpful", "harmless")
-    with policy.at([0.5, 0.5]):
-        pass
+    input_ids = torch.arange(3, 19)[None]                                       # (1, 16)
+    w0 = base_weights(model)
+    with torch.no_grad():
+        with policy.reference():                                               # W0: the bank switched off
+            base = model(input_ids).logits
+        with policy.at([0.3, 0.7]):                                            # what eval_front scores at λ
+            merged = model(input_ids).logits
+    expected = logits_with_delta(tiny_dir, [one, two], [0.3, 0.7], input_ids)
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-6)
+    assert (merged - base).abs().max() > 1e-4                                  # the LoRAs did move the model (~4e-3)
+    # leaving at() takes the soup out again: W0 back (unmerge subtracts ΔW, so up to float rounding,
+    # ~4e-9 here), no combined LoRA left in the bank, and the model answers as the base again
+    after = base_weights(model)
+    assert after.keys() == w0.keys() and policy.adapter.names == ("helpful", "harmless")
+    for key in w0:
+        torch.testing.assert_close(after[key], w0[key], rtol=0, atol=1e-7)
+    with torch.no_grad(), policy.reference():
+        torch.testing.assert_close(model(input_ids).logits, base, rtol=0, atol=1e-6)
     # Rerunning skips finished LoRAs: nothing is retrained.
     before = (out / "helpful" / "adapter_model.safetensors").stat().st_mtime_ns
     main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2, **COMMON))
@@ -54,7 +86,7 @@ def test_rewarded_soups_trains_one_lora_per_objective(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("flag", [{}, {"all_labels_only": False}])
 def test_default_trains_on_the_fully_labelled_pairs_like_the_preference_lora(tiny_dir, tmp_path, flag):
-    from parsona.recipes.front_data import front_pairs
+    from parsona.training.front_data import front_pairs
     from parsona.recipes.train_preference_lora import Config as PreferenceConfig
 
     out = main(Config(method="rewarded_soups", model=str(tiny_dir), output_dir=str(tmp_path), max_steps=2,
@@ -80,8 +112,12 @@ def test_dps_grid_loras_share_one_init(tiny_dir, tmp_path):
     model, _ = load_base_model(tiny_dir)
     policy = load_front_policy(model, out)
     assert isinstance(policy, GridPolicy)
+    assert policy.name_at([1.0, 0.0]) == "lam-10000-00000"                       # λ picks its own LoRA
+    w0 = base_weights(model)
     with policy.at([1.0, 0.0]):
-        pass
+        assert policy.adapter.merged                                            # folded into the weights
+    after = base_weights(model)
+    assert not policy.adapter.merged and all(torch.equal(after[k], w0[k]) for k in w0)   # ΔW = 0 here (lr 0)
     with pytest.raises(ConfigError):
         policy.merge([0.5, 0.5])
     # a finer grid keeps the LoRAs it shares with the coarse one and trains only the new λ

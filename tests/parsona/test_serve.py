@@ -66,7 +66,8 @@ def served(tmp_path_factory):
     pref = attach(model, PreferenceLoRAConfig(rank=2))
     perturb(pref)
     host = Host(model, tiny_tokenizer(), store, pref, max_resident_loras=4, max_prompt_tokens=200)
-    trainer = Trainer(store, tiny_lm, tiny_tokenizer())
+    from parsona.recipes import train_user_lora
+    trainer = Trainer(store, tiny_lm, tiny_tokenizer(), train=train_user_lora.run)
     app = create_app(host, store, model_id=MODEL, admin_key="admin-secret", trainer=trainer,
                      max_upload_bytes=200_000, batch_wait_s=0.05)
     with TestClient(app) as client:

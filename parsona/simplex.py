@@ -1,0 +1,81 @@
+"""The one check of a preference vector λ on the simplex: λ_i ≥ 0, Σ λ_i = 1, m weights per row.
+
+Every caller uses it: the preference LoRA (each forward block and ``merge``), the host (each
+request), the objectives (``PreferenceVector``, indicators) and the front policies. It lives in
+the foundation because both ``parsona.adapters`` and ``parsona.objectives`` need it and neither
+may import the other. An off-simplex vector is an error, never renormalised (DESIGN §7).
+
+One tolerance, :data:`SIMPLEX_ATOL`, on the sum computed in float64 from the values as given:
+float32 values of m weights carry at most ~m·6e-8 of rounding, so 1e-6 accepts every honestly
+normalised vector (float32 softmax output included) and refuses ``[0.5, 0.500005]`` everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from parsona.errors import ConfigError
+
+SIMPLEX_ATOL = 1e-6
+FIELD = "preference"
+
+
+def check_preference(values: Any, n_objectives: int | None = None, *, batched: bool = False,
+                     field: str = FIELD) -> torch.Tensor:
+    """λ as a floating tensor, ``(m,)`` or ``(B, m)`` if ``batched``, or a ConfigError naming ``field``.
+
+    Lists, numpy arrays and tensors are accepted; a floating tensor keeps its dtype and device,
+    anything else becomes float32 on the CPU. Errors name the bad row of a batch.
+    """
+    lam = _as_tensor(values, field)
+    want, shape = (2, "(B, m)") if batched else (1, "(m,)")
+    if lam.ndim != want:
+        raise ConfigError(field, f"Pass shape {shape}: m weights{' per row, one row per sequence' if batched else ''}.",
+                          problem=f"expected {'2 dimensions' if batched else 'a 1-D vector'}, got shape {tuple(lam.shape)}")
+    m = lam.shape[-1]
+    if n_objectives is not None and m != n_objectives:
+        raise ConfigError(field, f"Give exactly {n_objectives} weights, one per objective.",
+                          problem=f"shape {tuple(lam.shape)} has {m} weights but there are {n_objectives} objectives")
+    if m < 2:
+        raise ConfigError(field, "Use at least 2 objectives; one objective needs no preference.",
+                          problem=f"has {m} weight(s)")
+    checked = lam.detach().to("cpu", torch.float64).reshape(-1, m)   # (B, m); MPS has no float64
+    _refuse_first(field, ~torch.isfinite(checked).all(1), checked, "has non-finite values", "Replace NaN/inf with finite weights.",
+                  batched)
+    _refuse_first(field, (checked < 0).any(1), checked, "has a negative weight", "Make every weight ≥ 0.", batched)
+    sums = checked.sum(1)                                             # (B,)
+    bad = (sums - 1).abs() > SIMPLEX_ATOL
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        where = f"row {row} sums to {float(sums[row]):.8g}" if batched else f"sums to {float(sums[row]):.8g}"
+        raise ConfigError(field, "Make the weights sum to 1 (divide by their sum).", problem=where)
+    return lam
+
+
+def _as_tensor(values: Any, field: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values if values.is_floating_point() else values.float()
+    if isinstance(values, (str, bytes)) or values is None:
+        raise ConfigError(field, "Pass a list of numbers, e.g. [0.3, 0.7].", problem=f"got {values!r:.40}")
+    try:
+        return torch.as_tensor(_plain(values), dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ConfigError(field, "Pass a list of numbers, e.g. [0.3, 0.7].", problem=f"got {values!r:.40}") from None
+
+
+def _plain(values: Any) -> Any:
+    """Nested lists of Python numbers (booleans and strings are not weights)."""
+    if isinstance(values, (list, tuple)):
+        return [_plain(v) for v in values]
+    if isinstance(values, bool) or not isinstance(values, (int, float)) and not hasattr(values, "__float__"):
+        raise TypeError(values)
+    return values
+
+
+def _refuse_first(field: str, bad: torch.Tensor, rows: torch.Tensor, what: str, fix: str, batched: bool) -> None:
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        raise ConfigError(field, fix, problem=f"row {row} {what}: {rows[row].tolist()}" if batched
+                          else f"{what}: {rows[row].tolist()}")

@@ -1,0 +1,110 @@
+"""``setup(cfg)``: everything the preference-LoRA recipe builds before its loop, in one place.
+
+The recipe (``parsona.recipes.train_preference_lora``) and ``bench/train_speed.py`` both call it,
+so the benchmark times the recipe's own model, adapter, optimizer and step, not a copy of them:
+
+    run = setup(cfg)                                  # cfg: the recipe's Config
+    for step in range(cfg.max_steps):
+        losses, has_label, n_tokens, loss = run.step(step)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .step import LossFn, Scalarize, pair_step, parameter_groups
+
+
+class PreferenceSettings(Protocol):
+    """What :func:`setup` reads from a config (the recipe's Config has all of it)."""
+
+    model: str | None
+    objectives: tuple[str, ...]
+    n_objectives: int
+    rank: int
+    preference_rank: int
+    alpha: float
+    beta: float
+    learning_rate: float
+    pref_scale_lr_multiplier: float
+    warmup_steps: int
+    pairs_per_step: int
+    max_length: int
+    vertex_prob: float
+    dirichlet_alpha: float
+    seed: int
+    all_labels_only: bool            # these three pick the training pairs (front_data.training_pairs)
+    max_train_pairs: int
+    eval_fraction: float
+    loss_fn: LossFn                  # the function behind the recipe's --loss flag
+    scalarize: Scalarize             # the function behind its --scalarization flag
+
+
+@dataclass
+class PreferenceRun:
+    """A preference LoRA ready to train: the loop calls :meth:`step` once per optimizer step."""
+
+    cfg: Any                         # PreferenceSettings
+    accelerator: Any
+    model: torch.nn.Module           # the frozen base, the adapter attached
+    tokenizer: Any
+    adapter: Any                     # parsona.adapters.PreferenceLoRA
+    scorer: torch.nn.Module          # PairLogProbs(model, adapter), prepared by the accelerator
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    train: list                      # MultiObjectivePair, the recipe's training pairs
+
+    def batch(self, step: int) -> list:
+        """The pairs of ``step``: epochs of a seeded permutation of ``train``."""
+        from .sampling import batches
+
+        return [self.train[i] for i in batches(len(self.train), self.cfg.pairs_per_step, self.cfg.seed, step)]
+
+    def preferences(self, step: int) -> torch.Tensor:
+        """λ (pairs_per_step, m) of ``step``, on the device."""
+        from .sampling import step_preferences
+
+        c = self.cfg
+        lam = step_preferences(c.pairs_per_step, c.n_objectives, c.seed, step, c.dirichlet_alpha, c.vertex_prob)
+        return lam.to(self.accelerator.device)
+
+    def step(self, step: int, pairs: list | None = None) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """One optimizer step on ``pairs`` (default: :meth:`batch`), row b at λ_b of :meth:`preferences`.
+
+        Returns the per-objective losses (B, m), has_label (B, m), the step's tokens and its loss.
+        """
+        c = self.cfg
+        pairs = self.batch(step) if pairs is None else pairs
+        lam = self.preferences(step)[: len(pairs)]                                           # (B, m)
+        out = pair_step(self.scorer, self.adapter, self.tokenizer, pairs, lam, c.objectives, c.loss_fn, c.scalarize,
+                        c.beta, c.max_length, self.accelerator)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad()
+        return out
+
+
+def setup(cfg: PreferenceSettings, accelerator=None) -> PreferenceRun:
+    """Seed, load the frozen base, attach the preference LoRA, read the training pairs, build AdamW
+    (the scales s at their own rate) with its warm-up, and prepare them all with ``accelerator``
+    (default: :func:`parsona.training.base.make_accelerator`)."""
+    from parsona.adapters import PreferenceLoRAConfig, attach
+    from parsona.logprobs import PairLogProbs
+
+    from .base import frozen_base, make_accelerator, warmup_schedule
+    from .front_data import training_pairs
+
+    accelerator = make_accelerator() if accelerator is None else accelerator
+    model, tokenizer = frozen_base(cfg.model, accelerator, cfg.seed)
+    adapter = attach(model, PreferenceLoRAConfig(rank=cfg.rank, n_objectives=cfg.n_objectives, alpha=cfg.alpha,
+                                                 preference_rank=cfg.preference_rank))
+    train = training_pairs(cfg)
+    scorer = PairLogProbs(model, adapter).train()
+    groups = parameter_groups(adapter, cfg.learning_rate, cfg.pref_scale_lr_multiplier)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+    schedule = warmup_schedule(optimizer, cfg.warmup_steps)
+    scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
+    return PreferenceRun(cfg, accelerator, model, tokenizer, adapter, scorer, optimizer, schedule, train)

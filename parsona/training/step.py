@@ -1,0 +1,125 @@
+"""One preference step: per-objective losses of the same pairs under per-row λ, scalarized, backward.
+
+A loss function is passed in, never named: ``loss_fn(chosen, rejected, ref_chosen, ref_rejected,
+beta=β) -> (B,)`` over summed log-probs (e.g. ``parsona.objectives.dpo_loss``), and so is a
+scalarization ``scalarize(losses (B, m), λ (B, m)) -> (B,)`` (:func:`linear_scalarization`,
+:func:`tchebycheff_scalarization`). Recipes map their string flags to these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+
+LossFn = Callable[..., torch.Tensor]                            # (chosen, rejected, ref_c, ref_r, beta) -> (B,)
+Scalarize = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (losses (B, m), λ (B, m)) -> (B,)
+
+
+# -- scalarizations: per-row loss (B,) from per-objective losses (B, m) and λ (B, m) -----------------
+# Both maximise the utility -L. Missing labels enter as L = 0: with DPO-family losses ≥ 0 that drops
+# them from the linear sum and from the Tchebycheff max (ideal point 0, the loss's infimum).
+
+def linear_scalarization(losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Σ_i λ_i L_i per row (B,)."""
+    from parsona.objectives import linear
+
+    return -linear(-losses, lam)
+
+
+def tchebycheff_scalarization(losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """max_i λ_i L_i per row (B,): the Tchebycheff distance to the ideal point L = 0."""
+    from parsona.objectives import tchebycheff
+
+    return -tchebycheff(-losses, lam, torch.zeros_like(losses))
+
+
+# -- labels and losses ---------------------------------------------------------------------------
+
+def label_tensors(pairs, objectives) -> tuple[torch.Tensor, torch.Tensor]:
+    """a_wins (B, m) float (1 if response_a is preferred) and has_label (B, m) float."""
+    a_wins = torch.tensor([[float(p.labels.get(o, 0) == 0) for o in objectives] for p in pairs])
+    has = torch.tensor([[float(o in p.labels) for o in objectives] for p in pairs])
+    return a_wins, has
+
+
+def per_objective_losses(loss_fn: LossFn, policy: torch.Tensor, reference: torch.Tensor, a_wins: torch.Tensor,
+                         has_label: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, m) losses from log-probs of [a rows; b rows] (2B,), zero where a label is missing."""
+    B = a_wins.shape[0]
+    pa, pb, ra, rb = policy[:B], policy[B:], reference[:B], reference[B:]
+    columns = []
+    for i in range(a_wins.shape[1]):
+        a = a_wins[:, i].bool()
+        chosen, rejected = torch.where(a, pa, pb), torch.where(a, pb, pa)          # (B,)
+        ref_chosen, ref_rejected = torch.where(a, ra, rb), torch.where(a, rb, ra)  # (B,)
+        columns.append(loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=beta))
+    return torch.stack(columns, dim=-1) * has_label                                # (B, m)
+
+
+def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn: LossFn, beta: float,
+                max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-objective losses (B, m) of ``pairs`` under per-row preferences ``lam`` (B, m).
+
+    One forward of the 2B rows [a replies; b replies] with λ set per row serves every objective;
+    the reference pass is the same model with the adapter disabled, without gradients.
+    ``scorer`` is a :class:`parsona.logprobs.SequenceLogProbs`.
+    """
+    from parsona.logprobs import tokenize_pairs
+
+    device = lam.device
+    batch = tokenize_pairs(tokenizer, [p.prompt for p in pairs] * 2,
+                           [p.response_a for p in pairs] + [p.response_b for p in pairs], max_length).to(device)
+    a_wins, has_label = (t.to(device) for t in label_tensors(pairs, objectives))
+    with torch.no_grad(), adapter.disabled():
+        reference, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2B,)
+    with adapter.inputs(preference=torch.cat([lam, lam])):
+        policy, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)      # (2B,)
+    losses = per_objective_losses(loss_fn, policy, reference, a_wins, has_label, beta)      # (B, m)
+    return losses, has_label, int(batch.attention_mask.sum())
+
+
+def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn: LossFn, scalarize: Scalarize,
+              beta: float, max_length: int, accelerator, adapter_inputs: Callable[[int], dict] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Accumulate the gradient of mean_b scalarize(L_b, λ_b) one pair at a time; return the per-objective
+    losses (B, m), has_label (B, m), the token count (as ``pair_losses`` counts it) and the loss.
+
+    ``scorer`` is a (prepared) :class:`parsona.logprobs.PairLogProbs`. ``adapter_inputs(b)`` gives pair
+    b's runtime inputs for ``adapter`` (default: the preference λ_b; the baselines pass a bank LoRA's
+    name and a fixed λ). Per pair: the reference pass (adapter disabled, no grad) and the policy pass
+    each run the prompt once for both replies,
+    then that pair's backward frees its activations before the next pair runs, so at most one pair's
+    activations are alive. Exact: the loss is a mean of per-pair terms (same gradient as
+    ``pair_losses`` + backward of the mean, up to float rounding, for pairs that fit ``max_length``).
+    """
+    from parsona.logprobs import tokenize_pair
+
+    a_wins, has_label = (t.to(lam.device) for t in label_tensors(pairs, objectives))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    B, rows, n_tokens, total = len(pairs), [], 0, 0.0
+    for b, pair in enumerate(pairs):
+        prompt, replies = tokenize_pair(tokenizer, pair.prompt, [pair.response_a, pair.response_b], max_length)
+        n_tokens += 2 * len(prompt) + sum(len(r) for r in replies)
+        with torch.no_grad(), adapter.disabled():
+            reference = scorer(prompt, replies, pad)                                            # (2,) [a, b]
+        sync = accelerator.no_sync(scorer) if b < B - 1 else contextlib.nullcontext()             # DDP: sync once
+        with sync:
+            inputs = adapter_inputs(b) if adapter_inputs else {"preference": lam[b : b + 1]}
+            policy = scorer(prompt, replies, pad, **inputs)                                      # (2,)
+            losses = per_objective_losses(loss_fn, policy, reference, a_wins[b : b + 1], has_label[b : b + 1], beta)
+            loss = scalarize(losses, lam[b : b + 1]).sum() / B
+            accelerator.backward(loss)
+        rows.append(losses.detach())
+        total += loss.item()
+    return torch.cat(rows), has_label, n_tokens, total
+
+
+def parameter_groups(adapter, learning_rate: float, scale_lr_multiplier: float = 1.0) -> list[dict]:
+    """AdamW groups of a preference LoRA: the scales s at ``learning_rate × scale_lr_multiplier``
+    (Panacea's s sizes λ's singular values), everything else at ``learning_rate``."""
+    scales = [layer.pref_scale for layer in adapter.layers.values()]
+    ids = {id(p) for p in scales}
+    rest = [p for p in adapter.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": scales, "lr": learning_rate * scale_lr_multiplier}]

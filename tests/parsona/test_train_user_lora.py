@@ -1,0 +1,72 @@
+"""The per-user LoRA recipe on a tiny model: it learns the texts, writes a loadable PEFT LoRA, is
+seeded, and leaves a model it is given (and the global RNG) as it found them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parsona.adapters import LoRAConfig, attach
+from parsona.adapters.peft_format import read_peft_lora
+from parsona.base_model import load_base_model
+from parsona.errors import ConfigError
+from parsona.recipes.train_user_lora import Config, main, run
+
+TEXT = "I love short answers. Tea over coffee, always."
+
+
+def test_trains_a_peft_lora_from_a_text_file(tiny_dir, tmp_path):
+    (tmp_path / "texts.txt").write_text(f"{TEXT}\n\n")          # one text: every step sees the same batch
+    losses = []
+    out = main(Config(model=tiny_dir, texts=str(tmp_path / "texts.txt"), output_dir=str(tmp_path / "lora"),
+                      rank=2, alpha=4.0, max_steps=5, learning_rate=1e-2),
+               progress=lambda step, steps, loss: losses.append((step, steps, loss)))
+    assert [(s, n) for s, n, _ in losses] == [(i, 5) for i in range(1, 6)]
+    assert losses[-1][2] < losses[0][2] - 1e-3                   # it fits the text
+    lora = read_peft_lora(out)
+    assert (lora.rank, lora.alpha) == (2, 4.0) and any(B.abs().sum() > 0 for _, B in lora.factors.values())
+
+    model, tokenizer = load_base_model(tiny_dir)                 # a bank serves it like any user's LoRA
+    bank = attach(model, LoRAConfig(rank=2))
+    bank.add("user", out)
+    ids = tokenizer([TEXT], return_tensors="pt").input_ids
+    with torch.no_grad():
+        with bank.inputs(adapter_names=[None]):
+            base = model(ids).logits
+        with bank.inputs(adapter_names=["user"]):
+            tuned = model(ids).logits
+    assert (tuned - base).abs().max() > 1e-4
+
+
+def test_a_given_model_is_left_as_found_and_a_rerun_is_identical(tiny_dir, tmp_path):
+    model, tokenizer = load_base_model(tiny_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    outs = [run({"output_dir": str(tmp_path / name), "rank": 2, "max_steps": 2, "batch_size": 2},
+                model=model, tokenizer=tokenizer, texts=["one text", "another, longer text"])
+            for name in ("a", "b")]
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng)              # the seeded init did not reseed the caller
+    a, b = (read_peft_lora(o) for o in outs)
+    for path in a.factors:
+        for x, y in zip(a.factors[path], b.factors[path]):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad, field", [(dict(rank=0), "rank"), (dict(max_steps=0), "max_steps"),
+                                        (dict(learning_rate=0.0), "learning_rate")])
+def test_bad_config_names_the_field(bad, field):
+    with pytest.raises(ConfigError) as err:
+        Config(**bad)
+    assert err.value.field == field
+
+
+def test_missing_or_empty_texts_name_the_field(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        main(Config(texts=str(tmp_path / "missing.txt")))
+    assert err.value.field == "texts"
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ConfigError) as err:
+        main(Config(texts=str(tmp_path / "empty.txt")))
+    assert err.value.field == "texts"
