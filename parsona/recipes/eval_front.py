@@ -31,7 +31,7 @@ class Config:
     out: str = "runs/front"
     """Where front.csv, front.json and front.png go."""
     model: str | None = None
-    """HF model id or local directory (default: the model named in the adapter's training summary, else SmolLM2)."""
+    """HF model id or local directory (default: the base model the adapter records it was trained on, else SmolLM2)."""
     baselines: tuple[str, ...] = ()
     """Baseline run directories (output_dir/<method> of `parsona train baselines`) to draw and compare."""
     n_partitions: int = 10
@@ -127,8 +127,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main(cfg: Config) -> Path:
-    from parsona.adapters import load_adapter
-    from parsona.base_model import load_base_model
+    from parsona.adapters import PreferenceLoRA, load_adapter
+    from parsona.base_model import load_base_model, model_for
     from parsona.evaluate import compare, evaluate_front, format_table, plot_front, reference_logprobs
     from parsona.front_policies import GridPolicy, PreferenceLoRAPolicy, load_front_policy
     from parsona.io import write_json
@@ -137,8 +137,11 @@ def main(cfg: Config) -> Path:
 
     adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
     trained = training_config(adapter_dir)
-    model, tokenizer = load_base_model(cfg.model or trained.get("model"))
+    model, tokenizer = load_base_model(model_for(cfg.model, adapter_dir))   # every command's --model rule
     adapter = load_adapter(model, adapter_dir)
+    if not isinstance(adapter, PreferenceLoRA):
+        raise ConfigError("adapter", "Pass a preference LoRA (parsona train preference-lora); a baselines run goes in "
+                          "--baselines.", problem=f"{adapter_dir} holds a {adapter.adapter_type} adapter")
     m = adapter.config.n_objectives
     objectives = tuple(trained.get("objectives", ("helpful", "harmless", "brevity")[:m]))
     _, held_out = front_pairs(objectives, trained.get("eval_fraction", 0.1))

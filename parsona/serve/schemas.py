@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 ID = "Opaque id, as returned by this server."
 
@@ -77,14 +77,14 @@ class _Sampling(_Strict):
     store: Optional[bool] = Field(None, description="Accepted and ignored: completions are never stored.")
     service_tier: Optional[str] = Field(None, description="Accepted and ignored.")
 
-    @model_validator(mode="after")
-    def _neutral_only(self):
-        for name, neutral in NEUTRAL.items():
-            value = getattr(self, name, None)
-            if value is not None and value not in neutral:
-                send = f"send {' or '.join(repr(n) for n in neutral)} or " if neutral else ""
-                raise ValueError(f"{name}: {value!r:.40} is not supported by this server; {send}leave it out")
-        return self
+    @field_validator("*", mode="after")
+    @classmethod
+    def _neutral_only(cls, value: Any, info: ValidationInfo) -> Any:
+        neutral = NEUTRAL.get(info.field_name)
+        if neutral is not None and value is not None and value not in neutral:
+            send = f"send {' or '.join(repr(n) for n in neutral)} or " if neutral else ""
+            raise ValueError(f"{value!r:.40} is not supported by this server; {send}leave it out")
+        return value
 
 
 class ChatCompletionRequest(_Sampling):

@@ -61,7 +61,7 @@ def test_three_objectives_train_and_evaluate_with_exact_hypervolume(tiny_dir, tm
 
 
 def test_defaults_train_on_fully_labelled_pairs_and_the_papers_setup_is_a_few_flags_away(tiny_dir, tmp_path):
-    from parsona.recipes.front_data import front_pairs
+    from parsona.training.front_data import front_pairs
 
     train, _ = front_pairs()
     both = sum({"helpful", "harmless"} <= set(p.labels) for p in train)    # counted here, not by the recipe
@@ -134,6 +134,15 @@ def test_bad_flags_are_usage_errors(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_eval_front_on_a_plain_lora_says_what_it_needs(tiny_dir, tmp_path, capsys):
+    from conftest import peft_lora_dir
+
+    lora = peft_lora_dir(tmp_path / "lora", seed=0)
+    assert main(["eval", "front", "--model", tiny_dir, "--adapter", str(lora), "--out", str(tmp_path / "front")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a lora adapter" in err and "--baselines" in err and "Traceback" not in err
 
 
 def test_serve_without_its_extra_says_how_to_install_it(monkeypatch, capsys, tmp_path):

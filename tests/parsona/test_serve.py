@@ -272,6 +272,39 @@ def test_bad_chat_requests_are_4xx_naming_the_field(served, users, change, statu
     assert r.json()["error"]["param"] == param and param.split("[")[0] in r.json()["error"]["message"]
 
 
+NEUTRAL_CHAT = {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "top_logprobs": 0, "tools": [],
+                "tool_choice": "none", "parallel_tool_calls": True, "metadata": {"run": "ci"}, "store": False,
+                "logit_bias": {}, "response_format": {"type": "text"}, "service_tier": "auto", "user": "u-1"}
+
+
+def test_openai_fields_at_their_neutral_values_are_accepted_and_change_nothing(served, users):
+    client, key = served[0], users[0][0]
+    plain = client.post("/v1/chat/completions", json=chat_body(), headers=key)
+    neutral = client.post("/v1/chat/completions", json={**chat_body(), **NEUTRAL_CHAT}, headers=key)
+    assert neutral.status_code == 200, neutral.text
+    assert neutral.json()["choices"][0]["message"] == plain.json()["choices"][0]["message"]
+    text = {"model": MODEL, "prompt": "hi", "max_tokens": 3, "temperature": 0, "preference": [0.5, 0.5]}
+    r = client.post("/v1/completions", json={**text, "logprobs": 0, "echo": False, "best_of": 1, "suffix": None}, headers=key)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("path, change", [
+    ("/v1/chat/completions", {"presence_penalty": 0.5}), ("/v1/chat/completions", {"frequency_penalty": -1}),
+    ("/v1/chat/completions", {"logprobs": True}), ("/v1/chat/completions", {"top_logprobs": 3}),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ("/v1/chat/completions", {"tool_choice": "required"}), ("/v1/chat/completions", {"logit_bias": {"50256": -100}}),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"echo": True}), ("/v1/completions", {"best_of": 3}), ("/v1/completions", {"suffix": "end"}),
+    ("/v1/completions", {"logprobs": 5}),
+])
+def test_openai_fields_that_would_change_the_output_are_400_naming_them(served, users, path, change):
+    body = chat_body() if path.endswith("chat/completions") else {"model": MODEL, "prompt": "hi", "preference": [0.5, 0.5]}
+    r = served[0].post(path, json={**body, **change}, headers=users[0][0])
+    field = next(iter(change))
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    assert "not supported" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("raw, param", [
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "preference": [NaN, 1.0]}', "preference"),
     (b'{"model": "tiny", "messages": [', "body"),
