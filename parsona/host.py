@@ -111,7 +111,7 @@ class Host:
         if not isinstance(max_resident_loras, int) or max_resident_loras < 1:
             raise ConfigError("max_resident_loras", "Use a whole number ≥ 1.", problem=f"got {max_resident_loras!r}")
         self.model, self.tokenizer, self.store = model.eval(), tokenizer, store
-        self.adapters = (adapters,) if isinstance(adapters, Adapter) else tuple(a for a in adapters if a is not None)
+        self.adapters = (adapters,) if isinstance(adapters, Adapter) else tuple(a for a in adapters or () if a is not None)
         self.bank = None
         if store is not None or loras:
             self.bank = attach(model, LoRAConfig())

@@ -200,3 +200,21 @@ def test_generate_and_the_http_api_give_the_same_greedy_text(tiny_dir, tmp_path,
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == from_cli
     app.state.store.close()
+
+
+def test_serve_without_a_preference_adapter_serves_the_base_and_refuses_a_preference(tiny_dir, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from parsona.cli import build_parser
+    from parsona.serve.cli import build_app
+
+    monkeypatch.setenv("PARSONA_ADMIN_KEY", "admin")
+    app = build_app(build_parser().parse_args(["serve", "--model", tiny_dir, "--store", str(tmp_path / "store")]))
+    body = {"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
+    with TestClient(app) as client:
+        key = {"Authorization": f"Bearer {client.post('/v1/users', headers={'Authorization': 'Bearer admin'}).json()['api_key']}"}
+        assert client.post("/v1/chat/completions", json=body, headers=key).status_code == 200
+        r = client.post("/v1/chat/completions", json={**body, "preference": [0.5, 0.5]}, headers=key)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "preference"
+        assert client.get("/v1/models", headers=key).json()["data"][0]["n_objectives"] is None
+    app.state.store.close()
