@@ -262,6 +262,8 @@ class Adapter:
         for path in self.layers:
             delattr(self.model.get_submodule(path), self.adapter_type)
         self.layers = {}
+        if not attached_types(self.model):
+            unfreeze_base(self.model)  # the last adapter is gone: the base trains as it did before attach
         return self.model
 
     # -- files ------------------------------------------------------------------------------
@@ -274,6 +276,7 @@ class Adapter:
         base = self.base_model or base_model_name(self.model)
         if base:  # PEFT's key, so every tool finds the base model the same way
             header["base_model_name_or_path"] = base
+        header["base_model_shape"] = model_shape(self.model)
         (directory / CONFIG_FILE).write_text(json.dumps({**header, **self.config.to_dict()}, indent=2) + "\n")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"adapter_type": self.adapter_type})
@@ -375,13 +378,45 @@ def attach(model: nn.Module, config: AdapterConfig) -> Adapter:
     return adapter
 
 
+def adapter_parameters(model: nn.Module) -> set[int]:
+    """ids of every parameter that belongs to an attached adapter (the children named after a type)."""
+    return {id(p) for layer in _adapter_layers(model) for p in layer.parameters()}
+
+
+def _adapter_layers(model: nn.Module) -> list[nn.Module]:
+    types = names()
+    return [child for module in model.modules() for t in types
+            if isinstance(child := getattr(module, t, None), nn.Module) and t in module._modules]
+
+
+def attached_types(model: nn.Module) -> set[str]:
+    return {t for module in model.modules() for t in names() if isinstance(module._modules.get(t), nn.Module)}
+
+
 def freeze_base(model: nn.Module) -> None:
     """PEFT's rule: once an adapter is attached only adapter parameters train, so an optimizer over
-    the ``requires_grad`` parameters never updates the base model."""
-    marks = tuple(f".{t}." for t in names())
+    the ``requires_grad`` parameters never updates the base model. What each base parameter was is
+    kept, so that detaching the last adapter gives the model back as it was."""
+    ours = adapter_parameters(model)
+    saved = model.__dict__.setdefault("_parsona_requires_grad", {})
     for name, param in model.named_parameters():
-        if not any(mark in f".{name}" for mark in marks):
+        if id(param) not in ours:
+            saved.setdefault(name, param.requires_grad)
             param.requires_grad_(False)
+
+
+def unfreeze_base(model: nn.Module) -> None:
+    saved = model.__dict__.pop("_parsona_requires_grad", {})
+    for name, param in model.named_parameters():
+        if name in saved:
+            param.requires_grad_(saved[name])
+
+
+def model_shape(model: nn.Module) -> dict[str, Any]:
+    """What must match for an adapter to fit a base model (names may differ for the same model)."""
+    config = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    return {k: getattr(config, k) for k in keys if isinstance(getattr(config, k, None), (int, str))}
 
 
 def save_adapter(adapter: Adapter, path: str | Path, extra_json: dict[str, Any] | None = None) -> Path:
@@ -424,24 +459,27 @@ def load_adapter(model: nn.Module, path: str | Path) -> Adapter:
     kind = get(fields.pop("adapter_type"))
     fields.pop("parsona_version", None)
     base = fields.pop("base_model_name_or_path", None)
-    check_base(base, model, str(config_file))
+    check_base(base, fields.pop("base_model_shape", None), model, str(config_file))
     adapter = kind.adapter_cls._read(model, directory, fields)
     adapter.base_model = base if isinstance(base, str) and base else None
     return adapter
 
 
-def check_base(recorded: Any, model: nn.Module, source: str) -> None:
-    """A ConfigError if the adapter names a base model other than ``model`` (when both are known)."""
-    current = base_model_name(model)
-    if not (isinstance(recorded, str) and recorded and current) or _same_model(recorded, current):
-        return
-    raise ConfigError(f"{source}: base_model_name_or_path", f"Load the base model it was trained on (--model {recorded}).",
-                      problem=f"the adapter was trained on {recorded!r}, this model is {current!r}")
+def check_base(recorded: Any, shape: Any, model: nn.Module, source: str) -> None:
+    """A ConfigError if the adapter was trained on a base of another shape (architecture, width, depth,
+    vocabulary); a warning if only the recorded name differs (a moved folder, a copy, a hub id and
+    its local snapshot are the same model under other names)."""
+    current, here = base_model_name(model), model_shape(model)
+    trained = recorded if isinstance(recorded, str) and recorded else "another model"
+    if isinstance(shape, dict) and shape and here and shape != here:
+        differ = ", ".join(f"{k} {shape.get(k)} vs {here.get(k)}" for k in sorted(set(shape) | set(here))
+                           if shape.get(k) != here.get(k))
+        raise ConfigError(f"{source}: base_model_name_or_path", f"Load the base model it was trained on (--model {trained}).",
+                          problem=f"the adapter was trained on {trained!r}, whose shape differs from this model's ({differ})")
+    if isinstance(recorded, str) and recorded and current and not _same_name(recorded, current):
+        warnings.warn(f"{source}: trained on {recorded!r}, loaded onto {current!r} (same shape)", stacklevel=3)
 
 
-def _same_model(a: str, b: str) -> bool:
-    """The same string, the same directory, or a hub id and a bare name of it ("org/name" ~ "name")."""
+def _same_name(a: str, b: str) -> bool:
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b or (not pa.exists() and not pb.exists() and a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1])
+    return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())

@@ -3,6 +3,12 @@
 A PEFT LoRA directory holds ``adapter_config.json`` (a ``peft.LoraConfig``) and
 ``adapter_model.safetensors`` with keys ``base_model.model.<module path>.lora_{A,B}.weight``.
 Pickled ``adapter_model.bin`` files are refused: a user's upload must never run code.
+
+:func:`read_peft_lora` is the one validator of a LoRA directory, used when a user uploads one and
+again each time the host loads one: the config is bounded in size and depth and checked field by
+field (``r`` a whole number in 1..MAX_RANK that every tensor's rank matches, ``lora_alpha`` finite
+in (0, MAX_ALPHA], no option that changes the math this reader implements), and every tensor is
+finite floating point. Whatever passes can be served without making a row's scores non-finite.
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ from parsona.io import atomic_dir
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+MAX_CONFIG_BYTES = 64 << 10   # a LoraConfig is ~1 KiB; a config this large is not one
+MAX_JSON_DEPTH = 16           # a LoraConfig nests 2 deep; a deep one would exhaust the parser's stack
+MAX_RANK = 1024
+MAX_ALPHA = 1e5
+# Options that change the math this reader implements (ΔW = alpha / r · B A on the named Linears):
+# allowed only at the value that leaves it unchanged.
+NEUTRAL_OPTIONS = {"use_dora": (False, None), "rank_pattern": ({}, None), "alpha_pattern": ({}, None),
+                   "bias": ("none", None), "modules_to_save": (None, []), "fan_in_fan_out": (False, None),
+                   "lora_bias": (False, None), "trainable_token_indices": (None, {}, []),
+                   "target_parameters": (None, []), "use_qalora": (False, None)}
 
 
 @dataclass
@@ -43,29 +59,84 @@ def read_peft_lora(directory: str | Path) -> LoRAWeights:
 
     directory = Path(directory)
     config_file, weights_file = directory / PEFT_CONFIG, directory / PEFT_WEIGHTS
-    if not config_file.is_file():
-        raise ConfigError(str(config_file), "Point to a PEFT LoRA directory.", problem="file is missing")
-    try:
-        cfg = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(config_file), "Save the LoRA again with PEFT.", problem=f"not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
-        raise ConfigError(f"{config_file}: peft_type", "Only PEFT LoRA adapters are supported.",
-                          problem=f"got {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r}")
-    for field, ok in [("use_dora", not cfg.get("use_dora")), ("rank_pattern", not cfg.get("rank_pattern")),
-                      ("alpha_pattern", not cfg.get("alpha_pattern")), ("bias", cfg.get("bias", "none") == "none"),
-                      ("modules_to_save", not cfg.get("modules_to_save"))]:
-        if not ok:
-            raise ConfigError(f"{config_file}: {field}", "Save a plain LoRA (no DoRA, patterns, bias or extra modules).",
-                              problem=f"{cfg.get(field)!r} is not supported")
+    cfg = _read_config(config_file)
+    rank, alpha, rslora = _checked_fields(cfg, config_file)
     if not weights_file.is_file():
         pickled = " (pickled adapter_model.bin files are refused: convert to safetensors)" if (directory / "adapter_model.bin").exists() else ""
         raise ConfigError(str(weights_file), "Save the LoRA with safetensors (PEFT's default).", problem="file is missing" + pickled)
     try:
         tensors = load_file(str(weights_file))
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(str(weights_file), "Save the LoRA again; the file is corrupt.", problem=str(exc)) from None
-    return LoRAWeights(int(cfg["r"]), float(cfg["lora_alpha"]), _factors(tensors, weights_file), bool(cfg.get("use_rslora")))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(str(weights_file), "Save the LoRA again; the file is corrupt.", problem=str(exc)[:200]) from None
+    factors = _factors(tensors, weights_file)
+    _check_tensors(factors, rank, weights_file)
+    return LoRAWeights(rank, alpha, factors, rslora)
+
+
+def _read_config(config_file: Path) -> dict:
+    if not config_file.is_file():
+        raise ConfigError(str(config_file), "Point to a PEFT LoRA directory.", problem="file is missing")
+    if config_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(str(config_file), "Save the LoRA again with PEFT.",
+                          problem=f"{config_file.stat().st_size} bytes is too large for a LoRA config")
+    text = config_file.read_bytes()
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise ConfigError(str(config_file), "Save the LoRA again with PEFT.", problem=f"nested over {MAX_JSON_DEPTH} deep")
+    try:
+        cfg = json.loads(text)
+    except ValueError as exc:  # bad JSON, bad UTF-8, numbers too large for a float
+        raise ConfigError(str(config_file), "Save the LoRA again with PEFT.", problem=f"not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
+        raise ConfigError(f"{config_file}: peft_type", "Only PEFT LoRA adapters are supported.",
+                          problem=f"got {cfg.get('peft_type') if isinstance(cfg, dict) else type(cfg).__name__!r:.40}")
+    return cfg
+
+
+def _depth(text: bytes) -> int:
+    """How deep brackets nest, outside strings: checked before parsing, so a deep document never recurses."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in text:
+        if in_string:
+            escaped, in_string = (not escaped and byte == 0x5C), in_string and (escaped or byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _checked_fields(cfg: dict, source: Path) -> tuple[int, float, bool]:
+    """(r, lora_alpha, use_rslora), each of the right type and in bounds, or a ConfigError naming it."""
+    r, alpha, rslora = cfg.get("r"), cfg.get("lora_alpha"), cfg.get("use_rslora", False)
+    if not (type(r) is int and 1 <= r <= MAX_RANK):   # type(): True is an int, 1.5 and "8" are not
+        raise ConfigError(f"{source}: r", f"Use a whole number from 1 to {MAX_RANK}.", problem=f"got {r!r:.40}")
+    if not (type(alpha) in (int, float) and 0 < alpha <= MAX_ALPHA and math.isfinite(alpha)):  # huge ints compare, never convert
+        raise ConfigError(f"{source}: lora_alpha", f"Use a finite number in (0, {MAX_ALPHA:g}].", problem=f"got {alpha!r:.40}")
+    if rslora is None:
+        rslora = False
+    if type(rslora) is not bool:
+        raise ConfigError(f"{source}: use_rslora", "Use true or false.", problem=f"got {rslora!r:.40}")
+    for option, neutral in NEUTRAL_OPTIONS.items():
+        if option in cfg and cfg[option] not in neutral:
+            raise ConfigError(f"{source}: {option}", "Save a plain LoRA (no DoRA, patterns, bias, extra modules "
+                              "or transposed weights).", problem=f"{cfg[option]!r:.60} is not supported")
+    return r, float(alpha), rslora
+
+
+def _check_tensors(factors: dict, rank: int, source: Path) -> None:
+    for path, (A, B) in factors.items():
+        if not (A.is_floating_point() and B.is_floating_point()) or A.ndim != 2 or B.ndim != 2:
+            raise ConfigError(f"{source}: {path}", "Save floating-point 2-D lora_A/lora_B matrices.",
+                              problem=f"got {A.dtype} {tuple(A.shape)}, {B.dtype} {tuple(B.shape)}")
+        if A.shape[0] != rank or B.shape[1] != rank:
+            raise ConfigError(f"{source}: {path}", f"Save matrices of the config's rank r = {rank}.",
+                              problem=f"lora_A {tuple(A.shape)}, lora_B {tuple(B.shape)}")
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise ConfigError(f"{source}: {path}", "Save finite weights.", problem="it holds NaN or inf")
 
 
 def _factors(tensors: dict[str, torch.Tensor], source: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -6,13 +6,15 @@
 
 ends each type's ``__init__.py``. What a type needs per row is declared here, once, as
 :class:`RuntimeInput`: the host stacks the rows of a batch for every attached type by these names,
-the HTTP API takes its extra request fields from them, and an exporter makes them graph inputs.
+the HTTP API takes its extra request fields from them (and the planned ONNX exporter will make
+them graph inputs).
 None of them reads a type's name. The conformance suite parametrizes over :func:`names`, so a new
 type is checked against the adapter contract without touching any test.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,7 @@ class AdapterType:
 
 
 _TYPES: dict[str, AdapterType] = {}
+INPUT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def register(name: str, config_cls: type, adapter_cls: type,
@@ -60,6 +63,10 @@ def register(name: str, config_cls: type, adapter_cls: type,
     if name in _TYPES and _TYPES[name].adapter_cls is not adapter_cls:
         raise ValueError(f"adapter type {name!r} is already registered by {_TYPES[name].adapter_cls!r}")
     inputs = tuple(RuntimeInput(i) if isinstance(i, str) else i for i in runtime_inputs)
+    bad = [i.name for i in inputs if not (isinstance(i.name, str) and INPUT_NAME.fullmatch(i.name))]
+    if bad:  # it becomes a keyword argument, a JSON field and a graph input name
+        raise ValueError(f"runtime input name {bad[0]!r} of {name!r}: use lowercase letters, digits and '_', "
+                         "starting with a letter")
     clash = [i.name for i in inputs if any(i.name in t.input_names() for t in _TYPES.values() if t.name != name)]
     if clash:
         raise ValueError(f"runtime input {clash[0]!r} of {name!r} is already declared by another type")

@@ -367,4 +367,4 @@ def main(cfg: Config) -> bool:
 if __name__ == "__main__":
     from parsona.recipes.config_cli import run_recipe
 
-    run_recipe(Config, lambda cfg: sys.exit(0 if main(cfg) else 1))   # exit status 1 when a target fails
+    sys.exit(0 if run_recipe(Config, main) else 1)   # exit status 1 when a target fails

@@ -94,7 +94,7 @@ def start(cfg: Config, store: Path, extra: list[str]) -> tuple[subprocess.Popen,
     port = free_port()
     cmd = [sys.executable, "-m", "parsona.cli", "serve", "--store", str(store), "--port", str(port),
            "--max-resident-loras", "64", "--max-batch-size", str(cfg.concurrency),
-           "--batch-wait-ms", str(cfg.batch_wait_ms), *extra]
+           "--batch-wait-ms", str(cfg.batch_wait_ms), "--rate-limit", "0", *extra]  # it measures compute, not limits
     if cfg.model:
         cmd += ["--model", cfg.model]
     log = store.with_suffix(".log")

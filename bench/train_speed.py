@@ -38,11 +38,13 @@ Targets: parsona s/step ≤ 0.3 × TRL's on the same timed steps (same pairs), a
     .venv/bin/python bench/train_speed.py                   # SmolLM2-135M-Instruct, ≈ 8-12 min on 2 busy cores
     .venv/bin/python bench/train_speed.py --contenders parsona --profile   # ours only, + torch.profiler tables
     .venv/bin/python bench/train_speed.py --tiny            # tiny random Llama: a wiring smoke run in ~1 min
+
+Prints the table, PASS/FAIL per target and the command that reproduces the run; the exit status is
+1 when a target fails, 2 for a bad flag value. Each contender's per-step progress goes to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -63,6 +65,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing: `python
 CONTENDERS = ("parsona", "trl")
 OBJECTIVES = ("helpful", "harmless", "brevity")
 from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # noqa: E402  (after the sys.path line)
+from parsona.errors import ConfigError  # noqa: E402
+from parsona.recipes.config_cli import is_internal, run_recipe  # noqa: E402
 from parsona.recipes.train_preference_lora import Config as Recipe  # noqa: E402  (the recipe that is timed)
 from step_clock import StepClock  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -74,71 +78,91 @@ RECIPE_FLAGS = ("n_objectives", "pairs_per_step", "max_length", "rank", "prefere
 TRL_LOSS = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}   # TRL's loss_type for the recipe's --loss
 
 
-def recipe_flag(name: str, help_text: str):
-    """A flag for the recipe's field ``name``, defaulting to the recipe's default."""
-    return field(default=getattr(RECIPE, name), metadata={"help": f"recipe: {help_text}"})
-
-
 @dataclass
 class Config:
-    """What to measure. Every field is a flag: ``pairs_per_step`` is ``--pairs-per-step``."""
+    """What to measure. Every field is a flag: ``pairs_per_step`` is ``--pairs-per-step``. The fields
+    marked "recipe:" are the recipe's own, defaulting to its defaults (RECIPE_FLAGS)."""
 
-    model: str = field(default="", metadata={"help": "Hugging Face id or local directory of the base model; empty: "
-                                                     "the packaged SmolLM2-135M-Instruct"})
-    tiny: bool = field(default=False, metadata={"help": "use a tiny random Llama + byte tokenizer (save_tiny_model) "
-                                                        "instead of --model: a wiring smoke run, timings meaningless"})
-    contenders: str = field(default="parsona,trl", metadata={"help": "comma-separated, from: " + ", ".join(CONTENDERS)})
-    n_objectives: int = recipe_flag("n_objectives", "m, objectives of the preference LoRA (the first m of "
-                                                     + ", ".join(OBJECTIVES) + ")")
-    pairs_per_step: int = recipe_flag("pairs_per_step", "preference pairs per optimizer step (TRL's "
-                                                        "per_device_train_batch_size); rows = 2 × this")
-    max_length: int = recipe_flag("max_length", "tokens per prompt + reply row")
-    rank: int = recipe_flag("rank", "k, the preference LoRA's shared singular values (TRL's LoRA has r = k + m·p)")
-    preference_rank: int = recipe_flag("preference_rank", "p, singular values per objective")
-    alpha: float = recipe_flag("alpha", "LoRA alpha for both (ΔW scaled by alpha / (k + m·p) in both)")
-    beta: float = recipe_flag("beta", "DPO β for both")
-    loss: str = recipe_flag("loss", "dpo, ipo or hinge (TRL's loss_type sigmoid, ipo, hinge)")
-    scalarization: str = recipe_flag("scalarization", "linear or tchebycheff")
-    learning_rate: float = recipe_flag("learning_rate", "AdamW learning rate for both")
-    pref_scale_lr_multiplier: float = recipe_flag("pref_scale_lr_multiplier", "the scales s learn at lr × this")
-    warmup_steps: int = recipe_flag("warmup_steps", "linear learning-rate warm-up steps (not --warmup)")
-    vertex_prob: float = recipe_flag("vertex_prob", "share of rows trained at a one-objective λ")
-    dirichlet_alpha: float = recipe_flag("dirichlet_alpha", "concentration of the Dirichlet over λ")
-    all_labels_only: bool = recipe_flag("all_labels_only", "train only on pairs labelled for every objective")
-    seed: int = recipe_flag("seed", "seed for LoRA init, data and λ sampling")
-    warmup: int = field(default=1, metadata={"help": "steps run first and not timed, per contender"})
-    parsona_steps: int = field(default=5, metadata={"help": "timed steps of the parsona recipe"})
-    trl_steps: int = field(default=3, metadata={"help": "timed steps of TRL's DPOTrainer (≈ 1 min each on 2 cores)"})
-    trl_gradient_checkpointing: bool = field(default=True, metadata={"help": "TRL's gradient_checkpointing "
-                                                                             "(True is TRL's default)"})
-    threads: int = field(default=1, metadata={"help": "torch.set_num_threads(N) in each contender; 0 leaves "
-                                                      "torch's default (one per core). On cores shared with "
-                                                      "other jobs, 2 threads stall at every op's barrier: a "
-                                                      "parsona step took 62 s with 2 threads, 26 s with 1"})
-    time_target: float = field(default=0.3, metadata={"help": "target: parsona s/step ≤ this × TRL's s/step"})
-    rss_target_gb: float = field(default=4.0, metadata={"help": "target: parsona peak RSS ≤ this many GB (10^9 B)"})
-    profile: bool = field(default=False, metadata={"help": "after timing, run one more parsona step under "
-                                                           "torch.profiler and print its top ops (time and memory)"})
-    worker: str = field(default="", metadata={"internal": True, "help": argparse.SUPPRESS})
-    result_file: str = field(default="", metadata={"internal": True, "help": argparse.SUPPRESS})
+    model: str = ""
+    """Hugging Face id or local directory of the base model; empty: the packaged SmolLM2-135M-Instruct."""
+    tiny: bool = False
+    """Use a tiny random Llama + byte tokenizer (save_tiny_model) instead of --model: a wiring smoke run,
+    timings meaningless."""
+    contenders: str = "parsona,trl"
+    """Comma-separated, from: parsona, trl."""
+    n_objectives: int = RECIPE.n_objectives
+    """recipe: m, objectives of the preference LoRA (the first m of helpful, harmless, brevity)."""
+    pairs_per_step: int = RECIPE.pairs_per_step
+    """recipe: preference pairs per optimizer step (TRL's per_device_train_batch_size); rows = 2 × this."""
+    max_length: int = RECIPE.max_length
+    """recipe: tokens per prompt + reply row."""
+    rank: int = RECIPE.rank
+    """recipe: k, the preference LoRA's shared singular values (TRL's LoRA has r = k + m·p)."""
+    preference_rank: int = RECIPE.preference_rank
+    """recipe: p, singular values per objective."""
+    alpha: float = RECIPE.alpha
+    """recipe: LoRA alpha for both (ΔW scaled by alpha / (k + m·p) in both)."""
+    beta: float = RECIPE.beta
+    """recipe: DPO β for both."""
+    loss: str = RECIPE.loss
+    """recipe: dpo, ipo or hinge (TRL's loss_type sigmoid, ipo, hinge)."""
+    scalarization: str = RECIPE.scalarization
+    """recipe: linear or tchebycheff."""
+    learning_rate: float = RECIPE.learning_rate
+    """recipe: AdamW learning rate for both."""
+    pref_scale_lr_multiplier: float = RECIPE.pref_scale_lr_multiplier
+    """recipe: the scales s learn at lr × this."""
+    warmup_steps: int = RECIPE.warmup_steps
+    """recipe: linear learning-rate warm-up steps (not --warmup)."""
+    vertex_prob: float = RECIPE.vertex_prob
+    """recipe: share of rows trained at a one-objective λ."""
+    dirichlet_alpha: float = RECIPE.dirichlet_alpha
+    """recipe: concentration of the Dirichlet over λ."""
+    all_labels_only: bool = RECIPE.all_labels_only
+    """recipe: train only on pairs labelled for every objective."""
+    seed: int = RECIPE.seed
+    """recipe: seed for LoRA init, data and λ sampling."""
+    warmup: int = 1
+    """Steps run first and not timed, per contender."""
+    parsona_steps: int = 5
+    """Timed steps of the parsona recipe."""
+    trl_steps: int = 3
+    """Timed steps of TRL's DPOTrainer (≈ 1 min each on 2 cores)."""
+    trl_gradient_checkpointing: bool = True
+    """TRL's gradient_checkpointing (True is TRL's default)."""
+    threads: int = 1
+    """torch.set_num_threads(N) in each contender; 0 leaves torch's default (one per core). On cores shared
+    with other jobs, 2 threads stall at every op's barrier: a parsona step took 62 s with 2 threads, 26 s with 1."""
+    time_target: float = 0.3
+    """Target: parsona s/step ≤ this × TRL's s/step."""
+    rss_target_gb: float = 4.0
+    """Target: parsona peak RSS ≤ this many GB (10^9 B)."""
+    profile: bool = False
+    """After timing, run one more parsona step under torch.profiler and print its top ops (time and memory)."""
+    # Internal: the parent re-runs this script with these two set, once per contender (run_contender);
+    # they are flags so the child parses the same Config, but hidden from --help and from command().
+    worker: str = field(default="", metadata={"internal": True})
+    """Internal: run this one contender in this process (set by the parent)."""
+    result_file: str = field(default="", metadata={"internal": True})
+    """Internal: where the worker writes its result JSON (set by the parent)."""
 
     def __post_init__(self) -> None:
         for name in ("parsona_steps", "trl_steps"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"--{name.replace('_', '-')}: use a whole number ≥ 1 (got {getattr(self, name)})")
-        if self.warmup < 0 or self.threads < 0:
-            raise SystemExit("--warmup and --threads must be ≥ 0")
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        for name in ("warmup", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "Use 0 or more.", problem=f"got {getattr(self, name)}")
         if not 2 <= self.n_objectives <= len(OBJECTIVES):
-            raise SystemExit(f"--n-objectives: use 2..{len(OBJECTIVES)} (got {self.n_objectives})")
-        unknown = set(self.names()) - set(CONTENDERS)
-        if unknown or not self.names():
-            raise SystemExit(f"--contenders: choose from {', '.join(CONTENDERS)} (got {self.contenders!r})")
-        from parsona.errors import ConfigError
-
-        try:
-            self.recipe()   # the recipe's own checks, before any contender starts
-        except ConfigError as exc:
-            raise SystemExit(f"--{exc.field.replace('_', '-')}: {exc}") from None
+            raise ConfigError("n_objectives", f"Use 2..{len(OBJECTIVES)} ({', '.join(OBJECTIVES)}).",
+                              problem=f"got {self.n_objectives}")
+        if set(self.names()) - set(CONTENDERS) or not self.names():
+            raise ConfigError("contenders", f"Choose from {', '.join(CONTENDERS)}, comma-separated.",
+                              problem=f"got {self.contenders!r}")
+        if self.worker and self.worker not in CONTENDERS:
+            raise ConfigError("worker", f"Use one of {', '.join(CONTENDERS)} (the parent sets it).",
+                              problem=f"got {self.worker!r}")
+        self.recipe()   # the recipe's own checks (a ConfigError naming the same field), before any contender starts
 
     def names(self) -> list[str]:
         return [c.strip() for c in self.contenders.split(",") if c.strip()]
@@ -183,7 +207,8 @@ def bench_pairs(cfg: Config, tokenizer, train: list) -> list:
             picked.append(pair)
         if len(picked) == need:
             return picked
-    raise SystemExit(f"only {len(picked)} usable pairs, {need} needed")
+    raise ConfigError("pairs_per_step", "Use fewer --pairs-per-step, --warmup or timed steps, or a larger --max-length.",
+                      problem=f"only {len(picked)} usable pairs, {need} needed")
 
 
 # -- contender: the parsona recipe -----------------------------------------------------------------------
@@ -308,30 +333,30 @@ def worker_main(cfg: Config) -> None:
 
 
 # -- the parent: run each contender in its own process, then report -----------------------------------------
-def command(cfg: Config) -> str:
-    """The exact command line that reproduces ``cfg`` (every public field spelled out)."""
-    parts = [".venv/bin/python", "bench/train_speed.py"]
+def flags(cfg: Config, internal: bool = False) -> list[str]:
+    """``cfg`` as this script's flags, every field spelled out (the internal ones only if asked)."""
+    parts = []
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("internal"):
+        if is_internal(f) and not internal:
             continue
         flag, value = "--" + f.name.replace("_", "-"), getattr(cfg, f.name)
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
         else:
             parts += [flag, str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return parts
+
+
+def command(cfg: Config) -> str:
+    """The exact command line that reproduces ``cfg`` (every public field spelled out)."""
+    return " ".join(shlex.quote(p) for p in [".venv/bin/python", "bench/train_speed.py", *flags(cfg)])
 
 
 def run_contender(cfg: Config, name: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="parsona-train-speed-") as tmp:
         out = Path(tmp) / "result.json"
         child = dataclasses.replace(cfg, worker=name, result_file=str(out))
-        argv = [sys.executable, str(Path(__file__).resolve())]
-        for f in dataclasses.fields(child):
-            value = getattr(child, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            argv += ([flag if value else "--no-" + f.name.replace("_", "-")] if isinstance(value, bool)
-                     else [flag, str(value)])
+        argv = [sys.executable, str(Path(__file__).resolve()), *flags(child, internal=True)]
         load_before = os.getloadavg()
         started = time.perf_counter()
         # The child's stdout and stderr both go to our stderr (per-step progress); our stdout keeps the report.
@@ -376,8 +401,8 @@ def main(cfg: Config) -> bool:
         worker_main(cfg)
         return True
     if "trl" in cfg.names() and importlib.util.find_spec("trl") is None:
-        raise SystemExit("trl is not installed (the `bench` extra): .venv/bin/pip install -e \".[bench]\", "
-                         "or time the recipe alone with --contenders parsona")
+        raise ConfigError("contenders", 'Install the `bench` extra (.venv/bin/pip install -e ".[bench]"), or time '
+                          "the recipe alone with --contenders parsona.", problem="trl is not installed")
     print("\n".join(timed_config(cfg)), file=sys.stderr, flush=True)
     started = time.perf_counter()
     results = {}
@@ -446,14 +471,5 @@ def main(cfg: Config) -> bool:
     return all(ok for _, ok in checks)
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    from bench_cli import parse_config
-
-    return parse_config(Config, "bench/train_speed.py",
-                        __doc__.split("\n\n")[0] + " Prints a table, PASS/FAIL per target and the command that "
-                        "reproduces the run. Exit status 1 when a target fails.",
-                        "Each contender runs in its own subprocess; its per-step progress goes to stderr.", argv)
-
-
 if __name__ == "__main__":
-    sys.exit(0 if main(parse_args()) else 1)
+    sys.exit(0 if run_recipe(Config, main) else 1)   # exit status 1 when a target fails

@@ -37,7 +37,7 @@ class PreferenceVector:
     __slots__ = ("values",)
 
     def __init__(self, values, n_objectives: int | None = None):
-        lam = check_preference(torch.from_numpy(_to_numpy(values)), n_objectives)   # (m,) float64
+        lam = check_preference(torch.from_numpy(np.ascontiguousarray(_to_numpy(values))), n_objectives)   # (m,) float64
         self.values: tuple[float, ...] = tuple(float(v) for v in lam)
 
     @classmethod

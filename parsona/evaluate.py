@@ -177,8 +177,9 @@ def greedy_replies(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     decoded by the host, as every generation is; each prompt keeps its last max_length - max_new_tokens tokens."""
     from parsona.host import Host, Request
 
-    host = Host(model, tokenizer)  # store-less, no per-row inputs: whatever ``policy.at(λ)`` merged is the model
     keep = max(1, max_length - max_new_tokens)                         # prompt tokens kept, from the end
+    # store-less, no per-row inputs (whatever ``policy.at(λ)`` merged is the model), limits from the arguments
+    host = Host(model, tokenizer, max_prompt_tokens=keep, max_new_tokens_limit=max_new_tokens)
     requests = [Request(prompt=tokenizer(p, add_special_tokens=False)["input_ids"][-keep:], max_new_tokens=max_new_tokens)
                 for p in prompts]
     replies = []

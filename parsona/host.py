@@ -85,6 +85,7 @@ class Prepared:
     input_ids: list[int]
     conditioning: dict[str, Any]             # every runtime input of the host: its checked row value or None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: the caller left; stop decoding it
 
 
 class Host:
@@ -112,6 +113,8 @@ class Host:
             raise ConfigError("max_resident_loras", "Use a whole number ≥ 1.", problem=f"got {max_resident_loras!r}")
         self.model, self.tokenizer, self.store = model.eval(), tokenizer, store
         self.adapters = (adapters,) if isinstance(adapters, Adapter) else tuple(a for a in adapters or () if a is not None)
+        if store is not None and loras:  # a pinned name would be every user's, beside their own ids
+            raise ConfigError("loras", "Pass loras only to a store-less host (CLI, evaluation); users upload theirs.")
         self.bank = None
         if store is not None or loras:
             self.bank = attach(model, LoRAConfig())
@@ -126,6 +129,9 @@ class Host:
                     raise ConfigError("adapters", "Attach one adapter per runtime input.",
                                       problem=f"two adapters take {spec.name!r}")
                 self._specs[spec.name] = (adapter, spec)
+        unknown = sorted(set(defaults or {}) - set(self._specs))
+        if unknown:
+            raise self._not_taken(unknown[0])
         self.defaults = {name: self._check_value(name, value, user_id=None) for name, value in (defaults or {}).items()}
         self.max_resident_loras = max_resident_loras
         self.max_prompt_tokens, self.max_new_tokens_limit = max_prompt_tokens, max_new_tokens_limit
@@ -200,10 +206,9 @@ class Host:
         given = r.conditioning if r.conditioning is not None else {}
         if not isinstance(given, Mapping):
             raise ConfigError("conditioning", "Pass a mapping of runtime input names to values.", problem=f"got {given!r:.40}")
-        unknown = sorted(set(given) - set(self._specs))
+        unknown = sorted(map(str, set(given) - set(self._specs)))
         if unknown:
-            takes = ", ".join(self._specs) or "nothing"
-            raise ConfigError(str(unknown[0]), f"Leave it out: no adapter on this host takes it (it takes: {takes}).")
+            raise self._not_taken(unknown[0])
         row = {}
         for name, (_, spec) in self._specs.items():
             value = given.get(name)
@@ -213,9 +218,10 @@ class Host:
                                   problem="missing")
         return row
 
+    def _not_taken(self, name: str) -> ConfigError:
+        return ConfigError(name, f"Leave it out: no adapter on this host takes it (it takes: {', '.join(self._specs) or 'nothing'}).")
+
     def _check_value(self, name: str, value: Any, user_id: str | None) -> Any:
-        if name not in self._specs:
-            raise ConfigError(name, f"Leave it out: no adapter on this host takes it (it takes: {', '.join(self._specs) or 'nothing'}).")
         adapter, _ = self._specs[name]
         if adapter is not self.bank:
             return adapter.check_row(name, value)
@@ -241,7 +247,8 @@ class Host:
         return adapter_id
 
     def check_lora(self, weights) -> None:
-        """Raise ConfigError unless ``weights`` (LoRAWeights) fit this model's bank. Reads only."""
+        """Raise ConfigError unless ``weights`` (LoRAWeights, already checked by read_peft_lora) fit this
+        model's bank. Reads only."""
         for path, (A, B) in weights.factors.items():
             layer = self.bank.layers.get(path) if self.bank is not None else None
             if layer is None:
@@ -250,8 +257,6 @@ class Host:
             if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1] or A.shape[1] != layer.d_in or B.shape[0] != layer.d_out:
                 raise ConfigError("file", "Upload a LoRA trained for this base model.",
                                   problem=f"{path}: shapes {tuple(A.shape)}, {tuple(B.shape)} do not fit")
-            if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-                raise ConfigError("file", "Upload finite weights.", problem=f"{path} holds NaN or inf")
 
     # -- generating ---------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], on_delta: OnDelta | None = None) -> list[Completion]:
@@ -264,7 +269,8 @@ class Host:
         return results  # type: ignore[return-value]
 
     def run(self, rows: Sequence[Prepared], on_delta: OnDelta | None = None) -> list[Completion | Exception]:
-        """Decode prepared rows; a row whose LoRA vanished (deleted meanwhile) gets its exception."""
+        """Decode prepared rows. Errors are per row: a row whose LoRA vanished, will not load or makes
+        its scores non-finite gets its own exception and the other rows of the batch complete."""
         results: list[Completion | Exception | None] = [None] * len(rows)
         with self._lock:
             for part in self._parts(range(len(rows)), rows):
@@ -273,13 +279,29 @@ class Host:
                     try:
                         self._ensure_resident(rows[i], {self._lora_of(rows[j]) for j in part})
                         live.append(i)
-                    except (NotFound, ConfigError) as exc:
+                    except Exception as exc:  # this row's LoRA only: NotFound, a bad file, a corrupt copy
                         results[i] = exc
-                if live:
-                    emit = None if on_delta is None else (lambda k, text, live=live: on_delta(live[k], text))
-                    for i, done in zip(live, self._decode([rows[i] for i in live], emit)):
-                        results[i] = done
+                for i, done in zip(live, self._decode_isolated([rows[i] for i in live], live, on_delta)):
+                    results[i] = done
         return results  # type: ignore[return-value]
+
+    def _decode_isolated(self, rows: list[Prepared], index: list[int], on_delta: OnDelta | None) -> list:
+        """``_decode`` the rows together; if the shared forward itself fails before any text was sent,
+        decode each row alone so that only the row that breaks it fails."""
+        if not rows:
+            return []
+        sent = []
+
+        def emit(k: int, text: str) -> None:
+            sent.append(k)
+            on_delta(index[k], text)
+
+        try:
+            return self._decode(rows, None if on_delta is None else emit)
+        except Exception as exc:
+            if len(rows) == 1 or sent:  # streamed text cannot be taken back: those rows share the failure
+                return [exc] * len(rows)
+            return [self._decode_isolated([row], [i], on_delta)[0] for row, i in zip(rows, index)]
 
     def evict(self, adapter_id: str) -> None:
         """Drop a LoRA from the bank (after its deletion from the store)."""
@@ -318,13 +340,26 @@ class Host:
         if a in self._resident:
             self._resident.move_to_end(a)
             return
-        weights = read_peft_lora(self.store.adapter_path(row.request.user_id, a))  # NotFound if deleted
+        weights = self._stored_lora(row.request.user_id, a)
         while len(self._resident) >= self.max_resident_loras:
             victim = next(v for v in self._resident if v not in keep)
             del self._resident[victim]
             self.bank.remove(victim)
         self.bank.add(a, weights)
         self._resident[a] = None
+
+    def _stored_lora(self, user_id: str, adapter_id: str):
+        """The user's stored LoRA, through the same checks as an upload (its files may have changed on
+        disk since). A failure names the request field and the file, never the store's paths."""
+        from parsona.adapters.peft_format import read_peft_lora
+
+        path = self.store.verified_adapter_path(user_id, adapter_id)  # NotFound if deleted; CorruptAdapter if changed
+        try:
+            return read_peft_lora(path)
+        except ConfigError as exc:
+            where = exc.field.replace(str(path) + "/", "")
+            raise ConfigError("adapter", "Upload the adapter again, or delete it: its stored copy fails the "
+                              "checks an upload passes.", problem=f"{where}: {exc.problem}") from None
 
     @torch.no_grad()
     def _decode(self, rows: Sequence[Prepared], on_delta: OnDelta | None) -> list[Completion]:
@@ -338,10 +373,18 @@ class Host:
         with self._conditioning(rows):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **({self._keep_kw: 1} if self._keep_kw else {}))
+            failed: list[Exception | None] = [None] * B
             for step in range(max(r.request.max_new_tokens for r in rows)):
-                tokens = [_pick(out.logits[b, -1].float(), rows[b].request, gens[b]) for b in range(B)]
-                for b, token in enumerate(tokens):
+                tokens = [self._pad] * B   # what finished rows feed: never read, never streamed
+                for b in range(B):
+                    if finish[b] is None and rows[b].cancel.is_set():
+                        finish[b] = "cancelled"   # nobody reads it: free the batch of its remaining steps
                     if finish[b] is not None:
+                        continue
+                    try:
+                        tokens[b] = token = _pick(out.logits[b, -1].float(), rows[b].request, gens[b])
+                    except Exception as exc:  # this row's scores or sampling only; the batch goes on without it
+                        failed[b], finish[b] = exc, "error"
                         continue
                     finish[b] = streams[b].push(token, token in self._eos)
                     if finish[b] is None and step + 1 >= rows[b].request.max_new_tokens:
@@ -357,8 +400,8 @@ class Host:
                 positions = positions[:, -1:] + 1
                 out = self.model(input_ids=nxt, attention_mask=mask, position_ids=positions, use_cache=True,
                                  **{self._cache_kw: _cache_of(out)})
-        return [Completion(s.final_text(), f or "length", len(r.input_ids), s.n_tokens)
-                for r, s, f in zip(rows, streams, finish)]
+        return [failed[b] or Completion(s.final_text(), f or "length", len(r.input_ids), s.n_tokens)
+                for b, (r, s, f) in enumerate(zip(rows, streams, finish))]
 
     def _conditioning(self, rows: Sequence[Prepared]):
         """Every conditioned adapter's per-row inputs for this batch, as one context manager. A type
@@ -375,14 +418,32 @@ class Host:
         return stack
 
 
+GREEDY_BELOW = 1e-6  # temperature: exp(-Δ/T) < e^-100 for any logit gap Δ above float32's noise (1e-4)
+
+
+class RowFailed(RuntimeError):
+    """One row of a batch could not go on (its scores are not finite: a broken adapter); the others do."""
+
+
 def _pick(logits: torch.Tensor, request: Request, gen: torch.Generator) -> int:
-    """The next token of one row: argmax at temperature 0, else nucleus sampling with the row's own RNG."""
-    if request.temperature == 0:
+    """The next token of one row: argmax at temperature 0, else nucleus sampling with the row's own RNG.
+
+    Overflow-free for every temperature in [0, 2] and top_p in (0, 1]: below GREEDY_BELOW the
+    distribution is one-hot to float32 precision, so it is decoded as argmax (dividing by 5e-324,
+    which is 0 in float32, would give 0/0); above, the logits are shifted so their max is 0 before
+    dividing; and the most likely token is always kept (a top_p below float32's resolution keeps
+    that one alone).
+    """
+    if not torch.isfinite(logits).all():
+        raise RowFailed("the model's scores for this row are not finite (its adapter is broken); "
+                        "fix or delete the adapter")
+    if request.temperature < GREEDY_BELOW:
         return int(logits.argmax())
-    probs = torch.softmax(logits / request.temperature, dim=-1)        # (V,)
+    probs = torch.softmax((logits - logits.max()) / request.temperature, dim=-1)   # (V,)
     if request.top_p < 1:
         sorted_p, order = probs.sort(descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p >= request.top_p           # mass before the token already ≥ top_p
+        drop[0] = False
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))

@@ -5,9 +5,10 @@ request), the objectives (``PreferenceVector``, indicators) and the front polici
 the foundation because both ``parsona.adapters`` and ``parsona.objectives`` need it and neither
 may import the other. An off-simplex vector is an error, never renormalised (DESIGN §7).
 
-One tolerance, :data:`SIMPLEX_ATOL`, on the sum computed in float64 from the values as given:
-float32 values of m weights carry at most ~m·6e-8 of rounding, so 1e-6 accepts every honestly
-normalised vector (float32 softmax output included) and refuses ``[0.5, 0.500005]`` everywhere.
+One tolerance, :data:`SIMPLEX_ATOL` = 1e-5, on the sum computed in float64 from the values as
+given (lists are never rounded to float32 first): it accepts weights written to 5 decimals
+(``[0.33333, 0.33333, 0.33334]``) and any float32 tensor that was normalised, and refuses a
+vector off by more, the same everywhere — request, merge, indicators and front policies.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from parsona.errors import ConfigError
 
-SIMPLEX_ATOL = 1e-6
+SIMPLEX_ATOL = 1e-5
 FIELD = "preference"
 
 
@@ -29,7 +30,7 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
     Lists, numpy arrays and tensors are accepted; a floating tensor keeps its dtype and device,
     anything else becomes float32 on the CPU. Errors name the bad row of a batch.
     """
-    lam = _as_tensor(values, field)
+    lam, exact = _as_tensor(values, field)
     want, shape = (2, "(B, m)") if batched else (1, "(m,)")
     if lam.ndim != want:
         raise ConfigError(field, f"Pass shape {shape}: m weights{' per row, one row per sequence' if batched else ''}.",
@@ -41,7 +42,7 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
     if m < 2:
         raise ConfigError(field, "Use at least 2 objectives; one objective needs no preference.",
                           problem=f"has {m} weight(s)")
-    checked = lam.detach().to("cpu", torch.float64).reshape(-1, m)   # (B, m); MPS has no float64
+    checked = exact.detach().to("cpu", torch.float64).reshape(-1, m)   # (B, m); MPS has no float64
     _refuse_first(field, ~torch.isfinite(checked).all(1), checked, "has non-finite values", "Replace NaN/inf with finite weights.",
                   batched)
     _refuse_first(field, (checked < 0).any(1), checked, "has a negative weight", "Make every weight ≥ 0.", batched)
@@ -54,21 +55,27 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
     return lam
 
 
-def _as_tensor(values: Any, field: str) -> torch.Tensor:
+def _as_tensor(values: Any, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what to return, what to check): a floating tensor is both; anything else is checked in
+    float64 as given and returned as float32."""
     if isinstance(values, torch.Tensor):
-        return values if values.is_floating_point() else values.float()
+        values = values if values.is_floating_point() else values.float()
+        return values, values
     if isinstance(values, (str, bytes)) or values is None:
         raise ConfigError(field, "Pass a list of numbers, e.g. [0.3, 0.7].", problem=f"got {values!r:.40}")
     try:
-        return torch.as_tensor(_plain(values), dtype=torch.float32)
+        exact = torch.as_tensor(_plain(values), dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError, OverflowError):
         raise ConfigError(field, "Pass a list of numbers, e.g. [0.3, 0.7].", problem=f"got {values!r:.40}") from None
+    return exact.float(), exact
 
 
 def _plain(values: Any) -> Any:
     """Nested lists of Python numbers (booleans and strings are not weights)."""
     if isinstance(values, (list, tuple)):
         return [_plain(v) for v in values]
+    if hasattr(values, "tolist") and not isinstance(values, (int, float)):  # numpy arrays and scalars
+        return _plain(values.tolist())
     if isinstance(values, bool) or not isinstance(values, (int, float)) and not hasattr(values, "__float__"):
         raise TypeError(values)
     return values

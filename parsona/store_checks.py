@@ -9,10 +9,12 @@ never imports torch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,18 @@ def history_row(i: int, item: Any) -> tuple[str, str | None, str | None]:
         raise ConfigError(f"items[{i}].kind", "pass a string or leave it out")
     metadata = item.get("metadata")
     metadata = None if metadata is None else to_json(f"items[{i}].metadata", metadata)
+    for field, value in ((f"items[{i}].text", item["text"]), (f"items[{i}].kind", kind)):
+        _check_utf8(field, value)
     return item["text"], kind, metadata
+
+
+def _check_utf8(field: str, value: str | None) -> None:
+    """Lone surrogates cannot be stored (SQLite wants UTF-8) nor counted against the byte quota."""
+    try:
+        if value is not None:
+            value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(field, "send valid Unicode text", str(e)) from None
 
 
 def job_changes(status: Any, progress: Any, message: Any) -> dict[str, Any]:
@@ -120,7 +133,39 @@ def copy_file(src: Path, target: Path) -> bytes:
         while chunk := fsrc.read(1 << 20):
             h.update(chunk)
             fdst.write(chunk)
+        fdst.flush()
+        os.fsync(fdst.fileno())  # on disk before the rename that publishes it
     return h.digest()
+
+
+def adapter_digest(path: Path) -> str:
+    """The digest :func:`copy_adapter_files` returned, recomputed from a stored adapter's files.
+
+    OSError if an entry is not a regular file (or cannot be read): a stored adapter holds nothing else.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):  # the order put_adapter copied them in
+        digest.update(name.encode() + b"\0" + _file_sha(path / name))
+    return digest.hexdigest()
+
+
+def _file_sha(path: Path) -> bytes:
+    # O_NONBLOCK: a FIFO planted here must not hang the open; O_NOFOLLOW: nor a symlink be followed.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def tree_signature(path: Path) -> tuple:
+    """What changes when any file of a flat adapter directory is written, replaced, added or removed."""
+    with os.scandir(path) as entries:
+        stats = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+    return tuple(sorted((name, s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for name, s in stats))
 
 
 def check_file(path: Path) -> None:

@@ -113,6 +113,9 @@ class LoRA(Adapter):
     def _prepare_inputs(self, adapter: Any = None, adapter_names: Any = None, **unknown: Any) -> dict[str, Any]:
         if unknown:
             raise ConfigError(", ".join(unknown), f"A LoRA bank takes only `{INPUT}`.", problem="unknown runtime input")
+        if adapter is not None and adapter_names is not None:
+            raise ConfigError(INPUT, f"Pass `{INPUT}` only (adapter_names is PEFT's name for the same thing).",
+                              problem="got both adapter and adapter_names")
         given = adapter if adapter_names is None else adapter_names
         if isinstance(given, str):
             rows: tuple = (given,)  # one name for every row
@@ -132,6 +135,8 @@ class LoRA(Adapter):
         return {"lora_index": index, "lora_rows": rows, "lora_present": present, "lora_uniform": uniform}
 
     def _merge_inputs(self, adapter: Any = None, adapter_names: Any = None) -> dict[str, str]:
+        if adapter is not None and adapter_names is not None:
+            raise ConfigError(INPUT, f"Pass `{INPUT}` only.", problem="got both adapter and adapter_names")
         name = adapter if adapter_names is None else adapter_names
         self._require(name, INPUT)
         return {INPUT: name}

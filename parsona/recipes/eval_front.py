@@ -126,60 +126,111 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                          for row in rows)
 
 
-def main(cfg: Config) -> Path:
-    from parsona.adapters import PreferenceLoRA, load_adapter
-    from parsona.base_model import load_base_model, model_for
-    from parsona.evaluate import compare, evaluate_front, format_table, plot_front, reference_logprobs
-    from parsona.front_policies import GridPolicy, PreferenceLoRAPolicy, load_front_policy
-    from parsona.io import write_json
-    from parsona.objectives import simplex_grid
+def baseline_methods(directory: Path) -> dict[str, tuple[str, list | None]]:
+    """{method name: (mode, own grid or None)} for one baselines run directory.
+
+    Rewarded Soups is scored both ways, its LoRAs interpolated (``<dir>_linear``) and concatenated
+    (``<dir>_cat``); a DPS grid run has one LoRA per grid λ, nothing to interpolate, so it is scored
+    once, at its own grid points (``<dir>_linear``). Read from the run's front.json (what
+    load_front_policy reads) before any scoring, so a wrong directory fails first."""
+    from parsona.front_policies import FRONT_FILE
+
+    front_file = directory / FRONT_FILE
+    if not front_file.is_file():
+        raise ConfigError(str(front_file), "Point to output_dir/<method> of a finished baselines run.",
+                          problem="file is missing")
+    front = json.loads(front_file.read_text())
+    if front["method"] == "rewarded_soups":
+        return {f"{directory.name}_{mode}": (mode, None) for mode in ("linear", "cat")}
+    grid = [[float(x) for x in lora["preference"]] for lora in front["loras"]]   # GridPolicy's own keys, in order
+    return {f"{directory.name}_linear": ("linear", grid)}
+
+
+def method_builders(model, policy, baselines) -> tuple[dict, dict]:
+    """``(policies, grids)`` for evaluate_methods: the preference LoRA (already attached) first, then
+    each baseline's policies, built only when their turn comes (one adapter attached at a time)."""
+    from parsona.front_policies import load_front_policy
+
+    policies, grids = {"preference_lora": lambda: policy}, {}
+    for directory in map(Path, baselines):
+        for method, (mode, grid) in baseline_methods(directory).items():
+            if method in policies:
+                raise ConfigError("baselines", "Give each baseline run a directory name of its own (the method "
+                                  "names come from it).", problem=f"two methods would be called {method!r}")
+            policies[method] = lambda d=directory, m=mode: load_front_policy(model, d, mode=m)
+            if grid is not None:
+                grids[method] = grid
+    return policies, grids
+
+
+def held_out_pairs(trained: dict, objectives, n: int) -> list:
+    """The first ``n`` pairs held out from the adapter's own training split, labelled for every
+    objective (any held-out pairs when none is)."""
     from parsona.training.front_data import front_pairs
 
-    adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
-    trained = training_config(adapter_dir)
-    model, tokenizer = load_base_model(model_for(cfg.model, adapter_dir))   # every command's --model rule
+    _, held_out = front_pairs(objectives, trained.get("eval_fraction", 0.1))
+    return [p for p in held_out if len(p.labels) == len(objectives)][:n] or held_out[:n]
+
+
+def load_preference_adapter(model, adapter_dir: Path):
+    """The preference LoRA at ``adapter_dir``, attached to ``model``; any other adapter type is refused."""
+    from parsona.adapters import PreferenceLoRA, load_adapter
+
     adapter = load_adapter(model, adapter_dir)
     if not isinstance(adapter, PreferenceLoRA):
         raise ConfigError("adapter", "Pass a preference LoRA (parsona train preference-lora); a baselines run goes in "
                           "--baselines.", problem=f"{adapter_dir} holds a {adapter.adapter_type} adapter")
-    m = adapter.config.n_objectives
-    objectives = tuple(trained.get("objectives", ("helpful", "harmless", "brevity")[:m]))
-    _, held_out = front_pairs(objectives, trained.get("eval_fraction", 0.1))
-    pairs = [p for p in held_out if len(p.labels) == m][: cfg.eval_pairs] or held_out[: cfg.eval_pairs]
-    grid = simplex_grid(m, cfg.n_partitions)
-    common = dict(beta=cfg.beta, max_length=cfg.max_length, batch_size=cfg.batch_size)
+    return adapter
 
-    policy = PreferenceLoRAPolicy(adapter)
-    if cfg.reward_models:
-        rewards = load_reward_models(cfg.reward_models, objectives)
-        with policy.reference():
-            point = reward_reference(cfg.reference_point, model, tokenizer, pairs, rewards, objectives,
-                                     max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
-                                     batch_size=cfg.batch_size)
-        print(f"HV reference point for rewards: {[round(x, 4) for x in point]} ({cfg.reference_point})")
-        common.update(reward_models=rewards, reference_point=point, max_new_tokens=cfg.max_new_tokens)
-    reference = reference_logprobs(model, tokenizer, policy, pairs, max_length=cfg.max_length, batch_size=cfg.batch_size)
-    results = [evaluate_front(model, tokenizer, policy, pairs, objectives, grid, reference_logps=reference,
-                              method="preference_lora", **common)]
-    adapter.detach()
-    for directory in map(Path, cfg.baselines):
-        for mode in ("linear", "cat"):
-            baseline = load_front_policy(model, directory, mode=mode)
-            grid_points = [list(p) for p in baseline.grid] if isinstance(baseline, GridPolicy) else grid
-            results.append(evaluate_front(model, tokenizer, baseline, pairs, objectives, grid_points,
-                                          reference_logps=reference, method=f"{directory.name}_{mode}", **common))
-            baseline.adapter.detach()
-            if isinstance(baseline, GridPolicy):
-                break  # one LoRA per grid point: nothing to interpolate, so no "cat" variant
+
+def reward_scoring(cfg: Config, model, tokenizer, policy, pairs, objectives) -> dict:
+    """evaluate_front's keywords for a real eval: the reward models, and the HV reference point fixed
+    on the base model (the policy's reference) before any method is scored."""
+    rewards = load_reward_models(cfg.reward_models, objectives)
+    with policy.reference():
+        point = reward_reference(cfg.reference_point, model, tokenizer, pairs, rewards, objectives,
+                                 max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length,
+                                 batch_size=cfg.batch_size)
+    print(f"HV reference point for rewards: {[round(x, 4) for x in point]} ({cfg.reference_point})")
+    return dict(reward_models=rewards, reference_point=point, max_new_tokens=cfg.max_new_tokens)
+
+
+def write_front(out: Path, results: list, objectives, n_pairs: int) -> Path:
+    """front.csv, front.json and front.png under ``out``; prints the indicators' table; returns the plot."""
+    from parsona.evaluate import compare, format_table, plot_front
+    from parsona.io import write_json
 
     rows = compare(results)
     write_csv(out / "front.csv", [row for r in results for row in r.rows()])
-    write_json(out / "front.json", {"objectives": list(objectives), "eval_pairs": len(pairs),
+    write_json(out / "front.json", {"objectives": list(objectives), "eval_pairs": n_pairs,
                                     "methods": [json.loads(r.to_json()) for r in results], "indicators": rows})
     plot = plot_front(results, out / "front.png")
     print(format_table(rows, list(rows[0])))
     print(f"\nfront: {out / 'front.csv'}, {out / 'front.json'}\nplot:  {plot}")
     return plot
+
+
+def main(cfg: Config) -> Path:
+    from parsona.base_model import load_base_model, model_for
+    from parsona.front_policies import PreferenceLoRAPolicy
+    from parsona.fronts import evaluate_methods
+    from parsona.objectives import simplex_grid
+
+    adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
+    trained = training_config(adapter_dir)
+    model, tokenizer = load_base_model(model_for(cfg.model, adapter_dir))   # every command's --model rule
+    policy = PreferenceLoRAPolicy(load_preference_adapter(model, adapter_dir))
+    m = policy.n_objectives
+    objectives = tuple(trained.get("objectives", ("helpful", "harmless", "brevity")[:m]))
+    pairs = held_out_pairs(trained, objectives, cfg.eval_pairs)
+    policies, grids = method_builders(model, policy, cfg.baselines)   # a bad baseline dir fails here, early
+    common = dict(beta=cfg.beta, max_length=cfg.max_length, batch_size=cfg.batch_size)
+    if cfg.reward_models:
+        common.update(reward_scoring(cfg, model, tokenizer, policy, pairs, objectives))
+    # One reference pass (the base model) serves every method; each adapter is detached once scored.
+    results = evaluate_methods(model, tokenizer, policies, pairs, objectives, simplex_grid(m, cfg.n_partitions),
+                               grids=grids, **common)
+    return write_front(out, results, objectives, len(pairs))
 
 
 if __name__ == "__main__":

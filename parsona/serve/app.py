@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import json
 import secrets
-import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,19 +30,23 @@ from parsona.store import NotFound, Store
 
 from . import schemas as S
 from .batcher import Batcher
-from .guard import ApiError, Guard, install_error_handlers, unauthorized
+from .guard import ApiError, Guard, RateLimiter, install_error_handlers, unauthorized
 from .metrics import Metrics
 from .training import Trainer
 from .uploads import extract_archive
 
-ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 413)}
+ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413, 429)}
+DISCONNECT_POLL_S = 0.5  # how often a waiting handler checks that its client is still there
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "application/octet-stream")
 
 
 def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None = None,
                trainer: Trainer | None = None, max_body_bytes: int = 1 << 20, max_upload_bytes: int = 64 << 20,
-               max_batch_size: int = 16, batch_wait_s: float = 0.01) -> FastAPI:
-    """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training."""
+               max_batch_size: int = 16, batch_wait_s: float = 0.01, rate_limit: float = 20.0, rate_burst: int = 40,
+               body_timeout_s: float = 30.0) -> FastAPI:
+    """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training.
+    ``rate_limit`` requests per second per user (bursts of ``rate_burst``; 0: no limit); a body not
+    received within ``body_timeout_s`` is a 408."""
     metrics = Metrics()
     batcher = Batcher(host, metrics, max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
     started = int(time.time())
@@ -51,15 +54,20 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        store.recover()        # after a crash: sweep dead servers' temp folders, fail the jobs they were running
+        if trainer is not None:
+            trainer.start()    # requeue the jobs the store still holds as queued (the old queue died with its server)
         yield
         batcher.close()
+        store.release_temp()   # a clean stop leaves no temp folder (uvicorn re-raises SIGTERM: no code runs after it)
 
     app = FastAPI(title="Parsona", version="0.1.0", lifespan=lifespan,
                   description="One base model, many users: OpenAI-compatible generation where every request "
                               "carries its own preference vector and its own LoRA.")
     app.state.host, app.state.store, app.state.batcher, app.state.metrics = host, store, batcher, metrics
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes,
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s,
                        large_bodies={("POST", "/v1/adapters"): max_upload_bytes})
+    limiter = RateLimiter(rate_limit, rate_burst)
 
     def user_of(credentials: Optional[HTTPAuthorizationCredentials]) -> str | None:
         return store.authenticate(credentials.credentials) if credentials is not None else None
@@ -72,6 +80,7 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         user_id = user_of(credentials)
         if user_id is None:
             raise unauthorized()
+        limiter.take(user_id)  # 429 past the user's rate: one user cannot starve the others
         return user_id
 
     def admin(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
@@ -104,9 +113,11 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     @app.post("/v1/chat/completions", response_model=S.ChatCompletion, responses=ERRORS, tags=["generation"],
               summary="Chat completion (OpenAI-compatible; SSE when stream is true)")
-    async def chat_completions(body: ChatRequest, user_id: str = Depends(caller)):
+    async def chat_completions(body: ChatRequest, request: Request, user_id: str = Depends(caller)):
         max_tokens = body.max_completion_tokens or body.max_tokens or 64
-        prepared = host.prepare(to_host(body, user_id, max_tokens, messages=[m.model_dump() for m in body.messages]))
+        # tokenizing a long prompt takes a while: off the event loop, so /healthz and streams go on
+        prepared = await run_in_threadpool(host.prepare, to_host(body, user_id, max_tokens,
+                                                                 messages=[m.model_dump() for m in body.messages]))
         cid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             def chunk(delta: dict, finish=None, usage=None, choices=True) -> dict:
@@ -114,14 +125,14 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
                     S.ChunkChoice(index=0, delta=S.Delta(**delta), finish_reason=finish)] if choices else []).model_dump()
             return sse(prepared, body, lambda text: chunk({"content": text}), lambda done: chunk({}, done.finish_reason),
                        lambda usage: chunk({}, usage=usage, choices=False), first=chunk({"role": "assistant"}))
-        done = await batcher.submit(prepared)
+        done = await answered(request, prepared)
         return S.ChatCompletion(id=cid, created=created, model=model_id, usage=usage_of(done), choices=[
             S.ChatChoice(index=0, message=S.AssistantMessage(content=done.text), finish_reason=done.finish_reason)])
 
     @app.post("/v1/completions", response_model=S.TextCompletion, responses=ERRORS, tags=["generation"],
               summary="Text completion (OpenAI-compatible; SSE when stream is true)")
-    async def completions(body: CompletionRequest, user_id: str = Depends(caller)):
-        prepared = host.prepare(to_host(body, user_id, body.max_tokens or 16, prompt=body.prompt))
+    async def completions(body: CompletionRequest, request: Request, user_id: str = Depends(caller)):
+        prepared = await run_in_threadpool(host.prepare, to_host(body, user_id, body.max_tokens or 16, prompt=body.prompt))
         cid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             def chunk(text: str, finish=None, usage: S.Usage | None = None, choices=True) -> dict:
@@ -130,9 +141,19 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
                         **({"usage": usage.model_dump()} if usage is not None else {})}
             return sse(prepared, body, chunk, lambda done: chunk("", done.finish_reason),
                        lambda usage: chunk("", usage=usage, choices=False))
-        done = await batcher.submit(prepared)
+        done = await answered(request, prepared)
         return S.TextCompletion(id=cid, created=created, model=model_id, usage=usage_of(done), choices=[
             S.TextChoice(index=0, text=done.text, finish_reason=done.finish_reason)])
+
+    async def answered(request: Request, prepared) -> Completion:
+        """The batcher's answer; if the client disconnects first, its row stops decoding."""
+        task = asyncio.ensure_future(batcher.submit(prepared))
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                prepared.cancel.set()
+                task.cancel()
+        return task.result()
 
     def sse(prepared, body, piece, last, usage_chunk, first: dict | None = None) -> StreamingResponse:
         """Server-sent events: text pieces as they become final, the finish reason, then [DONE]."""
@@ -140,10 +161,15 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
             queue: asyncio.Queue = asyncio.Queue()
             task = asyncio.ensure_future(batcher.submit(prepared, on_delta=queue.put_nowait))
             task.add_done_callback(lambda _: queue.put_nowait(None))  # runs after every delta was queued
-            if first is not None:
-                yield f"data: {json.dumps(first)}\n\n"
-            while (text := await queue.get()) is not None:
-                yield f"data: {json.dumps(piece(text))}\n\n"
+            try:
+                if first is not None:
+                    yield f"data: {json.dumps(first)}\n\n"
+                while (text := await queue.get()) is not None:
+                    yield f"data: {json.dumps(piece(text))}\n\n"
+            finally:  # the client left mid-stream (the generator is closed): stop decoding its row
+                if not task.done():
+                    prepared.cancel.set()
+                    task.cancel()
             exc = task.exception()
             if exc is not None:  # the headers are sent: the error travels as an event
                 known = isinstance(exc, (ConfigError, NotFound))
@@ -203,12 +229,13 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
     def store_upload(user_id: str, data: bytes, name: str) -> dict:
         from parsona.adapters.peft_format import read_peft_lora
 
-        with tempfile.TemporaryDirectory(prefix="parsona-upload-") as tmp:
-            extract_archive(data, Path(tmp), max_bytes=4 * max_upload_bytes)
+        store.require_adapter_slot(user_id)  # QuotaExceeded before unpacking anything
+        with store.temp_dir("upload-") as tmp:   # inside the store: swept on restart if we are killed mid-upload
+            extract_archive(data, tmp, max_bytes=4 * max_upload_bytes)
             try:
-                weights = read_peft_lora(tmp)
+                weights = read_peft_lora(str(tmp))
             except ConfigError as exc:  # name the request field, not our temporary path
-                raise ConfigError("file", exc.fix, problem=f"{exc.field.replace(tmp + '/', '')}: {exc.problem}") from None
+                raise ConfigError("file", exc.fix, problem=f"{exc.field.replace(f'{tmp}/', '')}: {exc.problem}") from None
             host.check_lora(weights)
             adapter_id = store.put_adapter(user_id, tmp, "lora", name)
         return store.get_adapter(user_id, adapter_id)
@@ -255,9 +282,10 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         return S.Health(model=model_id)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS, tags=["operations"],
-             summary="Prometheus metrics: requests, latency, batch sizes, resident LoRAs")
+             summary="Prometheus metrics: requests, latency, batch sizes, resident LoRAs (admin key: it is "
+                     "every user's traffic)")
     def metrics_text(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)):
-        if not (is_admin(credentials) or user_of(credentials) is not None):
+        if not is_admin(credentials):
             raise unauthorized()
         return metrics.render(len(host.resident_loras), host.max_resident_loras, batcher.queued)
 

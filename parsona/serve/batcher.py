@@ -47,7 +47,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put(_Item(prepared, future, loop, on_delta))
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: its row stops at the next decode step
+            prepared.cancel.set()
+            raise
 
     def close(self) -> None:
         self._stop.set()

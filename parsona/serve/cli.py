@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from parsona.cli_types import DeprecatedAlias, port_arg, preference_arg
+from parsona.cli_types import DeprecatedAlias, port_arg, positive_int, preference_arg
 
 ADMIN_ENV = "PARSONA_ADMIN_KEY"
 KEEP_ALIVE_S = 60  # uvicorn's 5 s default dropped requests under 1,000 concurrent loopback clients
@@ -37,6 +37,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default: 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default: 10)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest adapter upload (default: 64)")
+    p.add_argument("--max-jobs-per-user", type=int, default=2,
+                   help="training jobs one user may have queued or running at once (default: 2); more answer 429")
+    p.add_argument("--max-adapters-per-user", type=int, default=32,
+                   help="adapters one user may store, queued training jobs included (default: 32); more answer 429")
+    p.add_argument("--max-history-items", type=int, default=10_000,
+                   help="history items one user may store (default: 10000); more answer 429")
+    p.add_argument("--max-history-mb", type=float, default=16.0,
+                   help="history one user may store, in MiB of UTF-8 text and metadata (default: 16); more answer 429")
+    p.add_argument("--rate-limit", type=float, default=20.0,
+                   help="requests per second per user, on average (default: 20; 0: no limit); more answer 429")
+    p.add_argument("--rate-burst", type=positive_int, default=40, help="requests one user may send at once (default: 40)")
+    p.add_argument("--body-timeout-s", type=float, default=30.0,
+                   help="a request body not received within this many seconds answers 408 (default: 30)")
+    p.add_argument("--max-connections", type=positive_int, default=512,
+                   help="open connections at once; more answer 503 (default: 512)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
     p.set_defaults(func=cmd_serve)
     return p
@@ -48,11 +63,14 @@ def build_app(args):
     from parsona.base_model import DEFAULT_MODEL, load_base_model, model_for
     from parsona.errors import ConfigError
     from parsona.host import Host
-    from parsona.store import Store
+    from parsona.store import Quotas, Store
 
     from .app import create_app
     from .training import Trainer
 
+    quotas = Quotas(max_jobs_per_user=args.max_jobs_per_user, max_adapters_per_user=args.max_adapters_per_user,
+                    max_history_items=args.max_history_items,
+                    max_history_bytes=int(args.max_history_mb * (1 << 20)))   # checked before the model loads
     args.model = model_for(args.model, args.preference_adapter)  # default: the base the adapter was trained on
     model, tokenizer = load_base_model(args.model)
     preference = None
@@ -61,7 +79,7 @@ def build_app(args):
         if not isinstance(preference, PreferenceLoRA):
             raise ConfigError("--preference-adapter", "Pass a preference LoRA saved with save_adapter (user LoRAs are "
                               "uploaded per user with POST /v1/adapters).", problem=f"it is a {preference.adapter_type} adapter")
-    store = Store(args.store)
+    store = Store(args.store, quotas=quotas)
     defaults = {"preference": args.default_preference} if args.default_preference is not None else None
     host = Host(model, tokenizer, store, preference, max_resident_loras=args.max_resident_loras, defaults=defaults)
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
@@ -71,7 +89,8 @@ def build_app(args):
         if args.model else DEFAULT_MODEL
     return create_app(host, store, model_id=model_id, admin_key=os.environ.get(ADMIN_ENV) or None, trainer=trainer,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_batch_size=args.max_batch_size,
-                      batch_wait_s=args.batch_wait_ms / 1000)
+                      batch_wait_s=args.batch_wait_ms / 1000, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+                      body_timeout_s=args.body_timeout_s)
 
 
 def cmd_serve(args) -> int:
@@ -86,6 +105,7 @@ def cmd_serve(args) -> int:
 
     app = build_app(args)
     print(f"parsona serve: http://{args.host}:{args.port}/v1 (docs at /docs)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=KEEP_ALIVE_S, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=KEEP_ALIVE_S, log_level=args.log_level,
+                limit_concurrency=args.max_connections)
     app.state.store.close()
     return 0

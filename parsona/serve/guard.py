@@ -10,17 +10,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any, Callable
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parsona.errors import ConfigError
-from parsona.store import NotFound
+from parsona.store import NotFound, QuotaExceeded
 
 from .metrics import Metrics
 
@@ -49,11 +52,13 @@ def install_error_handlers(app, is_authenticated: Callable[[Request], bool]) -> 
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "1"} if exc.status == 429 else None
         return error_response(exc.status, exc.kind, exc.message, exc.param, exc.code, headers)
 
     @app.exception_handler(ConfigError)
     async def config_error(request: Request, exc: ConfigError):
+        if isinstance(exc, QuotaExceeded):  # the request is fine; this user holds too much already
+            return error_response(429, "rate_limit_error", str(exc), exc.field, "quota_exceeded", {"Retry-After": "60"})
         return error_response(400, "invalid_request_error", str(exc), exc.field, "invalid_value")
 
     @app.exception_handler(NotFound)
@@ -71,13 +76,44 @@ def install_error_handlers(app, is_authenticated: Callable[[Request], bool]) -> 
         if first.get("type") == "json_invalid":
             return error_response(400, "invalid_request_error", f"body: not valid JSON ({first.get('msg')}). "
                                   "Send a JSON object.", "body", "invalid_json")
+        if first.get("type") == "extra_forbidden" and _is_runtime_input(param):
+            return error_response(400, "invalid_request_error", f"{param}: no adapter on this server takes it. Leave it "
+                                  "out (GET /v1/models lists the conditioning this server takes).", param, "invalid_value")
         fix = "Remove it (see the schema at /docs)." if first.get("type") == "extra_forbidden" else "See the schema at /docs."
         return error_response(400, "invalid_request_error", f"{param}: {first.get('msg')}. {fix}", param, "invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """Routing's own errors (unknown path, wrong method) in the same shape as every other error."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        message = {404: f"{request.url.path[:100]}: no such route (see /docs).",
+                   405: f"{request.method} is not allowed here; use {headers.get('Allow', 'another method')}."}
+        param = "body" if exc.status_code == 400 else None  # FastAPI's own 400: a body it could not parse
+        return error_response(exc.status_code, kind, message.get(exc.status_code, f"{param or 'request'}: {exc.detail}."),
+                              param, {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code), headers or None)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
         return error_response(500, "server_error", "Internal error; it has been logged.", None, "internal")
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """The methods the routes at this path take (what a 405's ``Allow`` header lists)."""
+    from starlette.routing import Match
+
+    return sorted({m for route in app.routes if getattr(route, "methods", None)
+                   and route.matches(scope)[0] == Match.PARTIAL for m in route.methods})  # PARTIAL: path yes, method no
+
+
+def _is_runtime_input(name: str) -> bool:
+    """A runtime input some registered adapter type declares (attached here or not)."""
+    from parsona.adapters import get, names
+
+    return any(name in get(t).input_names() for t in names())
 
 
 def field_name(loc: tuple) -> str:
@@ -89,12 +125,44 @@ def field_name(loc: tuple) -> str:
     return out or "body"
 
 
-class Guard:
-    """ASGI middleware: size limits on request bodies (413) and per-route timing for metrics."""
+class RateLimiter:
+    """A token bucket per user: ``rate`` requests a second on average, bursts of ``burst``.
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, large_bodies: dict[tuple[str, str], int]):
+    Buckets of users idle long enough to be full again are dropped, so memory is bounded by the users
+    active in the last ``burst / rate`` seconds, not by every user there is.
+    """
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = float(rate), max(int(burst), 1)
+        self._buckets: dict[str, tuple[float, float]] = {}   # user -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, user_id: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, when = self._buckets.get(user_id, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - when) * self.rate)
+            if tokens < 1:
+                self._buckets[user_id] = (tokens, now)
+                raise ApiError(429, "rate_limit_error", f"Too many requests: at most {self.rate:g} a second "
+                               f"(bursts of {self.burst}). Retry after a second.", None, "rate_limit_exceeded")
+            self._buckets[user_id] = (tokens - 1, now)
+            if len(self._buckets) > 10_000:
+                full = now - self.burst / self.rate
+                self._buckets = {u: b for u, b in self._buckets.items() if b[1] > full}
+
+
+class Guard:
+    """ASGI middleware: size limits on request bodies (413), a deadline for receiving them (408: a
+    client trickling its body holds no connection for long) and per-route timing for metrics."""
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, large_bodies: dict[tuple[str, str], int],
+                 body_timeout_s: float = 30.0):
         self.app, self.metrics = app, metrics
         self.max_body_bytes, self.large_bodies = max_body_bytes, large_bodies  # (method, path) -> limit
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -111,7 +179,13 @@ class Guard:
             await send(message)
 
         try:
-            body = await _read_body(receive, limit, _content_length(scope))
+            try:
+                body = await asyncio.wait_for(_read_body(receive, limit, _content_length(scope)), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                await _send_json(send_wrapper, 408, {"error": {
+                    "message": f"body: not received within {self.body_timeout_s:g} s. Send it at once.",
+                    "type": "invalid_request_error", "param": "body", "code": "timeout"}})
+                return
             if body is None:
                 await _send_json(send_wrapper, 413, {"error": {
                     "message": f"{param}: larger than {limit} bytes. Send less.", "type": "invalid_request_error",

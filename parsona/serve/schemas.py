@@ -21,7 +21,8 @@ ID = "Opaque id, as returned by this server."
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.5" is not a number and true is not a weight (an int is still a float, as JSON has it)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -120,7 +121,7 @@ def with_runtime_inputs(base: type[_Sampling], inputs) -> type[_Sampling]:
     """``base`` with one optional body field per ``RuntimeInput`` (its name, wire type and description)."""
     fields = {spec.name: (Optional[spec.annotation], Field(None, description=spec.description + (
         " Required unless the server has a default." if spec.required else ""))) for spec in inputs}
-    clash = sorted(set(fields) & set(base.model_fields))
+    clash = sorted(n for n in fields if n in base.model_fields or hasattr(BaseModel, n))
     if clash:
         raise ValueError(f"runtime input {clash[0]!r} would shadow the request field of that name")
     return create_model(base.__name__, __base__=base, __module__=__name__, **fields)

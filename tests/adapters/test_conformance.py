@@ -131,6 +131,8 @@ def test_attach_freezes_the_base(name, tiny_model):
     adapter = attach(tiny_model, get(name).config_cls())
     trainable = {id(p) for p in tiny_model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in adapter.parameters()} and trainable
+    adapter.detach()   # ...and the last detach gives the base back as it was
+    assert all(p.requires_grad for p in tiny_model.parameters())
 
 
 @pytest.mark.parametrize("name", TYPES)

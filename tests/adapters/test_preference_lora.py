@@ -233,3 +233,27 @@ def test_a_preference_tensor_changed_in_place_is_seen(trained, input_ids):
         second = model(input_ids).logits
     torch.testing.assert_close(second, logits(model, adapter, input_ids, [[0.0, 1.0]] * len(input_ids)))
     assert (second - first).abs().max() > 1e-3
+
+
+def test_an_adapter_names_its_base_and_refuses_a_base_of_another_shape(tmp_path):
+    import json
+    import warnings
+
+    from parsona.adapters import load_adapter, save_adapter
+
+    base = tiny_causal_lm()
+    base.name_or_path = "org/tiny-a"
+    save_adapter(attach(base, PreferenceLoRAConfig(rank=2)), tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "org/tiny-a" and saved["base_model_shape"]["hidden_size"] == 32
+    renamed = tiny_causal_lm()
+    renamed.name_or_path = "/elsewhere/tiny-a-copy"        # the same model under another name: a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_adapter(renamed, tmp_path / "a")
+    assert any("trained on 'org/tiny-a'" in str(w.message) for w in caught)
+    wider = tiny_causal_lm(hidden_size=64, intermediate_size=128)
+    wider.name_or_path = "org/tiny-b"
+    with pytest.raises(ConfigError, match="hidden_size 32 vs 64") as err:
+        load_adapter(wider, tmp_path / "a")
+    assert "--model org/tiny-a" in str(err.value)

@@ -4,6 +4,7 @@ docstring and the README show still parse (a renamed or retyped flag would break
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import shlex
 import sys
@@ -23,12 +24,17 @@ DOCUMENTED = {
     "adapter_overhead": ["", "--tiny", "--profile bank_users", "--threads 1 --no-decode --all-logits"],
     "serve": ["", "--tiny --rounds 1"],
     "reward_accuracy": ["", "--max-pairs 200", "--save-dir runs/rewards", "--C 0.5 --tfidf-C 2"],
+    "train_speed": ["", "--contenders parsona --profile", "--tiny", "--tiny --contenders parsona",
+                    "--no-trl-gradient-checkpointing", "--no-all-labels-only --loss ipo --threads 0"],
 }
 BAD = {"front_quality": ("--methods pref_linear,nope", "methods"), "adapter_overhead": ("--batch 0", "batch"),
-       "serve": ("--rounds 0", "rounds"), "reward_accuracy": ("--eval-fraction 1.5", "eval_fraction")}
+       "serve": ("--rounds 0", "rounds"), "reward_accuracy": ("--eval-fraction 1.5", "eval_fraction"),
+       "train_speed": ("--parsona-steps 0", "parsona_steps")}
 
 
 def load(name: str):
+    if str(BENCH) not in sys.path:   # as when run as a script: bench/ first (train_speed imports step_clock)
+        sys.path.insert(0, str(BENCH))
     if name not in sys.modules:   # config_cli reads a Config's field docs and type hints through its module
         spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -56,8 +62,8 @@ def test_defaults_are_the_configs_and_help_lists_every_field(name, capsys):
         run_recipe(bench.Config, bench.main, ["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for field in bench.Config.__dataclass_fields__:
-        assert "--" + field.replace("_", "-") in text
+    for field in dataclasses.fields(bench.Config):   # internal fields (train_speed's --worker) stay out of --help
+        assert ("--" + field.name.replace("_", "-") in text) != bool(field.metadata.get("internal"))
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
@@ -69,3 +75,46 @@ def test_a_bad_value_is_a_config_error_naming_the_field(name, capsys):
     with pytest.raises(SystemExit) as done:            # on the command line: exit 2 and the message, no traceback
         run_recipe(bench.Config, bench.main, shlex.split(line))
     assert done.value.code == 2 and f"error: {field}:" in capsys.readouterr().err
+
+
+# -- train_speed: what its own parsing has to keep ------------------------------------------------
+
+def test_train_speed_recipe_flags_follow_the_recipes_defaults_and_types():
+    import typing
+
+    from parsona.recipes.train_preference_lora import Config as Recipe
+
+    bench, recipe = load("train_speed").Config, Recipe()
+    ours, theirs = typing.get_type_hints(bench), typing.get_type_hints(Recipe)
+    for name in load("train_speed").RECIPE_FLAGS:
+        assert getattr(bench(), name) == getattr(recipe, name) and ours[name] == theirs[name], name
+
+
+def test_train_speed_commands_parse_back_to_their_config():
+    """command(cfg) is printed for people to rerun; the worker's argv is what each subprocess parses."""
+    bench = load("train_speed")
+    cfg = parse(bench, "--tiny --contenders parsona --learning-rate 1e-3 --no-all-labels-only --model ''")
+    assert parse(bench, shlex.join(shlex.split(bench.command(cfg))[2:])) == cfg
+    assert "--worker" not in bench.command(cfg) and "--result-file" not in bench.command(cfg)
+    child = dataclasses.replace(cfg, worker="parsona", result_file="/tmp/r.json")
+    assert parse(bench, shlex.join(bench.flags(child, internal=True))) == child
+
+
+def test_train_speed_refuses_through_the_recipes_own_checks_and_a_missing_trl(capsys):
+    bench = load("train_speed")
+    with pytest.raises(ConfigError) as err:                  # checked by the recipe's Config, same field name
+        parse(bench, "--loss nope")
+    assert err.value.field == "loss"
+    with pytest.raises(ConfigError) as err:
+        parse(bench, "--worker nope")
+    assert err.value.field == "worker"
+    if importlib.util.find_spec("trl") is None:              # before any contender starts: exit 2, one line
+        with pytest.raises(SystemExit) as done:
+            run_recipe(bench.Config, bench.main, [])
+        assert done.value.code == 2 and "error: contenders: trl is not installed" in capsys.readouterr().err
+
+
+def test_run_recipe_returns_what_main_returns():
+    """A bench turns it into its exit status: sys.exit(0 if run_recipe(Config, main) else 1)."""
+    bench = load("train_speed")
+    assert run_recipe(bench.Config, lambda cfg: ("ran", cfg.seed), ["--seed", "3"]) == ("ran", 3)

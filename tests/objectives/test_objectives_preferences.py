@@ -44,10 +44,20 @@ def test_preference_vector_rejects_bad_input(raw, expected_m, problem):
     assert err.value.fix  # says how to fix it
 
 
-def test_preference_vector_sum_tolerance_is_1e6():
-    PreferenceVector([0.5, 0.5 + 5e-7])
+def test_one_sum_tolerance_everywhere_1e5_on_the_values_as_given():
+    from parsona.simplex import check_preference
+
+    PreferenceVector([0.33333, 0.33333, 0.33334])                 # 5 decimals pass
+    PreferenceVector([0.5, 0.5 + 9e-6])
     with pytest.raises(ConfigError):
-        PreferenceVector([0.5, 0.5 + 5e-6])
+        PreferenceVector([0.5, 0.5 + 2e-5])
+    # a batch, a single vector and a list are judged alike (a list is not rounded to float32 first)
+    check_preference([[0.5, 0.5 + 9e-6]], batched=True)
+    with pytest.raises(ConfigError):
+        check_preference([[0.5, 0.5 + 2e-5]], batched=True)
+    with pytest.raises(ConfigError):
+        validate_preferences([[0.5, 0.5 + 2e-5]], 2)
+    assert PreferenceVector(np.array([0.75, 0.25])[::-1]).values == (0.25, 0.75)   # a strided view
 
 
 # --- validate_preferences --------------------------------------------------------------------

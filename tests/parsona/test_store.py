@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import secrets
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 import parsona.store_checks as store_checks
 from parsona.errors import ConfigError
-from parsona.store import NotFound, Store
+from parsona.store import INTERRUPTED, SCHEMA_VERSION, CorruptAdapter, NotFound, Store
 
 
 @pytest.fixture
@@ -252,6 +253,181 @@ def test_failed_insert_removes_the_copied_files(store, tmp_path, monkeypatch):
     assert adapter_dirs(store) == [kept] and adapter_rows(store) == 1
 
 
+def test_verified_adapter_path_checks_the_stored_sha256(store, tmp_path, monkeypatch):
+    alice, _ = store.create_user()
+    adapter = store.put_adapter(alice, make_adapter_dir(tmp_path / "src"), "lora", "x")
+    weights = store.adapters_dir / adapter / "adapter.safetensors"
+    assert store.verified_adapter_path(alice, adapter) == store.adapter_path(alice, adapter)
+    original = weights.read_bytes()
+    flipped = bytearray(original)
+    flipped[-1] ^= 0xFF
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptAdapter) as err:
+        store.verified_adapter_path(alice, adapter)
+    assert err.value.field == "adapter" and adapter in str(err.value) and "Upload the adapter again" in str(err.value)
+    assert isinstance(err.value, ConfigError)
+    weights.write_bytes(original)
+    assert store.verified_adapter_path(alice, adapter).is_dir()  # back as it was: accepted again
+    (store.adapters_dir / adapter / "extra.json").write_text("{}")  # an added file is a change too
+    with pytest.raises(CorruptAdapter):
+        store.verified_adapter_path(alice, adapter)
+    (store.adapters_dir / adapter / "extra.json").unlink()
+    weights.unlink()
+    with pytest.raises(CorruptAdapter, match="no longer match"):
+        store.verified_adapter_path(alice, adapter)
+    bob, _ = store.create_user()
+    with pytest.raises(NotFound):  # scoped like adapter_path
+        store.verified_adapter_path(bob, adapter)
+
+
+def test_verification_is_cached_until_a_file_changes(store, tmp_path, monkeypatch):
+    alice, _ = store.create_user()
+    adapter = store.put_adapter(alice, make_adapter_dir(tmp_path / "src"), "lora", "x")
+    real, calls = store_checks.adapter_digest, []
+    monkeypatch.setattr("parsona.store.adapter_digest", lambda path: calls.append(path) or real(path))
+    for _ in range(5):
+        store.verified_adapter_path(alice, adapter)
+    assert len(calls) == 1  # a resident LoRA is not rehashed on every request
+    os.utime(store.adapters_dir / adapter / "adapter_config.json", ns=(1, 1))
+    store.verified_adapter_path(alice, adapter)
+    assert len(calls) == 2
+    store.delete_adapter(alice, adapter)
+    with pytest.raises(NotFound):
+        store.verified_adapter_path(alice, adapter)
+
+
+# ---- crash recovery -------------------------------------------------------------------------
+
+DEAD_PROCESS = """
+import sys, time
+from parsona.store import Store
+s = Store(sys.argv[1])
+job = s.create_job(sys.argv[2], "lora", {})
+assert s.claim_job(job)
+with s.temp_dir("upload-") as tmp:
+    (tmp / "half.safetensors").write_bytes(b"x" * 1000)
+    print(job, flush=True)
+    time.sleep(60)
+"""
+
+
+def run_and_kill(root: Path, user: str) -> str:
+    """A process that claims a job and is writing a temp file when it is killed -9; returns the job id."""
+    proc = subprocess.Popen([sys.executable, "-c", DEAD_PROCESS, str(root), user], stdout=subprocess.PIPE, text=True)
+    try:
+        job = proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert job.startswith("job_"), job
+    return job
+
+
+def test_recover_sweeps_and_fails_only_what_dead_processes_left(store, tmp_path):
+    alice, _ = store.create_user()
+    kept = store.put_adapter(alice, make_adapter_dir(tmp_path / "src"), "lora", "kept")
+    dead_job = run_and_kill(store.root, alice)
+    legacy = store.adapters_dir / f".{kept}.tmp-abc123"  # what atomic_dir left when killed mid-copy
+    legacy.mkdir()
+    (legacy / "adapter.safetensors").write_bytes(b"partial")
+    queued = store.create_job(alice, "lora", {"n": 1})
+    dead_token = next(e for e in os.listdir(store.tmp_root) if e != store._temp_area().token and "." not in e)
+    assert (store.tmp_root / dead_token / os.listdir(store.tmp_root / dead_token)[0] / "half.safetensors").exists()
+    live = Store(store.root)  # another live server on the same store: its job and temp files stay
+    try:
+        live_job = live.create_job(store.create_user()[0], "lora", {})
+        assert live.claim_job(live_job)
+        with live.temp_dir("upload-") as live_tmp:
+            done = store.recover()
+            assert live_tmp.is_dir()
+            assert sorted(done["swept"]) == sorted([f"tmp/{dead_token}", f"adapters/{legacy.name}"])
+            assert live.get_job(_owner(live, live_job), live_job)["status"] == "running"
+        assert dead_job in done["failed_jobs"] and live_job not in done["failed_jobs"]
+        assert f"adapters/{legacy.name}" in done["swept"] and not legacy.exists()
+        job = store.get_job(alice, dead_job)
+        assert job["status"] == "failed" and job["message"] == INTERRUPTED and "restarted" in job["message"]
+        assert store.get_job(alice, queued)["status"] == "queued"  # the trainer requeues it
+        assert [j["job_id"] for j in store.queued_jobs()] == [queued]
+        leftovers = sorted(os.listdir(store.tmp_root))
+        assert leftovers == sorted([store._temp_area().token, f"{store._temp_area().token}.lock",
+                                    live._temp_area().token, f"{live._temp_area().token}.lock"])
+        assert adapter_dirs(store) == [kept] and store.verified_adapter_path(alice, kept).is_dir()
+    finally:
+        live.close()
+    # closed cleanly: no temp files left, but the job it was running is now interrupted too
+    assert store.recover() == {"swept": [], "failed_jobs": [live_job]}
+    assert sorted(os.listdir(store.tmp_root)) == sorted([store._temp_area().token, f"{store._temp_area().token}.lock"])
+
+
+def _owner(store: Store, job_id: str) -> str:
+    return store._conn().execute("SELECT user_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]
+
+
+def test_claim_job_runs_a_job_once(store):
+    alice, _ = store.create_user()
+    job = store.create_job(alice, "lora", {})
+    assert store.claim_job(job, message="go") is True
+    assert store.claim_job(job) is False  # queued twice, or taken by another server
+    assert store.get_job(alice, job)["status"] == "running" and store.get_job(alice, job)["message"] == "go"
+    assert "worker" not in store.get_job(alice, job)
+    store.update_job(job, status="succeeded")
+    assert store.claim_job(job) is False
+
+
+def test_release_temp_keeps_the_folder_while_it_is_in_use(store):
+    alice, _ = store.create_user()
+    job = store.create_job(alice, "lora", {})
+    assert store.claim_job(job)
+    assert store.release_temp() is False  # a job claimed here still runs: its owner must stay alive
+    store.update_job(job, status="succeeded")
+    with store.temp_dir() as tmp:
+        assert store.release_temp() is False and tmp.is_dir()
+    assert store.release_temp() is True and os.listdir(store.tmp_root) == []
+    with store.temp_dir() as tmp:  # a new folder on the next use
+        assert tmp.is_dir()
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    user, item, job = (f"{p}_{secrets.token_hex(16)}" for p in ("usr", "itm", "job"))
+    with sqlite3.connect(root / "parsona.sqlite3") as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.execute("INSERT INTO users VALUES (?, 0)", (user,))
+        conn.execute("INSERT INTO history (item_id, user_id, text, kind, metadata, created_at)"
+                     " VALUES (?, ?, 'héllo', 'note', '{\"a\": 1}', 0)", (item, user))
+        conn.execute("INSERT INTO jobs VALUES (?, ?, 'lora', '{}', 'running', 0.5, '', 0, 0, NULL)", (job, user))
+    with Store(root) as s:
+        assert s._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert s.usage(user) == {"jobs": 1, "adapters": 0, "history_items": 1,
+                                 "history_bytes": len("héllo".encode()) + len("note") + len('{"a": 1}')}
+        assert s.recover()["failed_jobs"] == [job]  # a version-1 job records no owner: nobody is running it
+        s.add_history(user, ["more"])
+        assert s.usage(user)["history_items"] == 2
+
+
+_V1_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE users (user_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE api_keys (key_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    created_at REAL NOT NULL);
+CREATE TABLE history (seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    text TEXT NOT NULL, kind TEXT, metadata TEXT, created_at REAL NOT NULL);
+CREATE INDEX history_user ON history(user_id, seq);
+CREATE TABLE adapters (adapter_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    adapter_type TEXT NOT NULL, name TEXT NOT NULL, created_at REAL NOT NULL,
+    size_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, status TEXT NOT NULL);
+CREATE INDEX adapters_user ON adapters(user_id, created_at);
+CREATE TABLE jobs (job_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    kind TEXT NOT NULL, params TEXT NOT NULL, status TEXT NOT NULL, progress REAL NOT NULL, message TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    adapter_id TEXT REFERENCES adapters(adapter_id) ON DELETE SET NULL);
+CREATE INDEX jobs_user ON jobs(user_id, created_at);
+"""
+
+
 # ---- history and jobs -----------------------------------------------------------------------
 
 def test_history_order_limit_and_validation(store):
@@ -278,8 +454,10 @@ def test_job_lifecycle(store):
     with pytest.raises(ConfigError, match="status"):
         store.update_job(job, status="running")  # finished jobs are final
     for bad in ({"status": "done"}, {"progress": 1.5}, {"progress": float("nan")}):
-        with pytest.raises(ConfigError):
-            store.update_job(store.create_job(alice, "lora", {}), **bad)
+        other = store.create_job(alice, "lora", {})
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            store.update_job(other, **bad)
+        store.update_job(other, status="failed")  # under the jobs quota for the next round
     with pytest.raises(ConfigError, match="params"):
         store.create_job(alice, "lora", {"x": object()})
 
@@ -329,7 +507,7 @@ def test_reopening_sees_the_data_and_wal_is_on(tmp_path):
         assert s.get_job(alice, job)["params"] == {"rank": 8}
         assert s._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 5000
-        assert s._conn().execute("SELECT version FROM schema_version").fetchone()[0] == 1
+        assert s._conn().execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_closed_store_refuses_use(tmp_path):

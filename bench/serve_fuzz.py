@@ -1,0 +1,400 @@
+"""Schemathesis against a real ``parsona serve`` on loopback: the long run of the schema fuzz (issue 15).
+
+``tests/parsona/test_serve_fuzz.py`` is the short run in CI (in-process, one user, a stubbed trainer).
+This one starts ``parsona serve`` (uvicorn, 127.0.0.1 only) on a tiny random model with a preference
+LoRA and the real per-user training recipe, registers ``--users`` users, each uploading one PEFT LoRA
+and a little history, then runs schemathesis's engine (what ``schemathesis run`` drives: examples,
+coverage and fuzzing phases, stateful if it finds links) once per user, the users in parallel threads,
+each with its own key, its own LoRA id in the generated bodies and its own seed. ``POST /v1/users`` is
+sent with the admin key. Checks: ``not_a_server_error``, ``status_code_conformance``,
+``response_schema_conformance``.
+
+Bounded by count: ``--examples`` fuzzed cases per operation per user (plus the coverage phase's fixed
+set); ``--max-seconds`` also stops the engine (the run is then marked incomplete, a FAIL).
+
+Generation is steered as in the test: ``model`` is the served one in 90% of the bodies and ``adapter``
+the user's own LoRA in half of them, the server has a default preference, valid ``temperature`` /
+``top_p`` values at the float edges (5e-324, 1e-40, ...) are mixed in, and a generated ``max_tokens``
+in (``--max-tokens-cap``, 512] is cut to at most the cap (the schema has no upper bound; 0 keeps them).
+
+Printed: requests and status codes per operation, 5xx, distinct schema violations (each with its
+curl), the server log's internal errors by exception, whether any user's listing shows another's
+adapter, PASS/FAIL per target and the command.
+
+    .venv/bin/python bench/serve_fuzz.py                              # 3 users × 200 examples, a few minutes
+    .venv/bin/python bench/serve_fuzz.py --users 1 --examples 20      # smoke run
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from parsona.errors import ConfigError
+
+ADMIN = "fuzz-bench-admin"
+CHECKS = ("not_a_server_error", "status_code_conformance", "response_schema_conformance")
+EDGE_FLOATS = [5e-324, 1e-300, 1e-40, 1e-8, 1.0]
+
+
+@dataclass
+class Config:
+    """Every field is a flag: ``max_seconds`` is ``--max-seconds``."""
+
+    users: int = 3
+    """Users fuzzing at once, each with its own key, LoRA and seed."""
+    examples: int = 200
+    """Fuzzed cases per operation per user (the coverage phase adds a fixed set)."""
+    seed: int = 15
+    """Seed of user 0's engine; user i uses seed + i."""
+    max_tokens_cap: int = 32
+    """Generated max_tokens / max_completion_tokens in (cap, 512] are cut to 1..cap; 0: left as generated."""
+    max_seconds: float = 900.0
+    """Time limit of each user's engine (the run is incomplete, FAIL, if it is reached)."""
+    model: str | None = None
+    """Model dir or id to serve; None: a tiny random model (save_tiny_model)."""
+    batch_wait_ms: float = 10.0
+    """The server's --batch-wait-ms."""
+
+    def __post_init__(self) -> None:
+        for name in ("users", "examples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.max_tokens_cap < 0:
+            raise ConfigError("max_tokens_cap", "Use 0 (no cap) or a whole number ≥ 1.", problem=f"got {self.max_tokens_cap}")
+        if not self.max_seconds > 0:
+            raise ConfigError("max_seconds", "Use a number of seconds > 0.", problem=f"got {self.max_seconds}")
+
+
+def command(cfg: Config, script: str = "bench/serve_fuzz.py") -> str:
+    """The command line that reproduces ``cfg``, every field spelled out."""
+    parts = [".venv/bin/python", script]
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        parts += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# -- a server on loopback (bench/scale.py uses these too) ------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, args: list[str], admin_key: str = ADMIN) -> tuple[subprocess.Popen, str, Path]:
+    """``parsona serve --store STORE ARGS`` on 127.0.0.1 and a free port, once /healthz answers:
+    (process, base url, its log file)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "parsona.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--store", str(store), *args]
+    log = store.with_suffix(".log")
+    with open(log, "wb") as stderr:   # the child keeps its own handle
+        proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": admin_key}, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base, log
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise SystemExit(f"server did not start (exit status {proc.wait()}): {shlex.join(cmd)}\n{tail}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def tiny_server_files(tmp: Path, preference_rank: int = 2) -> tuple[Path, Path]:
+    """A tiny random model dir and a preference LoRA saved for it: (model dir, adapter dir)."""
+    from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
+    from parsona.base_model import load_base_model, save_tiny_model
+
+    model_dir = save_tiny_model(tmp / "tiny")
+    model, _ = load_base_model(str(model_dir), device="cpu")
+    save_adapter(attach(model, PreferenceLoRAConfig(rank=preference_rank, n_objectives=2)), tmp / "pref")
+    return model_dir, tmp / "pref"
+
+
+def lora_archive(model, rank: int, seed: int, targets=("q_proj", "v_proj")) -> bytes:
+    """A PEFT LoRA for ``model`` (rank ``rank`` on every Linear named in ``targets``) as a tar archive."""
+    import torch
+
+    from parsona.adapters.peft_format import LoRAWeights, write_peft_lora
+
+    linears = {p: m for p, m in model.named_modules() if p.rsplit(".", 1)[-1] in targets}
+    g = torch.Generator().manual_seed(seed)
+    factors = {p: (torch.randn(rank, m.in_features, generator=g) * 0.1, torch.randn(m.out_features, rank, generator=g) * 0.1)
+               for p, m in linears.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_peft_lora(LoRAWeights(rank, 2.0 * rank, factors), Path(tmp) / "lora", list(linears))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for f in sorted(path.iterdir()):
+                t.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def server_errors(log: Path) -> collections.Counter:
+    """Internal errors in a server's log, by the exception line that ends each traceback."""
+    counts: collections.Counter = collections.Counter()
+    pending = False
+    for line in log.read_text(errors="replace").splitlines():
+        if "internal error on" in line or line.startswith("Traceback") or "Exception in ASGI application" in line:
+            pending = True
+        elif pending and re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+            counts[line[:160]] += 1
+            pending = False
+    return counts
+
+
+# -- the fuzz ----------------------------------------------------------------------------------------
+def fuzz_schema(base: str, key: str, adapter_id: str | None, model_id: str, seed: int, cfg: Config):
+    import schemathesis
+    from hypothesis import strategies as st
+
+    parameters = {"body.model": {"dictionary": "model", "probability": 0.9}}
+    dictionaries = {"model": {"values": [model_id]}}
+    if adapter_id:
+        parameters["body.adapter"] = {"dictionary": "adapter", "probability": 0.5}
+        dictionaries["adapter"] = {"values": [adapter_id]}
+    config = schemathesis.Config.from_dict({
+        "seed": seed,
+        "max-time": int(cfg.max_seconds),
+        "headers": {"Authorization": f"Bearer {key}"},
+        "request-timeout": 120,
+        "continue-on-failure": True,
+        "generation": {"max-examples": cfg.examples, "deterministic": True, "database": "none"},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+        "dictionaries": dictionaries,
+        "parameters": parameters,
+        "operations": [{"include-path": "/v1/users", "headers": {"Authorization": f"Bearer {ADMIN}"}}],
+    })
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", config=config)
+    cap = cfg.max_tokens_cap
+
+    @schema.hook
+    def map_body(context, body):
+        if cap and isinstance(body, dict):
+            for name in ("max_tokens", "max_completion_tokens"):
+                value = body.get(name)
+                if type(value) is int and cap < value <= 512:
+                    body[name] = 1 + value % cap
+        return body
+
+    @schema.hook
+    def flatmap_body(context, body):
+        if not isinstance(body, dict):
+            return st.just(body)
+        edges = [st.sampled_from(EDGE_FLOATS).map(lambda v, name=name: {**body, name: v})
+                 for name, ok in (("temperature", lambda v: 0 <= v <= 2), ("top_p", lambda v: 0 < v <= 1))
+                 if type(body.get(name)) in (int, float) and ok(body[name])]
+        return st.one_of(st.just(body), *edges)
+
+    return schema
+
+
+@dataclass
+class Result:
+    statuses: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    failures: dict = dataclasses.field(default_factory=dict)   # (operation, check, title, status) -> text
+    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # same key -> cases
+    errors: list = dataclasses.field(default_factory=list)
+    stop_reason: str = "not run"
+    seconds: float = 0.0
+
+
+def run_engine(schema, result: Result) -> None:
+    from schemathesis.engine import events, from_schema
+
+    started = time.perf_counter()
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            rec = event.recorder
+            for interaction in rec.interactions.values():
+                result.statuses[rec.label][interaction.response.status_code if interaction.response else "none"] += 1
+            for case_id, checks in rec.checks.items():
+                for check in checks:
+                    if check.failure_info is None:
+                        continue
+                    failure = check.failure_info.failure
+                    interaction = rec.interactions.get(case_id)
+                    response = interaction.response if interaction else None
+                    status = response.status_code if response is not None else None
+                    key = (rec.label, check.name, failure.title, status)
+                    result.counts[key] += 1
+                    if key not in result.failures:
+                        text = response.content[:240] if response is not None else b""
+                        result.failures[key] = (f"{status} {text!r}\n      {check.failure_info.code_sample[:500]}")
+        elif isinstance(event, events.NonFatalError):
+            result.errors.append(f"{event.label}: {event.info.title}: {str(event.value)[:300]}")
+        elif isinstance(event, events.FatalError):
+            result.errors.append(f"fatal: {event.exception!r}"[:400])
+        elif isinstance(event, events.EngineFinished):
+            result.stop_reason = str(event.stop_reason.value)
+    result.seconds = time.perf_counter() - started
+
+
+def make_user(base: str, archive: bytes | None, i: int) -> tuple[str, str | None]:
+    with httpx.Client(base_url=base, timeout=120) as c:
+        r = c.post("/v1/users", headers={"Authorization": f"Bearer {ADMIN}"})
+        r.raise_for_status()
+        key = r.json()["api_key"]
+        auth = {"Authorization": f"Bearer {key}"}
+        adapter_id = None
+        if archive is not None:
+            r = c.post("/v1/adapters", params={"name": f"user{i}"}, content=archive,
+                       headers={**auth, "Content-Type": "application/x-tar"})
+            r.raise_for_status()
+            adapter_id = r.json()["id"]
+        c.put("/v1/profile/history", json={"items": [f"user {i} likes short answers.", {"text": f"note {i}"}]},
+              headers=auth).raise_for_status()
+    return key, adapter_id
+
+
+def crossed_records(base: str, keys: list[str]) -> tuple[int, int]:
+    """(adapter ids listed by more than one user or readable by another user, ids checked)."""
+    with httpx.Client(base_url=base, timeout=60) as c:
+        owned = []
+        for key in keys:
+            r = c.get("/v1/adapters", headers={"Authorization": f"Bearer {key}"})
+            owned.append({a["id"] for a in r.json()["data"]} if r.status_code == 200 else set())
+        crossed = sum(len(a & b) for i, a in enumerate(owned) for b in owned[i + 1:])
+        checked = 0
+        for i, key in enumerate(keys):
+            for j, ids in enumerate(owned):
+                if i == j:
+                    continue
+                for adapter_id in sorted(ids)[:5]:
+                    checked += 1
+                    crossed += c.get(f"/v1/adapters/{adapter_id}", headers={"Authorization": f"Bearer {key}"}).status_code != 404
+    return crossed, checked
+
+
+def main(cfg: Config) -> bool:
+    print("command:", command(cfg), flush=True)
+    from parsona.base_model import load_base_model
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="parsona-serve-fuzz-") as tmp:
+        tmp = Path(tmp)
+        if cfg.model is None:
+            model_dir, pref_dir = tiny_server_files(tmp)
+            model_id, served = model_dir.name, str(model_dir)
+            args = ["--model", served, "--preference-adapter", str(pref_dir), "--default-preference", "0.5,0.5"]
+        else:
+            served = cfg.model
+            model_id = Path(served).name if Path(served).exists() else served
+            args = ["--model", served]
+        args += ["--batch-wait-ms", str(cfg.batch_wait_ms)]
+        model, _ = load_base_model(served, device="cpu")
+        archives = [lora_archive(model, rank=4, seed=i) for i in range(cfg.users)]
+        del model
+        proc, base, log = start_server(tmp / "store", args)
+        try:
+            users = [make_user(base, archives[i], i) for i in range(cfg.users)]
+            print(f"server: parsona serve {' '.join(args)} at {base}; {cfg.users} users, each with one LoRA "
+                  f"(rank 4) and 2 history items", flush=True)
+            results = [Result() for _ in users]
+            threads = [threading.Thread(target=run_engine, args=(fuzz_schema(base, key, adapter, model_id, cfg.seed + i, cfg),
+                                                                 results[i]), name=f"fuzz-user{i}")
+                       for i, (key, adapter) in enumerate(users)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            crossed, checked = crossed_records(base, [key for key, _ in users])
+            alive = proc.poll() is None
+            operations = {f"{m.upper()} {p}" for p, ops in httpx.get(f"{base}/openapi.json").json()["paths"].items() for m in ops}
+        finally:
+            stop_server(proc)
+        errors_in_log = server_errors(log)
+    return report(cfg, results, operations, errors_in_log, crossed, checked, alive, time.perf_counter() - started)
+
+
+def report(cfg, results, operations, errors_in_log, crossed, checked, alive, seconds) -> bool:
+    statuses: dict = collections.defaultdict(collections.Counter)
+    failures, counts, errors = {}, collections.Counter(), []
+    for r in results:
+        for op, c in r.statuses.items():
+            statuses[op].update(c)
+        for k, v in r.failures.items():
+            failures.setdefault(k, v)
+        counts.update(r.counts)
+        errors += r.errors
+    print(f"\n{'operation':34s} {'requests':>8s} {'2xx':>6s} {'4xx':>6s} {'5xx':>5s} {'none':>5s}  status codes")
+    total = fivexx = 0
+    for op in sorted(statuses, key=lambda o: o.split(" ", 1)[::-1]):
+        c = statuses[op]
+        n = sum(c.values())
+        band = lambda lo: sum(v for k, v in c.items() if isinstance(k, int) and lo <= k < lo + 100)
+        total, fivexx = total + n, fivexx + band(500)
+        codes = " ".join(f"{k}:{v}" for k, v in sorted(c.items(), key=lambda kv: str(kv[0])))
+        print(f"{op:34s} {n:8d} {band(200):6d} {band(400):6d} {band(500):5d} {c.get('none', 0):5d}  {codes}")
+    print(f"{'total':34s} {total:8d}   5xx {fivexx}")
+    violations = {k: v for k, v in failures.items() if k[1] != "not_a_server_error"}
+    print(f"\n{len(failures)} distinct failures ({sum(counts.values())} failing cases), {len(violations)} of them schema "
+          "or status-code violations:")
+    for k, text in sorted(failures.items(), key=lambda kv: str(kv[0])):
+        print(f"  {k[0]} [{k[1]}] {k[2]} ×{counts[k]}: {text}")
+    if errors:
+        print(f"\n{len(errors)} engine errors (an exception, a timeout or a dropped connection):")
+        for line, n in collections.Counter(errors).most_common(20):
+            print(f"  ×{n} {line}")
+    if errors_in_log:
+        print(f"\nserver log: {sum(errors_in_log.values())} internal errors:")
+        for line, n in errors_in_log.most_common(20):
+            print(f"  ×{n} {line}")
+    stops = collections.Counter(r.stop_reason for r in results)
+    print(f"\nengines stopped: {dict(stops)}; slowest user {max(r.seconds for r in results):.0f} s; "
+          f"cross-user reads checked {checked}, crossed {crossed}; server alive at the end: {alive}")
+    missing = sorted(operations - set(statuses))
+    checks = [
+        (f"0 × 5xx (measured {fivexx})", fivexx == 0),
+        (f"0 schema or status-code violations (measured {len(violations)} distinct)", not violations),
+        (f"0 engine errors: exceptions, timeouts, dropped connections (measured {len(errors)})", not errors),
+        (f"0 crossed records (measured {crossed} of {checked} reads + listings)", crossed == 0),
+        (f"every operation exercised ({len(operations) - len(missing)} of {len(operations)}"
+         + (f"; missing {missing})" if missing else ")"), not missing),
+        (f"run complete: every engine ran its count, not stopped by --max-seconds ({dict(stops)})",
+         set(stops) == {"completed"}),
+    ]
+    print("\n## Targets\n")
+    for label, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {label}")
+    print(f"\ntotal {seconds:.0f} s; load average now " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+          + f" (1/5/15 min). Reproduce with:\n  {command(cfg)}")
+    return all(ok for _, ok in checks)
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    sys.exit(0 if run_recipe(Config, main) else 1)   # exit status 1 when a target fails
