@@ -201,7 +201,7 @@ def build_variants(cfg: Config, base: torch.nn.Module, tmp: Path) -> tuple[dict[
 
     def bank_run(rows):
         def run(ids, **kw):
-            with bank.inputs(adapter_names=rows):
+            with bank.inputs(adapter=rows):
                 m_bank(ids, **kw)
         return run
 

@@ -10,7 +10,8 @@ sent with the admin key. Checks: ``not_a_server_error``, ``status_code_conforman
 ``response_schema_conformance``.
 
 Bounded by count: ``--examples`` fuzzed cases per operation per user (plus the coverage phase's fixed
-set); ``--max-seconds`` also stops the engine (the run is then marked incomplete, a FAIL).
+set), every phase once; after ``--max-seconds`` a user's engine is stopped (the run is then incomplete:
+a FAIL).
 
 Generation is steered as in the test: ``model`` is the served one in 90% of the bodies and ``adapter``
 the user's own LoRA in half of them, the server has a default preference, valid ``temperature`` /
@@ -30,7 +31,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import json
 import os
 import re
 import shlex
@@ -71,6 +71,8 @@ class Config:
     """Model dir or id to serve; None: a tiny random model (save_tiny_model)."""
     batch_wait_ms: float = 10.0
     """The server's --batch-wait-ms."""
+    server_args: str = "--rate-limit 0"
+    """More flags for parsona serve (default: no rate limit, so the cases reach the handlers, not 429s)."""
 
     def __post_init__(self) -> None:
         for name in ("users", "examples"):
@@ -89,7 +91,11 @@ def command(cfg: Config, script: str = "bench/serve_fuzz.py") -> str:
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
         if value is None:
             continue
-        parts += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        else:   # --flag=value: a value starting with "-" (--server-args) is not read as a flag
+            parts.append(f"{flag}={value}" if str(value).startswith("-") else flag)
+            parts += [] if str(value).startswith("-") else [str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -187,7 +193,6 @@ def fuzz_schema(base: str, key: str, adapter_id: str | None, model_id: str, seed
         dictionaries["adapter"] = {"values": [adapter_id]}
     config = schemathesis.Config.from_dict({
         "seed": seed,
-        "max-time": int(cfg.max_seconds),
         "headers": {"Authorization": f"Bearer {key}"},
         "request-timeout": 120,
         "continue-on-failure": True,
@@ -231,11 +236,30 @@ class Result:
     seconds: float = 0.0
 
 
-def run_engine(schema, result: Result) -> None:
-    from schemathesis.engine import events, from_schema
+def run_engine(schema, result: Result, max_seconds: float) -> None:
+    """Every phase once (a count-bounded run: schemathesis's own max-time would repeat the fuzzing phase
+    until the time is spent); a timer stops the engine after ``max_seconds``."""
+    from schemathesis.engine import from_schema
 
     started = time.perf_counter()
-    for event in from_schema(schema).execute():
+    stream = from_schema(schema).execute()
+    timer = threading.Timer(max_seconds, stream.stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        result.stop_reason = _consume(stream, result)
+    finally:
+        timer.cancel()
+    if time.perf_counter() - started >= max_seconds:
+        result.stop_reason = "stopped by --max-seconds"
+    result.seconds = time.perf_counter() - started
+
+
+def _consume(stream, result: Result) -> str:
+    from schemathesis.engine import events
+
+    stop_reason = "no EngineFinished event"
+    for event in stream:
         if isinstance(event, events.ScenarioFinished):
             rec = event.recorder
             for interaction in rec.interactions.values():
@@ -258,8 +282,8 @@ def run_engine(schema, result: Result) -> None:
         elif isinstance(event, events.FatalError):
             result.errors.append(f"fatal: {event.exception!r}"[:400])
         elif isinstance(event, events.EngineFinished):
-            result.stop_reason = str(event.stop_reason.value)
-    result.seconds = time.perf_counter() - started
+            stop_reason = str(event.stop_reason.value)
+    return stop_reason
 
 
 def make_user(base: str, archive: bytes | None, i: int) -> tuple[str, str | None]:
@@ -313,7 +337,7 @@ def main(cfg: Config) -> bool:
             served = cfg.model
             model_id = Path(served).name if Path(served).exists() else served
             args = ["--model", served]
-        args += ["--batch-wait-ms", str(cfg.batch_wait_ms)]
+        args += ["--batch-wait-ms", str(cfg.batch_wait_ms), *shlex.split(cfg.server_args)]
         model, _ = load_base_model(served, device="cpu")
         archives = [lora_archive(model, rank=4, seed=i) for i in range(cfg.users)]
         del model
@@ -324,7 +348,7 @@ def main(cfg: Config) -> bool:
                   f"(rank 4) and 2 history items", flush=True)
             results = [Result() for _ in users]
             threads = [threading.Thread(target=run_engine, args=(fuzz_schema(base, key, adapter, model_id, cfg.seed + i, cfg),
-                                                                 results[i]), name=f"fuzz-user{i}")
+                                                                 results[i], cfg.max_seconds), name=f"fuzz-user{i}")
                        for i, (key, adapter) in enumerate(users)]
             for t in threads:
                 t.start()

@@ -150,7 +150,7 @@ class RewardedSoupsPolicy(MergingPolicy):
         weights = self.combined(preference)
         self.adapter.add(SOUP, weights)
         try:
-            self.adapter.merge(adapter_names=SOUP)
+            self.adapter.merge(adapter=SOUP)
         except BaseException:
             self.adapter.remove(SOUP)
             raise
@@ -185,7 +185,7 @@ class GridPolicy(MergingPolicy):
                           problem=f"no LoRA was trained for {tuple(round(x, 6) for x in lam)}")
 
     def merge(self, preference) -> None:
-        self.adapter.merge(adapter_names=self.name_at(preference))
+        self.adapter.merge(adapter=self.name_at(preference))
 
     def unmerge(self) -> None:
         self.adapter.unmerge()

@@ -376,13 +376,18 @@ class Host:
             failed: list[Exception | None] = [None] * B
             for step in range(max(r.request.max_new_tokens for r in rows)):
                 tokens = [self._pad] * B   # what finished rows feed: never read, never streamed
+                last = out.logits[:, -1].float()                                  # (B, V)
+                finite = torch.isfinite(last).all(-1).tolist()                    # one check for the batch
                 for b in range(B):
                     if finish[b] is None and rows[b].cancel.is_set():
                         finish[b] = "cancelled"   # nobody reads it: free the batch of its remaining steps
                     if finish[b] is not None:
                         continue
                     try:
-                        tokens[b] = token = _pick(out.logits[b, -1].float(), rows[b].request, gens[b])
+                        if not finite[b]:
+                            raise RowFailed("the model's scores for this row are not finite (its adapter is "
+                                            "broken); fix or delete the adapter")
+                        tokens[b] = token = _pick(last[b], rows[b].request, gens[b])
                     except Exception as exc:  # this row's scores or sampling only; the batch goes on without it
                         failed[b], finish[b] = exc, "error"
                         continue
@@ -426,7 +431,8 @@ class RowFailed(RuntimeError):
 
 
 def _pick(logits: torch.Tensor, request: Request, gen: torch.Generator) -> int:
-    """The next token of one row: argmax at temperature 0, else nucleus sampling with the row's own RNG.
+    """The next token of one row from its finite logits (V,): argmax at temperature 0, else nucleus
+    sampling with the row's own RNG.
 
     Overflow-free for every temperature in [0, 2] and top_p in (0, 1]: below GREEDY_BELOW the
     distribution is one-hot to float32 precision, so it is decoded as argmax (dividing by 5e-324,
@@ -434,9 +440,6 @@ def _pick(logits: torch.Tensor, request: Request, gen: torch.Generator) -> int:
     dividing; and the most likely token is always kept (a top_p below float32's resolution keeps
     that one alone).
     """
-    if not torch.isfinite(logits).all():
-        raise RowFailed("the model's scores for this row are not finite (its adapter is broken); "
-                        "fix or delete the adapter")
     if request.temperature < GREEDY_BELOW:
         return int(logits.argmax())
     probs = torch.softmax((logits - logits.max()) / request.temperature, dim=-1)   # (V,)

@@ -150,7 +150,7 @@ class PairLogProbs(nn.Module):
     (flash-attention) fall back to a padded batch of R rows over the repeated prompt cache.
 
     ``preference`` (1, m), if given, is the adapter's λ for both calls; other keyword arguments are
-    any adapter's runtime inputs for one row (``adapter_names="alice"`` for a LoRA bank). The
+    any adapter's runtime inputs for one row (``adapter="alice"`` for a LoRA bank). The
     reference pass: call it inside ``adapter.disabled()`` with none. Logits exist only at reply positions; the
     pair's softmax is kept for its backward (one matmul less).
     """

@@ -1,4 +1,5 @@
-"""Input checks for :mod:`parsona.store`: names, history items, job fields, adapter directories.
+"""Input checks for :mod:`parsona.store`: names, history items, job fields, adapter directories; and
+the checksum of a stored adapter, with the cache of those found intact.
 
 Adapter directories are kept strict on purpose: a flat directory of regular ``.json`` /
 ``.safetensors`` files with plain names, each checked to really be JSON / safetensors (a pickle
@@ -15,6 +16,8 @@ import json
 import os
 import re
 import stat
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,35 @@ def tree_signature(path: Path) -> tuple:
     with os.scandir(path) as entries:
         stats = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
     return tuple(sorted((name, s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for name, s in stats))
+
+
+class VerifiedCache:
+    """Stored adapters whose files matched their checksum: adapter_id -> what was seen then, (sha256,
+    :func:`tree_signature`), for the newest ``size`` adapters (LRU). Thread-safe."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple] = OrderedDict()
+
+    def hit(self, adapter_id: str, seen: tuple) -> bool:
+        """Whether ``adapter_id`` was found intact when it looked exactly like ``seen``."""
+        with self._lock:
+            if self._seen.get(adapter_id) != seen:
+                return False
+            self._seen.move_to_end(adapter_id)
+            return True
+
+    def remember(self, adapter_id: str, seen: tuple) -> None:
+        with self._lock:
+            self._seen[adapter_id] = seen
+            self._seen.move_to_end(adapter_id)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+    def forget(self, adapter_id: str) -> None:
+        with self._lock:
+            self._seen.pop(adapter_id, None)
 
 
 def check_file(path: Path) -> None:

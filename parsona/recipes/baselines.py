@@ -169,7 +169,7 @@ def main(cfg: Config) -> Path:
             # the preference LoRA's own step, with this LoRA in place of λ_b (reference = bank disabled)
             _, _, n_tokens, loss = pair_step(scorer, bank, tokenizer, pairs, lam.expand(len(pairs), -1), cfg.objectives,
                                              loss_fn, scalarize, cfg.beta, cfg.max_length, accelerator,
-                                             adapter_inputs=lambda b: {"adapter_names": name})
+                                             adapter_inputs=lambda b: {"adapter": name})
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()

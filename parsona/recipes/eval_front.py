@@ -218,7 +218,8 @@ def main(cfg: Config) -> Path:
 
     adapter_dir, out = Path(cfg.adapter), Path(cfg.out)
     trained = training_config(adapter_dir)
-    model, tokenizer = load_base_model(model_for(cfg.model, adapter_dir))   # every command's --model rule
+    # every command's --model rule; an adapter saved before bases were recorded names it in its training summary
+    model, tokenizer = load_base_model(model_for(cfg.model, adapter_dir) or trained.get("model"))
     policy = PreferenceLoRAPolicy(load_preference_adapter(model, adapter_dir))
     m = policy.n_objectives
     objectives = tuple(trained.get("objectives", ("helpful", "harmless", "brevity")[:m]))

@@ -81,9 +81,9 @@ def encode(tokenizer, text: str, max_length: int) -> list[int]:
 
 def collate(examples: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids (B, T), attention mask (B, T), and labels (B, T) with -100 on padding."""
-    T = max(len(e) for e in examples)
-    ids = torch.tensor([e + [pad] * (T - len(e)) for e in examples], device=device)
-    mask = torch.tensor([[1] * len(e) + [0] * (T - len(e)) for e in examples], device=device)
+    from parsona.padding import pad as pad_rows
+
+    ids, mask = pad_rows(examples, pad, side="right", device=device)
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
@@ -91,8 +91,8 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
          progress: Progress | None = None) -> Path:
     """Train and write the LoRA; return ``output_dir``.
 
-    ``model`` and ``tokenizer`` (both or neither) reuse a loaded base instead of ``cfg.model``; it is
-    frozen here and left as it was found (the LoRA is detached at the end). ``texts`` replaces
+    ``model`` and ``tokenizer`` (both or neither) reuse a loaded base instead of ``cfg.model``; the LoRA
+    is attached for the run and detached at the end, which gives the base back as it was found. ``texts`` replaces
     ``cfg.texts``. ``progress(step, steps, loss)`` is called after every step; without it a bar shows.
     """
     from tqdm.auto import tqdm
@@ -103,15 +103,16 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     texts = list(texts) if texts is not None else read_texts(cfg.texts)
     if not texts:
         raise ConfigError("texts", "Give at least one text to train on.", problem="no texts")
+    if (model is None) != (tokenizer is None):
+        raise ConfigError("model", "Pass both model and tokenizer, or neither (then cfg.model is loaded).")
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    model.requires_grad_(False)
     examples = [encode(tokenizer, t, cfg.max_length) for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):   # a seeded init that leaves the caller's global RNG alone
         torch.manual_seed(cfg.seed)
-        bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))   # its "default" LoRA trains
+        bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))   # freezes the base; its "default" LoRA trains
     try:
         optimizer = torch.optim.AdamW(list(bank.parameters()), lr=cfg.learning_rate)
         g = torch.Generator().manual_seed(cfg.seed)
@@ -119,7 +120,7 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
         for step in bar:
             pick = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=g).tolist()
             input_ids, mask, labels = collate([examples[i] for i in pick], pad, device)    # (B, T) each
-            with bank.inputs(adapter_names=["default"] * len(pick)):
+            with bank.inputs(adapter=["default"] * len(pick)):
                 loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             optimizer.step()

@@ -31,7 +31,7 @@ def user_dirs(tmp_path):
 
 
 def run(model, bank, input_ids, names):
-    with torch.no_grad(), bank.inputs(adapter_names=names):
+    with torch.no_grad(), bank.inputs(adapter=names):
         return model(input_ids).logits
 
 
@@ -71,7 +71,7 @@ def test_training_path_matches_inference_path_and_only_used_loras_get_gradients(
         bank.add(user, path)
     rows = ["bob", "alice", "bob", None]
     inference = run(model, bank, input_ids, rows)            # gathered path (no grad)
-    with bank.inputs(adapter_names=rows):
+    with bank.inputs(adapter=rows):
         training = model(input_ids).logits                   # grouped path (grad enabled)
     torch.testing.assert_close(training, inference)
     training.square().mean().backward()
@@ -117,15 +117,15 @@ def test_a_row_composes_a_user_lora_with_a_preference_vector(user_dirs, input_id
     pref = attach(model, PreferenceLoRAConfig(rank=2))
     perturb(pref)
     lam = torch.tensor([[0.3, 0.7]] * len(input_ids))
-    with torch.no_grad(), bank.inputs(adapter_names="alice"), pref.inputs(preference=lam):
+    with torch.no_grad(), bank.inputs(adapter="alice"), pref.inputs(preference=lam):
         both = model(input_ids).logits
     # h = W0 x + Δ_lora x + Δ_pref x: folding the user's LoRA into W0 must give the same logits
-    bank.merge(adapter_names="alice")
+    bank.merge(adapter="alice")
     with torch.no_grad(), pref.inputs(preference=lam):
         folded = model(input_ids).logits
     torch.testing.assert_close(both, folded, rtol=1e-4, atol=1e-5)
     bank.unmerge()
-    with torch.no_grad(), bank.inputs(adapter_names=[None] * len(input_ids)), pref.inputs(preference=lam):
+    with torch.no_grad(), bank.inputs(adapter=[None] * len(input_ids)), pref.inputs(preference=lam):
         assert (model(input_ids).logits - both).abs().max() > 1e-4  # the user's LoRA did matter
 
 
@@ -164,7 +164,23 @@ def test_one_name_applies_to_every_row_with_and_without_gradients(user_dirs, inp
     bank.add("alice", user_dirs["alice"])
     expected = run(model, bank, input_ids, ["alice"] * len(input_ids))
     torch.testing.assert_close(run(model, bank, input_ids, "alice"), expected)
-    with bank.inputs(adapter_names="alice"):              # grad enabled: the training path
+    with bank.inputs(adapter="alice"):              # grad enabled: the training path
         torch.testing.assert_close(model(input_ids).logits, expected)
     with pytest.raises(ValueError, match="adapter has 2 rows but the batch has 4"):
         run(model, bank, input_ids, ["alice", None])
+
+
+def test_peft_keyword_adapter_names_is_the_same_input(tiny_model, input_ids):
+    bank = attach(tiny_model, LoRAConfig())
+    perturb(bank)
+    rows = ["default", None, "default", None]
+    with torch.no_grad():
+        with bank.inputs(adapter=rows):
+            ours = tiny_model(input_ids).logits
+        with bank.inputs(adapter_names=rows):
+            peft_spelling = tiny_model(input_ids).logits
+    torch.testing.assert_close(peft_spelling, ours, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="got both") as err:
+        with bank.inputs(adapter=rows, adapter_names=rows):
+            pass
+    assert err.value.field == "adapter"

@@ -85,7 +85,7 @@ def test_preference_lora_policy_equals_per_row_inputs(tiny_model, input_ids):
 def test_rewarded_soups_cat_is_the_exact_mixture(bank_setup, input_ids):
     model, base, bank, w1, w2 = bank_setup
     policy = RewardedSoupsPolicy(bank, ["one", "two"], mode="cat")
-    with bank.inputs(adapter_names="one"):
+    with bank.inputs(adapter="one"):
         only_one = logits(model, input_ids)
     with policy.at([1.0, 0.0]):
         torch.testing.assert_close(logits(model, input_ids), only_one, rtol=1e-4, atol=1e-5)
@@ -111,7 +111,7 @@ def test_rewarded_soups_linear_interpolates_the_factors(bank_setup, input_ids):
         torch.testing.assert_close(logits(model, input_ids), logits(with_delta(base, deltas), input_ids), rtol=1e-4, atol=1e-4)
     # Two equal LoRAs: the soup is that LoRA at every λ.
     bank.add("one-again", w1)
-    with bank.inputs(adapter_names="one"):
+    with bank.inputs(adapter="one"):
         only_one = logits(model, input_ids)
     with RewardedSoupsPolicy(bank, ["one", "one-again"], mode="linear").at(lam):
         torch.testing.assert_close(logits(model, input_ids), only_one, rtol=1e-4, atol=1e-5)
@@ -129,7 +129,7 @@ def test_rewarded_soups_linear_needs_equal_ranks(bank_setup):
 def test_grid_policy_uses_its_lora_and_refuses_other_preferences(bank_setup, input_ids):
     model, _, bank, _, _ = bank_setup
     policy = GridPolicy(bank, {(1.0, 0.0): "one", (0.5, 0.5): "two"})
-    with bank.inputs(adapter_names="two"):
+    with bank.inputs(adapter="two"):
         expected = logits(model, input_ids)
     with policy.at(torch.tensor([0.5, 0.5])):
         torch.testing.assert_close(logits(model, input_ids), expected, rtol=1e-4, atol=1e-5)

@@ -25,6 +25,8 @@ import collections
 import io
 import shutil
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.slow
 ADMIN_KEY = "fuzz-admin-secret"
 MODEL = "tiny"
 MAX_EXAMPLES = 60        # fuzzed cases per operation (the coverage phase adds its own fixed set)
+MAX_SECONDS = 600        # a safety stop only: the run is bounded by its count
 SEED = 15                # issue 15: the same cases in every run
 FUZZ_MAX_TOKENS = 32     # generated max_tokens in (32, 512] are cut to 1..32 (module docstring)
 EDGE_FLOATS = [5e-324, 1e-300, 1e-40, 1e-8, 1.0]   # valid temperature and top_p values at the float edges
@@ -91,7 +94,8 @@ def fuzz_target(tmp_path_factory):
     lora = peft_lora_dir(tmp / "lora", seed=0)
     trainer = Trainer(store, tiny_lm, tiny_tokenizer(), train=copying_train(lora))
     app = create_app(host, store, model_id=MODEL, admin_key=ADMIN_KEY, trainer=trainer,
-                     max_upload_bytes=200_000, batch_wait_s=0.002)
+                     max_upload_bytes=200_000, batch_wait_s=0.002,
+                     rate_limit=0)   # the limiter's 429s depend on timing: the same cases must get the same answers
     # schemathesis's client, not TestClient: leaving a TestClient ends the app's lifespan, which
     # closes the batcher, and later requests would wait for it forever
     with asgi.get_client(app) as client:
@@ -180,34 +184,51 @@ def fuzz_schema(app, key: str, adapter_id: str):
 
 def run_engine(schema) -> tuple[dict, list[str]]:
     """Run every phase; return ({operation: Counter(status)}, [one line per distinct failure])."""
-    from schemathesis.engine import events, from_schema
+    from schemathesis.engine import from_schema
 
     statuses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures: dict[tuple, str] = {}
-    for event in from_schema(schema).execute():
-        if isinstance(event, events.ScenarioFinished):
-            rec = event.recorder
-            for interaction in rec.interactions.values():
-                statuses[rec.label][interaction.response.status_code if interaction.response else "no response"] += 1
-            for case_id, checks in rec.checks.items():
-                for check in checks:
-                    if check.failure_info is None:
-                        continue
-                    failure = check.failure_info.failure
-                    interaction = rec.interactions.get(case_id)
-                    response = interaction.response if interaction else None
-                    status = response.status_code if response is not None else None
-                    key = (rec.label, check.name, failure.title, status)
-                    if key not in failures:
-                        body = (interaction.request.body or b"")[:300] if interaction else b""
-                        text = response.content[:300] if response is not None else b""
-                        failures[key] = (f"{rec.label} [{check.name}] {failure.title}: {status} {text!r}\n"
-                                         f"    request: {body!r}\n    {check.failure_info.code_sample[:400]}")
-        elif isinstance(event, events.NonFatalError):
-            failures[("error", event.label, str(event.value))] = f"{event.label}: engine error {event.info.title}: {event.value}"
-        elif isinstance(event, events.FatalError):
-            raise event.exception
+    stream = from_schema(schema).execute()   # every phase once: no max-time, which would repeat fuzzing
+    timer = threading.Timer(MAX_SECONDS, stream.stop)   # a safety stop; the test then fails below
+    timer.daemon = True
+    timer.start()
+    started = time.monotonic()
+    try:
+        for event in stream:
+            handle(event, statuses, failures)
+    finally:
+        timer.cancel()
+    if time.monotonic() - started >= MAX_SECONDS:
+        failures[("time",)] = f"stopped after {MAX_SECONDS} s: the run did not finish its {MAX_EXAMPLES} examples"
     return statuses, list(failures.values())
+
+
+def handle(event, statuses: dict, failures: dict) -> None:
+    """Count each response's status; keep the first case of each distinct failure."""
+    from schemathesis.engine import events
+
+    if isinstance(event, events.ScenarioFinished):
+        rec = event.recorder
+        for interaction in rec.interactions.values():
+            statuses[rec.label][interaction.response.status_code if interaction.response else "no response"] += 1
+        for case_id, checks in rec.checks.items():
+            for check in checks:
+                if check.failure_info is None:
+                    continue
+                failure = check.failure_info.failure
+                interaction = rec.interactions.get(case_id)
+                response = interaction.response if interaction else None
+                status = response.status_code if response is not None else None
+                key = (rec.label, check.name, failure.title, status)
+                if key not in failures:
+                    body = (interaction.request.body or b"")[:300] if interaction else b""
+                    text = response.content[:300] if response is not None else b""
+                    failures[key] = (f"{rec.label} [{check.name}] {failure.title}: {status} {text!r}\n"
+                                     f"    request: {body!r}\n    {check.failure_info.code_sample[:400]}")
+    elif isinstance(event, events.NonFatalError):
+        failures[("error", event.label, str(event.value))] = f"{event.label}: engine error {event.info.title}: {event.value}"
+    elif isinstance(event, events.FatalError):
+        raise event.exception
 
 
 def test_every_operation_answers_as_documented(fuzz_target):

@@ -31,9 +31,9 @@ def test_trains_a_peft_lora_from_a_text_file(tiny_dir, tmp_path):
     bank.add("user", out)
     ids = tokenizer([TEXT], return_tensors="pt").input_ids
     with torch.no_grad():
-        with bank.inputs(adapter_names=[None]):
+        with bank.inputs(adapter=[None]):
             base = model(ids).logits
-        with bank.inputs(adapter_names=["user"]):
+        with bank.inputs(adapter=["user"]):
             tuned = model(ids).logits
     assert (tuned - base).abs().max() > 1e-4
 
