@@ -4,9 +4,9 @@
 This one starts ``parsona serve`` (uvicorn, 127.0.0.1 only) on a tiny random model with a preference
 LoRA and the real per-user training recipe, registers ``--users`` users, each uploading one PEFT LoRA
 and a little history, then runs schemathesis's engine (what ``schemathesis run`` drives: examples,
-coverage and fuzzing phases, stateful if it finds links) once per user, the users in parallel threads,
-each with its own key, its own LoRA id in the generated bodies and its own seed. ``POST /v1/users`` is
-sent with the admin key. Checks: ``not_a_server_error``, ``status_code_conformance``,
+coverage and fuzzing phases, stateful if it finds links) once per user, the users at once in their own
+processes, each with its own key, its own LoRA id in the generated bodies and its own seed.
+``POST /v1/users`` is sent with the admin key. Checks: ``not_a_server_error``, ``status_code_conformance``,
 ``response_schema_conformance``.
 
 Bounded by count: ``--examples`` fuzzed cases per operation per user (plus the coverage phase's fixed
@@ -18,7 +18,7 @@ the user's own LoRA in half of them, the server has a default preference, valid 
 ``top_p`` values at the float edges (5e-324, 1e-40, ...) are mixed in, and a generated ``max_tokens``
 in (``--max-tokens-cap``, 512] is cut to at most the cap (the schema has no upper bound; 0 keeps them).
 
-Printed: requests and status codes per operation, 5xx, distinct schema violations (each with its
+Printed: cases and their status codes per operation, 5xx, distinct schema violations (each with its
 curl), the server log's internal errors by exception, whether any user's listing shows another's
 adapter, PASS/FAIL per target and the command.
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import json
 import os
 import re
 import shlex
@@ -41,12 +42,13 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from parsona.errors import ConfigError
+from parsona.recipes.config_cli import is_internal
 
 ADMIN = "fuzz-bench-admin"
 CHECKS = ("not_a_server_error", "status_code_conformance", "response_schema_conformance")
@@ -73,6 +75,11 @@ class Config:
     """The server's --batch-wait-ms."""
     server_args: str = "--rate-limit 0"
     """More flags for parsona serve (default: no rate limit, so the cases reach the handlers, not 429s)."""
+    # set by main for the worker processes it starts (one per user; the key and LoRA id travel in the environment)
+    worker_base: str = field(default="", metadata={"internal": True})
+    worker_index: int = field(default=-1, metadata={"internal": True})
+    worker_model_id: str = field(default="", metadata={"internal": True})
+    result_file: str = field(default="", metadata={"internal": True})
 
     def __post_init__(self) -> None:
         for name in ("users", "examples"):
@@ -84,19 +91,24 @@ class Config:
             raise ConfigError("max_seconds", "Use a number of seconds > 0.", problem=f"got {self.max_seconds}")
 
 
-def command(cfg: Config, script: str = "bench/serve_fuzz.py") -> str:
-    """The command line that reproduces ``cfg``, every field spelled out."""
-    parts = [".venv/bin/python", script]
+def flags(cfg: Config, internal: bool = False) -> list[str]:
+    """``cfg`` as this script's flags, every field spelled out (the internal ones only if asked)."""
+    parts = []
     for f in dataclasses.fields(cfg):
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
-        if value is None:
+        if value is None or (is_internal(f) and not internal):
             continue
         if isinstance(value, bool):
             parts.append(flag if value else f"--no-{flag[2:]}")
         else:   # --flag=value: a value starting with "-" (--server-args) is not read as a flag
             parts.append(f"{flag}={value}" if str(value).startswith("-") else flag)
             parts += [] if str(value).startswith("-") else [str(value)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return parts
+
+
+def command(cfg: Config) -> str:
+    """The command line that reproduces ``cfg``."""
+    return " ".join(shlex.quote(p) for p in [".venv/bin/python", "bench/serve_fuzz.py", *flags(cfg)])
 
 
 # -- a server on loopback (bench/scale.py uses these too) ------------------------------------------
@@ -106,15 +118,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store: Path, args: list[str], admin_key: str = ADMIN) -> tuple[subprocess.Popen, str, Path]:
+def start_server(store: Path, args: list[str], admin_key: str = ADMIN,
+                 env: dict | None = None) -> tuple[subprocess.Popen, str, Path]:
     """``parsona serve --store STORE ARGS`` on 127.0.0.1 and a free port, once /healthz answers:
-    (process, base url, its log file)."""
+    (process, base url, its log file). ``env`` adds to this process's environment."""
     port = free_port()
     cmd = [sys.executable, "-m", "parsona.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--store", str(store), *args]
     log = store.with_suffix(".log")
     with open(log, "wb") as stderr:   # the child keeps its own handle
-        proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": admin_key}, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {}), "PARSONA_ADMIN_KEY": admin_key}, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -235,6 +248,22 @@ class Result:
     stop_reason: str = "not run"
     seconds: float = 0.0
 
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps({
+            "statuses": {op: [[code, n] for code, n in c.items()] for op, c in self.statuses.items()},
+            "failures": [[list(k), v] for k, v in self.failures.items()],
+            "counts": [[list(k), n] for k, n in self.counts.items()],
+            "errors": self.errors, "stop_reason": self.stop_reason, "seconds": self.seconds}))
+
+    @classmethod
+    def load(cls, path: Path) -> "Result":
+        d = json.loads(path.read_text())
+        r = cls(failures={tuple(k): v for k, v in d["failures"]}, counts=collections.Counter({tuple(k): n for k, n in d["counts"]}),
+                errors=d["errors"], stop_reason=d["stop_reason"], seconds=d["seconds"])
+        for op, pairs in d["statuses"].items():
+            r.statuses[op].update(dict((code, n) for code, n in pairs))
+        return r
+
 
 def run_engine(schema, result: Result, max_seconds: float) -> None:
     """Every phase once (a count-bounded run: schemathesis's own max-time would repeat the fuzzing phase
@@ -322,7 +351,43 @@ def crossed_records(base: str, keys: list[str]) -> tuple[int, int]:
     return crossed, checked
 
 
+def run_workers(cfg: Config, tmp: Path, base: str, model_id: str, users) -> list[Result]:
+    """One process per user, all at once (hypothesis is not thread-safe: two engines in threads of one
+    process raised "AST constructor recursion depth mismatch"), each bounded by --max-seconds."""
+    procs = []
+    for i, (key, adapter) in enumerate(users):
+        child = dataclasses.replace(cfg, worker_base=base, worker_index=i, worker_model_id=model_id,
+                                    result_file=str(tmp / f"worker{i}.json"))
+        env = {**os.environ, "PARSONA_FUZZ_KEY": key, "PARSONA_FUZZ_ADAPTER": adapter or ""}
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *flags(child, internal=True)],
+                                      env=env, stdout=sys.stderr))
+    results = []
+    deadline = time.monotonic() + cfg.max_seconds + 120   # the worker's own timer stops its engine first
+    for i, proc in enumerate(procs):
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        path = tmp / f"worker{i}.json"
+        results.append(Result.load(path) if path.is_file() else
+                       Result(errors=[f"worker {i} wrote no result (exit status {proc.returncode})"], stop_reason="failed"))
+    return results
+
+
+def worker(cfg: Config) -> bool:
+    """One user's engine against the running server; writes its Result to ``cfg.result_file``."""
+    key, adapter = os.environ["PARSONA_FUZZ_KEY"], os.environ.get("PARSONA_FUZZ_ADAPTER") or None
+    result = Result()
+    run_engine(fuzz_schema(cfg.worker_base, key, adapter, cfg.worker_model_id, cfg.seed + cfg.worker_index, cfg),
+               result, cfg.max_seconds)
+    result.dump(Path(cfg.result_file))
+    return True
+
+
 def main(cfg: Config) -> bool:
+    if cfg.worker_base:
+        return worker(cfg)
     print("command:", command(cfg), flush=True)
     from parsona.base_model import load_base_model
 
@@ -346,14 +411,7 @@ def main(cfg: Config) -> bool:
             users = [make_user(base, archives[i], i) for i in range(cfg.users)]
             print(f"server: parsona serve {' '.join(args)} at {base}; {cfg.users} users, each with one LoRA "
                   f"(rank 4) and 2 history items", flush=True)
-            results = [Result() for _ in users]
-            threads = [threading.Thread(target=run_engine, args=(fuzz_schema(base, key, adapter, model_id, cfg.seed + i, cfg),
-                                                                 results[i], cfg.max_seconds), name=f"fuzz-user{i}")
-                       for i, (key, adapter) in enumerate(users)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            results = run_workers(cfg, tmp, base, model_id, users)
             crossed, checked = crossed_records(base, [key for key, _ in users])
             alive = proc.poll() is None
             operations = {f"{m.upper()} {p}" for p, ops in httpx.get(f"{base}/openapi.json").json()["paths"].items() for m in ops}
@@ -373,7 +431,8 @@ def report(cfg, results, operations, errors_in_log, crossed, checked, alive, sec
             failures.setdefault(k, v)
         counts.update(r.counts)
         errors += r.errors
-    print(f"\n{'operation':34s} {'requests':>8s} {'2xx':>6s} {'4xx':>6s} {'5xx':>5s} {'none':>5s}  status codes")
+    print("\ncases: one per distinct generated request (a case replayed while shrinking is counted once)")
+    print(f"{'operation':34s} {'cases':>8s} {'2xx':>6s} {'4xx':>6s} {'5xx':>5s} {'none':>5s}  status codes")
     total = fivexx = 0
     for op in sorted(statuses, key=lambda o: o.split(" ", 1)[::-1]):
         c = statuses[op]

@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from parsona.decoding import RowFailed, RowText, cache_of, eos_ids, pick
 from parsona.errors import ConfigError
 from parsona.padding import pad
 from parsona.store import NotFound, Store
@@ -139,7 +140,7 @@ class Host:
         self._lock = threading.Lock()  # the adapters' runtime inputs and the bank are shared state
         self._device = next(model.parameters()).device
         self._vocab = model.get_input_embeddings().num_embeddings
-        self._eos = _eos_ids(model, tokenizer)
+        self._eos = eos_ids(model, tokenizer)
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
@@ -368,7 +369,7 @@ class Host:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)                    # (B, T): left padding shifts nothing
         gens = [torch.Generator().manual_seed(r.request.seed if r.request.seed is not None else secrets.randbits(63))
                 for r in rows]
-        streams = [_RowText(self.tokenizer, r.stop) for r in rows]
+        streams = [RowText(self.tokenizer, r.stop) for r in rows]
         finish: list[str | None] = [None] * B
         with self._conditioning(rows):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -387,7 +388,7 @@ class Host:
                         if not finite[b]:
                             raise RowFailed("the model's scores for this row are not finite (its adapter is "
                                             "broken); fix or delete the adapter")
-                        tokens[b] = token = _pick(last[b], rows[b].request, gens[b])
+                        tokens[b] = token = pick(last[b], rows[b].request.temperature, rows[b].request.top_p, gens[b])
                     except Exception as exc:  # this row's scores or sampling only; the batch goes on without it
                         failed[b], finish[b] = exc, "error"
                         continue
@@ -404,7 +405,7 @@ class Host:
                 mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
                 positions = positions[:, -1:] + 1
                 out = self.model(input_ids=nxt, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self._cache_kw: _cache_of(out)})
+                                 **{self._cache_kw: cache_of(out)})
         return [failed[b] or Completion(s.final_text(), f or "length", len(r.input_ids), s.n_tokens)
                 for b, (r, s, f) in enumerate(zip(rows, streams, finish))]
 
@@ -421,89 +422,3 @@ class Host:
             else:
                 stack.enter_context(adapter.inputs(**{n: adapter.stack_rows(n, col) for n, col in values.items()}))
         return stack
-
-
-GREEDY_BELOW = 1e-6  # temperature: exp(-Δ/T) < e^-100 for any logit gap Δ above float32's noise (1e-4)
-
-
-class RowFailed(RuntimeError):
-    """One row of a batch could not go on (its scores are not finite: a broken adapter); the others do."""
-
-
-def _pick(logits: torch.Tensor, request: Request, gen: torch.Generator) -> int:
-    """The next token of one row from its finite logits (V,): argmax at temperature 0, else nucleus
-    sampling with the row's own RNG.
-
-    Overflow-free for every temperature in [0, 2] and top_p in (0, 1]: below GREEDY_BELOW the
-    distribution is one-hot to float32 precision, so it is decoded as argmax (dividing by 5e-324,
-    which is 0 in float32, would give 0/0); above, the logits are shifted so their max is 0 before
-    dividing; and the most likely token is always kept (a top_p below float32's resolution keeps
-    that one alone).
-    """
-    if request.temperature < GREEDY_BELOW:
-        return int(logits.argmax())
-    probs = torch.softmax((logits - logits.max()) / request.temperature, dim=-1)   # (V,)
-    if request.top_p < 1:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p >= request.top_p           # mass before the token already ≥ top_p
-        drop[0] = False
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
-
-
-def _cache_of(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured} if configured is not None else set()
-    return ids
-
-
-class _RowText:
-    """One row's generated tokens and text: stop strings, and which text is final for streaming."""
-
-    def __init__(self, tokenizer, stop: tuple[str, ...]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.tokens: list[int] = []
-        self.n_tokens = 0
-        self.sent = 0            # characters already handed to on_delta
-        self.cut: int | None = None  # text length at a stop string
-
-    def push(self, token: int, is_eos: bool) -> str | None:
-        """Add a token; return "stop" if the row is done, else None."""
-        self.n_tokens += 1
-        if is_eos:
-            return "stop"
-        self.tokens.append(token)
-        if self.stop:
-            text = self.text()
-            hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-            if hits:
-                self.cut = min(hits)
-                return "stop"
-        return None
-
-    def text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-
-    def final_text(self) -> str:
-        text = self.text()
-        return text if self.cut is None else text[: self.cut]
-
-    def delta(self, final: bool) -> str:
-        """Text that can no longer change: held back are a partial UTF-8 character and a possible
-        stop-string prefix, until the row is done."""
-        text = self.final_text()
-        if not final:
-            text = text.rstrip("\ufffd")
-            hold = max((len(s) - 1 for s in self.stop), default=0)
-            text = text[: max(len(text) - hold, 0)]
-        if len(text) <= self.sent:
-            return ""
-        delta, self.sent = text[self.sent:], len(text)
-        return delta

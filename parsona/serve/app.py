@@ -97,8 +97,8 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
 
     install_error_handlers(app, is_authenticated)
     app.openapi = lambda: openapi_without_422(app)
-    ChatRequest = S.with_runtime_inputs(S.ChatCompletionRequest, host.runtime_inputs)
-    CompletionRequest = S.with_runtime_inputs(S.CompletionRequest, host.runtime_inputs)
+    ChatRequest = S.with_runtime_inputs(S.ChatCompletionRequest, host.runtime_inputs, host.max_new_tokens_limit)
+    CompletionRequest = S.with_runtime_inputs(S.CompletionRequest, host.runtime_inputs, host.max_new_tokens_limit)
 
     # -- generation ---------------------------------------------------------------------------
     def to_host(body: S._Sampling, user_id: str, max_tokens: int, **text) -> HostRequest:

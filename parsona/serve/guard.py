@@ -92,8 +92,9 @@ def install_error_handlers(app, is_authenticated: Callable[[Request], bool]) -> 
         message = {404: f"{request.url.path[:100]}: no such route (see /docs).",
                    405: f"{request.method} is not allowed here; use {headers.get('Allow', 'another method')}."}
         param = "body" if exc.status_code == 400 else None  # FastAPI's own 400: a body it could not parse
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(exc.status_code, kind, message.get(exc.status_code, f"{param or 'request'}: {exc.detail}."),
-                              param, {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code), headers or None)
+                              param, code, headers or None)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):

@@ -117,11 +117,17 @@ NEUTRAL: dict[str, tuple] = {
 }
 
 
-def with_runtime_inputs(base: type[_Sampling], inputs) -> type[_Sampling]:
-    """``base`` with one optional body field per ``RuntimeInput`` (its name, wire type and description)."""
+def with_runtime_inputs(base: type[_Sampling], inputs, max_new_tokens: int | None = None) -> type[_Sampling]:
+    """``base`` with one optional body field per ``RuntimeInput`` (its name, wire type and description),
+    and its token fields bounded by the host's ``max_new_tokens`` (so the schema states the real limit)."""
     fields = {spec.name: (Optional[spec.annotation], Field(None, description=spec.description + (
         " Required unless the server has a default." if spec.required else ""))) for spec in inputs}
-    clash = sorted(n for n in fields if n in base.model_fields or hasattr(BaseModel, n))
+    for name in ("max_tokens", "max_completion_tokens"):
+        if max_new_tokens is not None and name in base.model_fields:
+            description = base.model_fields[name].description
+            fields[name] = (Optional[int], Field(None, ge=1, le=max_new_tokens, description=description))
+    clash = sorted(n for n in fields if n not in ("max_tokens", "max_completion_tokens")
+                   and (n in base.model_fields or hasattr(BaseModel, n)))
     if clash:
         raise ValueError(f"runtime input {clash[0]!r} would shadow the request field of that name")
     return create_model(base.__name__, __base__=base, __module__=__name__, **fields)

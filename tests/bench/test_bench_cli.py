@@ -26,10 +26,13 @@ DOCUMENTED = {
     "reward_accuracy": ["", "--max-pairs 200", "--save-dir runs/rewards", "--C 0.5 --tfidf-C 2"],
     "train_speed": ["", "--contenders parsona --profile", "--tiny", "--tiny --contenders parsona",
                     "--no-trl-gradient-checkpointing", "--no-all-labels-only --loss ipo --threads 0"],
+    "serve_fuzz": ["", "--users 1 --examples 20"],
+    "scale": ["", "--users 500 --vectors 20000 --requests 500 --load-rounds 1"],
 }
 BAD = {"front_quality": ("--methods pref_linear,nope", "methods"), "adapter_overhead": ("--batch 0", "batch"),
        "serve": ("--rounds 0", "rounds"), "reward_accuracy": ("--eval-fraction 1.5", "eval_fraction"),
-       "train_speed": ("--parsona-steps 0", "parsona_steps")}
+       "train_speed": ("--parsona-steps 0", "parsona_steps"), "serve_fuzz": ("--users 0", "users"),
+       "scale": ("--requests 0", "requests")}
 
 
 def load(name: str):

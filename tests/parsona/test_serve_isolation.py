@@ -22,7 +22,8 @@ from conftest import peft_lora_dir, tiny_tokenizer
 from parsona.adapters.peft_format import LoRAWeights, read_peft_lora
 from parsona.base_model import tiny_causal_lm
 from parsona.errors import ConfigError
-from parsona.host import Host, Request, RowFailed
+from parsona.decoding import RowFailed
+from parsona.host import Host, Request
 from parsona.serve.app import create_app
 from parsona.store import Store
 
