@@ -357,11 +357,9 @@ def main(cfg: Config) -> bool:
         print(f"\n## torch.profiler: {cfg.profile}, {title.split(' (')[0]}\n")
         profile_variant(variants[cfg.profile], ids, kw)
 
-    print("\n## Targets\n")
-    for label, ok in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s. Reproduce with:\n  {command(cfg)}")
-    return all(ok for _, ok in results)
+    from bench_targets import report as report_targets
+
+    return report_targets(results, time.perf_counter() - started, command(cfg))
 
 
 if __name__ == "__main__":

@@ -552,12 +552,9 @@ def main(cfg: Config) -> bool:
                        (f"the load ran every round within --load-seconds ({stats['rounds']} of "
                         f"{cfg.load_users * cfg.load_rounds})", done)]
 
-    print("\n## Targets\n")
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
-          + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1/5/15 min). Reproduce with:\n  {command(cfg)}")
-    return all(ok for _, ok in checks)
+    from bench_targets import report as report_targets
+
+    return report_targets(checks, time.perf_counter() - started, command(cfg))
 
 
 if __name__ == "__main__":

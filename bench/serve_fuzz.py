@@ -197,7 +197,6 @@ def server_errors(log: Path) -> collections.Counter:
 # -- the fuzz ----------------------------------------------------------------------------------------
 def fuzz_schema(base: str, key: str, adapter_id: str | None, model_id: str, seed: int, cfg: Config):
     import schemathesis
-    from hypothesis import strategies as st
 
     parameters = {"body.model": {"dictionary": "model", "probability": 0.9}}
     dictionaries = {"model": {"values": [model_id]}}
@@ -215,16 +214,22 @@ def fuzz_schema(base: str, key: str, adapter_id: str | None, model_id: str, seed
         "parameters": parameters,
         "operations": [{"include-path": "/v1/users", "headers": {"Authorization": f"Bearer {ADMIN}"}}],
     })
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", config=config)
-    cap = cfg.max_tokens_cap
+    return steer(schemathesis.openapi.from_url(f"{base}/openapi.json", config=config), cfg.max_tokens_cap)
+
+
+def steer(schema, max_tokens_cap: int):
+    """Steer generation, never the schema (this run and tests/parsona/test_serve_fuzz.py share it): a generated
+    max_tokens in (cap, 512] is cut to 1..cap (a 512-token decode takes seconds here), and valid temperature
+    and top_p values are drawn at the float edges too (5e-324 once made sampling raise)."""
+    from hypothesis import strategies as st
 
     @schema.hook
     def map_body(context, body):
-        if cap and isinstance(body, dict):
+        if max_tokens_cap and isinstance(body, dict):
             for name in ("max_tokens", "max_completion_tokens"):
                 value = body.get(name)
-                if type(value) is int and cap < value <= 512:
-                    body[name] = 1 + value % cap
+                if type(value) is int and max_tokens_cap < value <= 512:
+                    body[name] = 1 + value % max_tokens_cap
         return body
 
     @schema.hook
@@ -469,12 +474,9 @@ def report(cfg, results, operations, errors_in_log, crossed, checked, alive, sec
         (f"run complete: every engine ran its count, not stopped by --max-seconds ({dict(stops)})",
          set(stops) == {"completed"}),
     ]
-    print("\n## Targets\n")
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    print(f"\ntotal {seconds:.0f} s; load average now " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
-          + f" (1/5/15 min). Reproduce with:\n  {command(cfg)}")
-    return all(ok for _, ok in checks)
+    from bench_targets import report as report_targets
+
+    return report_targets(checks, seconds, command(cfg))
 
 
 if __name__ == "__main__":

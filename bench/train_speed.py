@@ -461,14 +461,11 @@ def main(cfg: Config) -> bool:
         print("\n## torch.profiler: one parsona step\n")
         print(results["parsona"]["profile"])
 
-    print("\n## Targets\n")
+    from bench_targets import report as report_targets
+
     if not checks:
-        print("none checked: both targets need the parsona contender")
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {label}")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average now "
-          + " / ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1/5/15 min). Reproduce with:\n  {command(cfg)}")
-    return all(ok for _, ok in checks)
+        print("\n(both targets need the parsona contender)")
+    return report_targets(checks, time.perf_counter() - started, command(cfg))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import io
 import shutil
+import sys
 import tarfile
 import threading
 import time
@@ -42,6 +43,9 @@ from parsona.serve.app import create_app  # noqa: E402
 from parsona.serve.training import Trainer  # noqa: E402
 from parsona.store import Store  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from serve_fuzz import steer  # noqa: E402  (the longer run's steering, shared: one place)
+
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "fuzz-admin-secret"
@@ -50,7 +54,6 @@ MAX_EXAMPLES = 60        # fuzzed cases per operation (the coverage phase adds i
 MAX_SECONDS = 600        # a safety stop only: the run is bounded by its count
 SEED = 15                # issue 15: the same cases in every run
 FUZZ_MAX_TOKENS = 32     # generated max_tokens in (32, 512] are cut to 1..32 (module docstring)
-EDGE_FLOATS = [5e-324, 1e-300, 1e-40, 1e-8, 1.0]   # valid temperature and top_p values at the float edges
 CHECKS = ("not_a_server_error", "status_code_conformance", "response_schema_conformance")
 
 
@@ -157,29 +160,7 @@ def fuzz_schema(app, key: str, adapter_id: str):
                        "body.adapter": {"dictionary": "adapter", "probability": 0.5}},
         "operations": [{"include-path": "/v1/users", "headers": {"Authorization": f"Bearer {ADMIN_KEY}"}}],
     })
-    schema = schemathesis.openapi.from_asgi("/openapi.json", as_served(app), config=config)
-
-    @schema.hook
-    def map_body(context, body):
-        if isinstance(body, dict):
-            for name in ("max_tokens", "max_completion_tokens"):
-                value = body.get(name)
-                if type(value) is int and FUZZ_MAX_TOKENS < value <= 512:
-                    body[name] = 1 + value % FUZZ_MAX_TOKENS
-        return body
-
-    @schema.hook
-    def flatmap_body(context, body):
-        from hypothesis import strategies as st
-
-        if not isinstance(body, dict):
-            return st.just(body)
-        edges = [st.sampled_from(EDGE_FLOATS).map(lambda v, name=name: {**body, name: v})
-                 for name, ok in (("temperature", lambda v: 0 <= v <= 2), ("top_p", lambda v: 0 < v <= 1))
-                 if type(body.get(name)) in (int, float) and ok(body[name])]
-        return st.one_of(st.just(body), *edges)
-
-    return schema
+    return steer(schemathesis.openapi.from_asgi("/openapi.json", as_served(app), config=config), FUZZ_MAX_TOKENS)
 
 
 def run_engine(schema) -> tuple[dict, list[str]]:
