@@ -4,7 +4,8 @@ Each type lives in its own folder and registers itself in one line; importing th
 registers them all.
 """
 
-from .base import Adapter, AdapterConfig, attach, load_adapter, save_adapter
+from .base import Adapter, AdapterConfig, attach
+from .files import load_adapter, save_adapter
 from .registry import get, names, register
 
 from .lora import LoRA, LoRAConfig  # noqa: E402  (registers "lora")

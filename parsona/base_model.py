@@ -49,7 +49,7 @@ def default_gguf() -> Path:
 def model_for(model: str | None, *adapter_dirs: str | os.PathLike | None) -> str | None:
     """``model`` if given, else the base model recorded by the first of ``adapter_dirs`` that has one
     (``base_model_name_or_path``), else None (the packaged default): every command's ``--model`` rule."""
-    from parsona.adapters.base import saved_base_model
+    from parsona.adapters.files import saved_base_model
 
     if model:
         return model
