@@ -289,28 +289,33 @@ def run_engine(schema, result: Result, max_seconds: float) -> None:
     result.seconds = time.perf_counter() - started
 
 
+def scenario(recorder, statuses: dict):
+    """One finished scenario (this run and tests/parsona/test_serve_fuzz.py share it): count each response's
+    status into ``statuses[operation]``; yield ``(key, response bytes, request body, code sample)`` per failed
+    check, key = (operation, check, failure title, status)."""
+    for interaction in recorder.interactions.values():
+        statuses[recorder.label][interaction.response.status_code if interaction.response else "none"] += 1
+    for case_id, checks in recorder.checks.items():
+        for check in checks:
+            if check.failure_info is None:
+                continue
+            interaction = recorder.interactions.get(case_id)
+            response = interaction.response if interaction else None
+            status = response.status_code if response is not None else None
+            body = (interaction.request.body or b"") if interaction else b""
+            yield ((recorder.label, check.name, check.failure_info.failure.title, status),
+                   response.content if response is not None else b"", body, check.failure_info.code_sample)
+
+
 def _consume(stream, result: Result) -> str:
     from schemathesis.engine import events
 
     stop_reason = "no EngineFinished event"
     for event in stream:
         if isinstance(event, events.ScenarioFinished):
-            rec = event.recorder
-            for interaction in rec.interactions.values():
-                result.statuses[rec.label][interaction.response.status_code if interaction.response else "none"] += 1
-            for case_id, checks in rec.checks.items():
-                for check in checks:
-                    if check.failure_info is None:
-                        continue
-                    failure = check.failure_info.failure
-                    interaction = rec.interactions.get(case_id)
-                    response = interaction.response if interaction else None
-                    status = response.status_code if response is not None else None
-                    key = (rec.label, check.name, failure.title, status)
-                    result.counts[key] += 1
-                    if key not in result.failures:
-                        text = response.content[:240] if response is not None else b""
-                        result.failures[key] = (f"{status} {text!r}\n      {check.failure_info.code_sample[:500]}")
+            for key, response_text, _, code_sample in scenario(event.recorder, result.statuses):
+                result.counts[key] += 1
+                result.failures.setdefault(key, f"{key[3]} {response_text[:240]!r}\n      {code_sample[:500]}")
         elif isinstance(event, events.NonFatalError):
             result.errors.append(f"{event.label}: {event.info.title}: {str(event.value)[:300]}")
         elif isinstance(event, events.FatalError):

@@ -44,7 +44,7 @@ from parsona.serve.training import Trainer  # noqa: E402
 from parsona.store import Store  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from serve_fuzz import steer  # noqa: E402  (the longer run's steering, shared: one place)
+from serve_fuzz import scenario, steer  # noqa: E402  (the longer run's steering, shared: one place)
 
 pytestmark = pytest.mark.slow
 
@@ -189,23 +189,10 @@ def handle(event, statuses: dict, failures: dict) -> None:
     from schemathesis.engine import events
 
     if isinstance(event, events.ScenarioFinished):
-        rec = event.recorder
-        for interaction in rec.interactions.values():
-            statuses[rec.label][interaction.response.status_code if interaction.response else "no response"] += 1
-        for case_id, checks in rec.checks.items():
-            for check in checks:
-                if check.failure_info is None:
-                    continue
-                failure = check.failure_info.failure
-                interaction = rec.interactions.get(case_id)
-                response = interaction.response if interaction else None
-                status = response.status_code if response is not None else None
-                key = (rec.label, check.name, failure.title, status)
-                if key not in failures:
-                    body = (interaction.request.body or b"")[:300] if interaction else b""
-                    text = response.content[:300] if response is not None else b""
-                    failures[key] = (f"{rec.label} [{check.name}] {failure.title}: {status} {text!r}\n"
-                                     f"    request: {body!r}\n    {check.failure_info.code_sample[:400]}")
+        for key, text, body, code_sample in scenario(event.recorder, statuses):
+            operation, check, title, status = key
+            failures.setdefault(key, f"{operation} [{check}] {title}: {status} {text[:300]!r}\n"
+                                     f"    request: {body[:300]!r}\n    {code_sample[:400]}")
     elif isinstance(event, events.NonFatalError):
         failures[("error", event.label, str(event.value))] = f"{event.label}: engine error {event.info.title}: {event.value}"
     elif isinstance(event, events.FatalError):
