@@ -442,7 +442,7 @@ def read_back(base: str, users, n: int, seed: int) -> tuple[list[str], int]:
 def main(cfg: Config) -> bool:
     print("command:", command(cfg), flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from serve_fuzz import server_errors, start_server, stop_server, tiny_server_files
+    from servers import server_errors, start_server, stop_server, tiny_server_files
 
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
@@ -506,6 +506,7 @@ def main(cfg: Config) -> bool:
             distinct = len(set(expected.values()))
             proc, base, log = start_server(tmp / "store", ["--model", str(model_dir), "--preference-adapter", str(pref_dir),
                                                            "--max-batch-size", "16", "--rate-limit", "0"],
+                                           admin_key="bench-scale-admin",   # its users are made in the store directly
                                            env={"OMP_NUM_THREADS": str(cfg.server_threads)} if cfg.server_threads else None)
             try:
                 warm_user = next(u for u in users if u not in load_users)   # the first decode after start is slow

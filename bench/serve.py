@@ -35,8 +35,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -83,36 +81,14 @@ class Config:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cfg: Config, store: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     """One ``parsona serve`` process on a free port, once /healthz answers; its stderr goes to store.log."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "parsona.cli", "serve", "--store", str(store), "--port", str(port),
-           "--max-resident-loras", "64", "--max-batch-size", str(cfg.concurrency),
-           "--batch-wait-ms", str(cfg.batch_wait_ms), "--rate-limit", "0", *extra]  # it measures compute, not limits
-    if cfg.model:
-        cmd += ["--model", cfg.model]
-    log = store.with_suffix(".log")
-    with open(log, "wb") as stderr:   # the child keeps its own handle
-        proc = subprocess.Popen(cmd, env={**os.environ, "PARSONA_ADMIN_KEY": ADMIN}, stdout=subprocess.DEVNULL,
-                                stderr=stderr)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:   # it died: say why now rather than after two minutes of polling
-            break
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    raise SystemExit(f"server did not start (exit status {proc.wait()}): {' '.join(cmd)}\n{tail}")
+    from servers import start_server
+
+    args = ["--max-resident-loras", "64", "--max-batch-size", str(cfg.concurrency), "--batch-wait-ms",
+            str(cfg.batch_wait_ms), "--rate-limit", "0", *extra]   # it measures compute, not limits
+    proc, base, _ = start_server(store, args + (["--model", cfg.model] if cfg.model else []), admin_key=ADMIN)
+    return proc, base
 
 
 def lora_archives(model, n: int, rank: int = 8) -> list[bytes]:

@@ -57,3 +57,34 @@ def peft_lora_dir(path, seed, r=4, targets=("q_proj", "v_proj", "down_proj")):
     model.save_pretrained(path)
     (path / "README.md").unlink(missing_ok=True)
     return path
+
+
+def start_serve(args: list[str], admin_key: str, seconds: float = 90):
+    """A real ``parsona serve ARGS`` on a free loopback port, once /healthz answers: (process, base url).
+    One torch thread (tiny models); stdout and stderr together in ``process.stdout``."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PARSONA_ADMIN_KEY": admin_key, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "parsona.cli", "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"parsona serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"parsona serve did not answer /healthz within {seconds} s")

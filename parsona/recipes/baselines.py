@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from parsona.errors import ConfigError
-from parsona.front_policies import FRONT_FILE, load_front_policy  # noqa: F401  (load_front_policy: see below)
+from parsona.front_policies import FRONT_FILE
 from parsona.recipes.train_preference_lora import SCALARIZATIONS, scalarizer
 from parsona.training.checkpoints import other_settings
 from parsona.training.front_data import KNOWN_OBJECTIVES
@@ -209,10 +209,6 @@ def trained_lora(target: Path, entry: dict, cfg: Config) -> dict:
         raise ConfigError("output_dir", "Use a new --output-dir, or the settings of the run already there.",
                           problem=f"{target} holds a LoRA trained with other {', '.join(other)}")
     return saved
-
-
-# load_front_policy moved to parsona.front_policies (eval_front and the benches use it, not only this
-# recipe); the name above stays importable from here while bench/front_quality.py still imports it.
 
 
 if __name__ == "__main__":

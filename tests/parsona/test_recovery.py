@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import start_serve
 from parsona.base_model import save_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -29,37 +28,12 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FINAL = ("succeeded", "failed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``parsona serve --model DIR --store DIR`` on a free loopback port."""
 
     def __init__(self, model_dir: Path, store: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PARSONA_ADMIN_KEY": ADMIN_KEY, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parsona.cli", "serve", "--model", str(model_dir), "--store", str(store),
-             "--host", "127.0.0.1", "--port", str(self.port), "--max-jobs-per-user", "3"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._wait_healthy(90)
-
-    def _wait_healthy(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"parsona serve exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"parsona serve did not answer /healthz within {seconds} s")
+        self.proc, self.base = start_serve(["--model", str(model_dir), "--store", str(store), "--max-jobs-per-user", "3"],
+                                           ADMIN_KEY)
 
     def call(self, method: str, path: str, key: dict | None = None, **kwargs) -> httpx.Response:
         return httpx.request(method, f"{self.base}{path}", headers=key or ADMIN, timeout=30, **kwargs)

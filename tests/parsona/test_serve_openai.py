@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import perturb
+from conftest import perturb, start_serve
 from parsona.adapters import PreferenceLoRAConfig, attach, save_adapter
 from parsona.base_model import save_tiny_model, tiny_causal_lm
 
 ADMIN_KEY = "test-admin-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_command() -> list[str]:
-    """``parsona serve``, through the main CLI as a user runs it."""
-    return [sys.executable, "-m", "parsona.cli", "serve"]
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +22,8 @@ def server(tmp_path_factory):
     pref = attach(tiny_causal_lm(vocab_size=259, pad_token_id=0), PreferenceLoRAConfig(rank=2))
     perturb(pref)
     save_adapter(pref, root / "pref")
-    port = free_port()
-    env = {**os.environ, "PARSONA_ADMIN_KEY": ADMIN_KEY, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*serve_command(), "--model", str(model_dir), "--adapter", str(root / "pref"),
-                             "--store", str(root / "store"), "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"parsona serve exited with {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("parsona serve did not answer /healthz within 90 s")
+    proc, base = start_serve(["--model", str(model_dir), "--preference-adapter", str(root / "pref"),
+                              "--store", str(root / "store")], ADMIN_KEY)
     try:
         yield base
     finally:
