@@ -127,29 +127,34 @@ def _finite(obj: Any) -> Any:
 
 # -- scoring ----------------------------------------------------------------------------------
 
-def _chunks(tokenizer, pairs, max_length: int, batch_size: int) -> list:
-    """Token batches of ``batch_size`` pairs, rows [a replies; b replies] (2b, T) each."""
-    from parsona.logprobs import tokenize_pairs
+def _tokenized(tokenizer, pairs, max_length: int) -> list[tuple[list[int], list[list[int]]]]:
+    """(prompt ids, [reply a ids, reply b ids]) per pair, cut as the training step cuts them."""
+    from parsona.logprobs import tokenize_pair
 
-    out = []
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s : s + batch_size]
-        out.append(tokenize_pairs(tokenizer, [p.prompt for p in chunk] * 2,
-                                  [p.response_a for p in chunk] + [p.response_b for p in chunk], max_length))
-    return out
+    return [tokenize_pair(tokenizer, p.prompt, [p.response_a, p.response_b], max_length) for p in pairs]
 
 
 @torch.no_grad()
-def _logps(scorer, chunks, device) -> torch.Tensor:
-    """(2, N) summed log-probs of reply a (row 0) and reply b (row 1) of every pair."""
-    a, b = [], []
-    for batch in chunks:
-        batch = batch.to(device)
-        sums, _ = scorer(batch.input_ids, batch.attention_mask, batch.response_mask)   # (2n,)
-        n = sums.shape[0] // 2
-        a.append(sums[:n].float().cpu())
-        b.append(sums[n:].float().cpu())
-    return torch.stack([torch.cat(a), torch.cat(b)])
+def _logps(scorer, tokenized, pad_id: int, inputs: dict | None = None, n_rows: int = 1) -> torch.Tensor:
+    """(K, 2, N) summed log-probs of reply a (index 0) and b (1) of every pair, row k under row k's
+    adapter ``inputs`` (K = ``n_rows``; none: whatever the model is now). Pair by pair, the prompt runs
+    once for both replies and, with per-row inputs, once for every λ of the grid in the same forward."""
+    per_pair = [scorer.rows(prompt, replies, pad_id, n_rows=n_rows, **(inputs or {})).float().cpu()   # (K, 2)
+                for prompt, replies in tokenized]
+    return torch.stack(per_pair, dim=-1)                                                             # (K, 2, N)
+
+
+def _grid_logps(scorer, policy, grid: np.ndarray, tokenized, pad_id: int, progress) -> torch.Tensor:
+    """(K, 2, N) the policy's log-probs at every λ of ``grid`` (K, m): one forward per pair for the whole
+    grid where the policy takes λ per row (``row_inputs``), else λ by λ with ΔW(λ) merged."""
+    inputs = policy.row_inputs(grid) if hasattr(policy, "row_inputs") else None
+    if inputs is not None:
+        return _logps(scorer, progress(tokenized), pad_id, inputs, n_rows=len(grid))
+    out = []
+    for lam in progress(grid):
+        with policy.at(lam.tolist()):
+            out.append(_logps(scorer, tokenized, pad_id)[0])                                        # (2, N)
+    return torch.stack(out)
 
 
 def pair_scores(policy_logps: torch.Tensor, reference_logps: torch.Tensor, a_wins: torch.Tensor,
@@ -225,7 +230,7 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
     """
     from tqdm.auto import tqdm
 
-    from parsona.logprobs import SequenceLogProbs
+    from parsona.logprobs import PairLogProbs
     from parsona.training.step import label_tensors
 
     objectives = tuple(objectives)
@@ -248,13 +253,12 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
         raise ConfigError("reference_point", f"Give one value per objective ({m}).", problem=f"shape {ref_point.shape}")
 
     began = time.perf_counter()
-    device = next(model.parameters()).device
-    scorer = SequenceLogProbs(model).eval()
+    scorer = PairLogProbs(model, getattr(policy, "adapter", None)).eval()
     a_wins, has_label = label_tensors(pairs, objectives)                                  # (N, m) each
-    chunks = _chunks(tokenizer, pairs, max_length, batch_size)
+    tokenized, pad_id = _tokenized(tokenizer, pairs, max_length), _pad_id(tokenizer)
     if reference_logps is None:
         with policy.reference():
-            reference_logps = _logps(scorer, chunks, device)                              # (2, N)
+            reference_logps = _logps(scorer, tokenized, pad_id)[0]                        # (2, N)
     if reference_logps.shape != (2, len(pairs)):
         raise ConfigError("reference_logps", "Compute them with reference_logprobs() on the same pairs.",
                           problem=f"shape {tuple(reference_logps.shape)} for {len(pairs)} pairs")
@@ -264,15 +268,16 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
     accuracy, losses, rewards = np.zeros((len(grid), m)), np.zeros((len(grid), m)), np.zeros((len(grid), m))
     per_pair = np.zeros((len(grid), len(pairs), m))
     per_prompt = np.zeros((len(grid), len(prompts or ()), m))
-    for k, lam in enumerate(tqdm(grid, desc=f"eval {method}".strip(), disable=not progress)):
-        with policy.at(lam.tolist()):
-            policy_logps = _logps(scorer, chunks, device)                                 # (2, N)
-            accuracy[k], losses[k], per_pair[k] = pair_scores(policy_logps, reference_logps, a_wins, has_label, beta)
-            if reward_models is not None:
+    bar = lambda items: tqdm(items, desc=f"eval {method}".strip(), disable=not progress, leave=False)  # noqa: E731
+    policy_logps = _grid_logps(scorer, policy, grid, tokenized, pad_id, bar)              # (K, 2, N)
+    for k, lam in enumerate(grid):
+        accuracy[k], losses[k], per_pair[k] = pair_scores(policy_logps[k], reference_logps, a_wins, has_label, beta)
+        if reward_models is not None:
+            with policy.at(lam.tolist()):
                 per_prompt[k] = reply_rewards(model, tokenizer, prompts, reward_models, objectives,
                                               max_new_tokens=max_new_tokens, max_length=max_length,
                                               batch_size=batch_size)                       # (P, m)
-                rewards[k] = per_prompt[k].mean(axis=0)
+            rewards[k] = per_prompt[k].mean(axis=0)
     scored = reward_models is not None
     return FrontResult(method, objectives, grid, accuracy, losses, [int(x) for x in has_label.sum(0)], ref_point,
                        reward=rewards if scored else None, pair_correct=per_pair,
@@ -281,13 +286,17 @@ def evaluate_front(model, tokenizer, policy, eval_pairs, objectives: Sequence[st
 
 def reference_logprobs(model, tokenizer, policy, eval_pairs, *, max_length: int = 256, max_pairs: int | None = None,
                        batch_size: int = 8) -> torch.Tensor:
-    """(2, N) reference log-probs of replies a and b, to share across methods on the same base model."""
-    from parsona.logprobs import SequenceLogProbs
+    """(2, N) reference log-probs of replies a and b, to share across methods on the same base model
+    (``batch_size`` is unused: pairs are scored one at a time, the prompt once for both replies)."""
+    from parsona.logprobs import PairLogProbs
 
     pairs = list(eval_pairs)[:max_pairs]
     with policy.reference():
-        return _logps(SequenceLogProbs(model).eval(), _chunks(tokenizer, pairs, max_length, batch_size),
-                      next(model.parameters()).device)
+        return _logps(PairLogProbs(model).eval(), _tokenized(tokenizer, pairs, max_length), _pad_id(tokenizer))[0]
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 # -- indicators -------------------------------------------------------------------------------

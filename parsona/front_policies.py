@@ -8,6 +8,10 @@ model. The simplest common path, exact for all of them, is to merge ΔW(λ) into
     with policy.reference():    # W = W0 (the adapter disabled): DPO's reference model
         model(...)
 
+Where the method's adapter takes the preference per row, ``policy.row_inputs(grid)`` gives the
+adapter inputs that make row k of one batch the policy at λ_k (None where only merging can), so a
+whole grid is scored in one forward (``parsona.evaluate``).
+
 Implementations:
 
 * :class:`PreferenceLoRAPolicy`: Panacea, ΔW(λ) = scaling · U diag(σ, s·λ) Vᵀ (one adapter).
@@ -53,6 +57,8 @@ class FrontPolicy(Protocol):
 
     def reference(self) -> contextlib.AbstractContextManager: ...
 
+    def row_inputs(self, grid: np.ndarray) -> dict | None: ...
+
 
 def check_preference(preference, m: int) -> tuple[float, ...]:
     """λ as a tuple of m floats on the simplex, or a ConfigError (field ``preference``)."""
@@ -84,6 +90,10 @@ class MergingPolicy:
     def reference(self) -> contextlib.AbstractContextManager:
         return self.adapter.disabled()  # type: ignore[attr-defined]
 
+    def row_inputs(self, grid: np.ndarray) -> dict | None:
+        """The adapter's runtime inputs for K rows, row k at grid[k] (K, m); None: merge per λ instead."""
+        return None
+
 
 class PreferenceLoRAPolicy(MergingPolicy):
     """Panacea: one preference LoRA; at λ its ΔW(λ) is merged into the base weights."""
@@ -97,6 +107,10 @@ class PreferenceLoRAPolicy(MergingPolicy):
 
     def unmerge(self) -> None:
         self.adapter.unmerge()
+
+    def row_inputs(self, grid: np.ndarray) -> dict:
+        rows = [check_preference(lam, self.n_objectives) for lam in grid]
+        return {"preference": torch.tensor(rows, dtype=torch.float32, device=self.adapter.device)}   # (K, m)
 
 
 class RewardedSoupsPolicy(MergingPolicy):
@@ -186,6 +200,9 @@ class GridPolicy(MergingPolicy):
 
     def merge(self, preference) -> None:
         self.adapter.merge(adapter=self.name_at(preference))
+
+    def row_inputs(self, grid: np.ndarray) -> dict:
+        return {"adapter": [self.name_at(lam) for lam in grid]}            # the bank picks a LoRA per row
 
     def unmerge(self) -> None:
         self.adapter.unmerge()

@@ -153,6 +153,9 @@ class PairLogProbs(nn.Module):
     any adapter's runtime inputs for one row (``adapter="alice"`` for a LoRA bank). The
     reference pass: call it inside ``adapter.disabled()`` with none. Logits exist only at reply positions; the
     pair's softmax is kept for its backward (one matmul less).
+
+    :meth:`rows` scores the same pair under K rows of inputs at once, (K, R): the evaluation of a
+    whole λ grid in one forward (the per-row preference is what allows it).
     """
 
     def __init__(self, model: nn.Module, adapter=None, chunk_tokens: int = 512):
@@ -164,55 +167,87 @@ class PairLogProbs(nn.Module):
     def _decode(self, inputs: dict, **kwargs):
         if not inputs:
             return self.model.get_decoder()(**kwargs)
-        rows = kwargs["input_ids"].shape[0]  # 1 when packed, R when padded: one-row tensor inputs are repeated
-        per_row = {k: v.expand(rows, *v.shape[1:]) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        rows = kwargs["input_ids"].shape[0]  # K when packed, K·R when padded: one-row tensor inputs are repeated
+        per_row = {k: _repeat_rows(v, rows) for k, v in inputs.items()}
         with self.adapter.inputs(**per_row):
             return self.model.get_decoder()(**kwargs)
 
     def forward(self, prompt_ids: list[int], replies: list[list[int]], pad_token_id: int = 0,
                 preference: torch.Tensor | None = None, **adapter_inputs) -> torch.Tensor:
+        inputs = adapter_inputs if preference is None else {**adapter_inputs, "preference": preference}
+        return self.rows(prompt_ids, replies, pad_token_id, n_rows=1, **inputs)[0]
+
+    def rows(self, prompt_ids: list[int], replies: list[list[int]], pad_token_id: int = 0, n_rows: int = 1,
+             **adapter_inputs) -> torch.Tensor:
+        """(K, R) Σ log π(reply | prompt) with row k's adapter inputs: tensors of K (or 1) rows, e.g.
+        ``preference`` (K, m); lists of K values (``adapter=["a", "b"]``). ``n_rows`` = K."""
         head = self.model.get_output_embeddings()
         device = head.weight.device
-        inputs = adapter_inputs if preference is None else {**adapter_inputs, "preference": preference}
-        out = self._decode(inputs, input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
-        last = out.last_hidden_state[0, -1:]                                # (1, d): predicts each reply's first token
+        K, P = n_rows, len(prompt_ids)
+        out = self._decode(adapter_inputs, input_ids=torch.tensor([prompt_ids] * K, device=device), use_cache=True)
+        last = out.last_hidden_state[:, -1:]                                # (K, 1, d): predicts each reply's first token
         if self._packable():
-            reply_hidden = self._packed(inputs, out.cache, len(prompt_ids), replies, device)
+            hidden = self._packed(adapter_inputs, out.cache, P, replies, K, device)   # (K, N, d)
         else:
-            reply_hidden = self._padded(inputs, out.cache, len(prompt_ids), replies, pad_token_id, device)
-        h = torch.cat([piece for r, hr in zip(replies, reply_hidden) for piece in (last, hr[: len(r) - 1])])  # (N, d)
-        targets = torch.tensor([t for r in replies for t in r], device=device)                            # (N,)
-        rows = torch.tensor([i for i, r in enumerate(replies) for _ in r], device=device)                 # (N,)
-        # one pair's replies: its softmax (≤ 2 × max_length × V floats) may stay alive until its backward
-        token_logps = token_logprobs(h, head.weight, targets, self.chunk_tokens, keep_softmax=True)       # (N,)
-        return torch.zeros(len(replies), device=device, dtype=torch.float32).index_add(0, rows, token_logps)
+            hidden = self._padded(adapter_inputs, out.cache, P, replies, pad_token_id, K, device)
+        starts = torch.cumsum(torch.tensor([0] + [len(r) for r in replies[:-1]]), 0).tolist()
+        h = torch.cat([piece for r, s in zip(replies, starts)
+                       for piece in (last, hidden[:, s : s + len(r) - 1])], dim=1)                     # (K, N, d)
+        targets = torch.tensor([t for r in replies for t in r], device=device)                        # (N,)
+        reply_of = torch.tensor([i for i, r in enumerate(replies) for _ in r], device=device)         # (N,)
+        # one pair's replies: its softmax (≤ K × 2 × max_length × V floats) may stay alive until its backward
+        token_logps = token_logprobs(h.reshape(-1, h.shape[-1]), head.weight, targets.repeat(K),
+                                     self.chunk_tokens, keep_softmax=True).view(K, -1)                 # (K, N)
+        return torch.zeros(K, len(replies), device=device, dtype=torch.float32).index_add(1, reply_of, token_logps)
 
     def _packable(self) -> bool:
         """Whether the model's attention takes a custom 4D mask (SDPA and eager do)."""
         return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager")
 
-    def _packed(self, inputs: dict, cache, P: int, replies: list[list[int]], device) -> list[torch.Tensor]:
-        """Hidden states of every reply token, the replies packed into one row after the prompt."""
+    def _packed(self, inputs: dict, cache, P: int, replies: list[list[int]], K: int, device) -> torch.Tensor:
+        """(K, N, d) hidden states of every reply token, the replies packed into one row after the prompt."""
         lengths = torch.tensor([len(r) for r in replies], device=device)
         reply = torch.repeat_interleave(torch.arange(len(replies), device=device), lengths)             # (N,) which reply
         offset = torch.arange(len(reply), device=device) - (torch.cumsum(lengths, 0) - lengths)[reply]  # (N,) index in it
-        ids = torch.tensor([[t for r in replies for t in r]], device=device)                           # (1, N)
+        ids = torch.tensor([[t for r in replies for t in r]] * K, device=device)                       # (K, N)
         same = (reply[:, None] == reply[None, :]) & (offset[None, :] <= offset[:, None])              # (N, N) causal per reply
         allowed = torch.cat([same.new_ones(len(reply), P), same], dim=1)[None, None]                   # (1, 1, N, P+N)
         if self.model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
             allowed = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        hidden = self._decode(inputs, input_ids=ids, position_ids=(P + offset)[None], attention_mask=allowed,
-                              cache=cache, use_cache=True).last_hidden_state[0]                       # (N, d)
-        return list(hidden.split(lengths.tolist()))
+        positions = (P + offset)[None].expand(K, -1)                                                   # (K, N)
+        return self._decode(inputs, input_ids=ids, position_ids=positions, attention_mask=allowed.expand(K, -1, -1, -1),
+                            cache=cache, use_cache=True).last_hidden_state
 
-    def _padded(self, inputs: dict, cache, P: int, replies: list[list[int]], pad_token_id: int, device) -> list[torch.Tensor]:
-        """The same, as R right-padded rows over the prompt's cache repeated R times."""
-        L = max(len(r) for r in replies)
-        cache.batch_repeat_interleave(len(replies))
-        ids = torch.tensor([r + [pad_token_id] * (L - len(r)) for r in replies], device=device)        # (R, L)
-        mask = torch.tensor([[1] * (P + len(r)) + [0] * (L - len(r)) for r in replies], device=device)  # (R, P+L)
-        hidden = self._decode(inputs, input_ids=ids, attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
-        return list(hidden)
+    def _padded(self, inputs: dict, cache, P: int, replies: list[list[int]], pad_token_id: int, K: int,
+                device) -> torch.Tensor:
+        """The same, as K·R right-padded rows (row k·R + i: inputs k, reply i) over the repeated prompt cache;
+        returned as (K, N, d) in the packed layout."""
+        R, L = len(replies), max(len(r) for r in replies)
+        cache.batch_repeat_interleave(R)
+        ids = torch.tensor([r + [pad_token_id] * (L - len(r)) for r in replies] * K, device=device)        # (K·R, L)
+        mask = torch.tensor([[1] * (P + len(r)) + [0] * (L - len(r)) for r in replies] * K, device=device)  # (K·R, P+L)
+        per_row = {k: _repeat_each(v, R) for k, v in inputs.items()}
+        hidden = self._decode(per_row, input_ids=ids, attention_mask=mask, cache=cache,
+                              use_cache=True).last_hidden_state.view(K, R, L, -1)
+        return torch.cat([hidden[:, i, : len(r)] for i, r in enumerate(replies)], dim=1)                # (K, N, d)
+
+
+def _repeat_rows(value, rows: int):
+    """A one-row input repeated to ``rows`` (tensors expand; a one-item list repeats); others as given."""
+    if isinstance(value, torch.Tensor) and value.shape[0] == 1:
+        return value.expand(rows, *value.shape[1:])
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return list(value) * rows
+    return value                                                 # K rows already, or one value for every row
+
+
+def _repeat_each(value, times: int):
+    """Each row of a K-row input repeated ``times`` times in place (row k -> rows k·times .. k·times + times - 1)."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat_interleave(times, dim=0)
+    if isinstance(value, (list, tuple)):
+        return [v for v in value for _ in range(times)]
+    return value
 
 
 def sequence_logprobs(model: nn.Module, batch: Batch, average: bool = False) -> torch.Tensor:

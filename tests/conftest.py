@@ -8,6 +8,12 @@ import torch
 from parsona.base_model import save_tiny_model, tiny_causal_lm
 
 
+@pytest.fixture(autouse=True)
+def _reference_cache(tmp_path_factory, monkeypatch):
+    """Training recipes keep reference log-probs in the parsona cache: each test gets its own, empty."""
+    monkeypatch.setattr("parsona.training.reference.default_dir", lambda: tmp_path_factory.mktemp("reference-logps"))
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_causal_lm()

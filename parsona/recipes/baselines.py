@@ -14,6 +14,10 @@ Every LoRA starts from the same seeded init (A Kaiming-uniform, B = 0): weight i
     python -m parsona.recipes.baselines --method rewarded_soups --max-steps 40
     python -m parsona.recipes.baselines --method dps --n-partitions 10 --dps-steps-each 12
 
+Under ``accelerate launch`` / ``torchrun`` the processes split each step's ``pairs_per_step`` pairs
+as the preference-LoRA recipe does and average their gradients (``training.base.average_gradients``:
+no DDP wraps the bank, whose LoRA changes every entry), so a step is the one-process step.
+
 Each LoRA is written atomically as a PEFT directory ``output_dir/<method>/<name>``; a rerun skips
 LoRAs already written (resume at LoRA granularity). ``front.json`` beside them says which LoRA is
 which objective or λ, and the budget spent.
@@ -32,7 +36,7 @@ import torch
 from parsona.errors import ConfigError
 from parsona.front_policies import FRONT_FILE
 from parsona.recipes.train_preference_lora import SCALARIZATIONS, scalarizer
-from parsona.training.checkpoints import other_settings
+from parsona.training.checkpoints import LEG_FIELDS, other_settings
 from parsona.training.front_data import KNOWN_OBJECTIVES
 
 METHODS = ("rewarded_soups", "dps")
@@ -81,6 +85,11 @@ class Config:
     """Fraction of prompts held out (by a stable hash) for evaluation."""
     seed: int = 0
     """Seed for data order and the shared LoRA init."""
+    precompute_reference: bool = True
+    """Compute the reference log-probs of every pair the LoRAs will see once, before training, and keep them
+    (as the preference-LoRA recipe does: the same store, so either recipe reuses the other's on one base)."""
+    reference_cache: str = ""
+    """Directory of the kept reference log-probs ("": $PARSONA_CACHE/reference-logps, else ~/.cache/parsona/...)."""
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -124,9 +133,10 @@ def main(cfg: Config) -> Path:
     from parsona.io import write_json
     from parsona.logprobs import PairLogProbs
     from parsona.objectives import dpo_loss
-    from parsona.training.base import frozen_base, make_accelerator, warmup_schedule
+    from parsona.training.base import average_gradients, frozen_base, make_accelerator, step_totals, warmup_schedule
     from parsona.training.front_data import data_fingerprint, training_pairs
-    from parsona.training.sampling import batches
+    from parsona.training.preference import reference_source
+    from parsona.training.sampling import batches, local_rows
     from parsona.training.step import pair_step
 
     out = Path(cfg.output_dir) / cfg.method
@@ -135,6 +145,7 @@ def main(cfg: Config) -> Path:
     done = {e["name"]: trained_lora(out / e["name"], e, cfg) for e in entries_planned
             if (out / e["name"] / "training_summary.json").is_file()}
     accelerator = make_accelerator()
+    local_rows(cfg.pairs_per_step, 0, accelerator.num_processes)   # an uneven split is refused before any loading
     model, tokenizer = frozen_base(cfg.model, accelerator, cfg.seed)
     bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))
     init = bank.weights("default")                            # the shared seeded init, A Kaiming, B = 0
@@ -143,6 +154,22 @@ def main(cfg: Config) -> Path:
     scorer = PairLogProbs(model, bank).train()
     loss_fn = dpo_loss
 
+    def entry_data(entry) -> list:
+        # Rewarded Soups: a LoRA sees only pairs labelled for its objective, so each step holds
+        # pairs_per_step labelled pairs, as a preference-LoRA step does.
+        return [p for p in train if entry["objective"] is None or entry["objective"] in p.labels]
+
+    def step_pairs(data, step: int) -> list:
+        order = batches(len(data), cfg.pairs_per_step, cfg.seed, step)                      # (rows,) the global batch
+        return [data[i] for i in order[local_rows(len(order), accelerator.process_index, accelerator.num_processes)]]
+
+    # the bank disabled is the base model: one set of reference log-probs serves every LoRA (and seed)
+    reference = reference_source(cfg, scorer, bank, tokenizer, accelerator)
+    if reference.store is not None:
+        todo = [(entry_data(e), e["steps"]) for e in entries_planned if e["name"] not in done]
+        seen = {id(p): p for data, steps in todo for step in range(steps) for p in step_pairs(data, step)}
+        reference.precompute(list(seen.values()), progress=accelerator.is_local_main_process)
+
     entries = []
     for entry in entries_planned:
         target = out / entry["name"]
@@ -150,9 +177,7 @@ def main(cfg: Config) -> Path:
             entries.append(done[entry["name"]])
             accelerator.print(f"skipping {entry['name']}: already trained ({target})")
             continue
-        # Rewarded Soups: a LoRA sees only pairs labelled for its objective, so each step holds
-        # pairs_per_step labelled pairs, as a preference-LoRA step does.
-        data = [p for p in train if entry["objective"] is None or entry["objective"] in p.labels]
+        data = entry_data(entry)
         # A copy: the bank trains the tensors it is given in place, and the next LoRA needs the init.
         bank.add(entry["name"], LoRAWeights(init.rank, init.alpha,
                                             {p: (A.detach().clone(), B.detach().clone()) for p, (A, B) in init.factors.items()}))
@@ -165,18 +190,21 @@ def main(cfg: Config) -> Path:
         name = entry["name"]
         tokens, history, t0 = 0, [], time.perf_counter()
         for step in tqdm(range(entry["steps"]), desc=f"{cfg.method} {name}", disable=not accelerator.is_local_main_process):
-            pairs = [data[i] for i in batches(len(data), cfg.pairs_per_step, cfg.seed, step)]
+            pairs = step_pairs(data, step)                                                  # this process's share
             # the preference LoRA's own step, with this LoRA in place of λ_b (reference = bank disabled)
             _, _, n_tokens, loss = pair_step(scorer, bank, tokenizer, pairs, lam.expand(len(pairs), -1), cfg.objectives,
                                              loss_fn, scalarize, cfg.beta, cfg.max_length, accelerator,
-                                             adapter_inputs=lambda b: {"adapter": name})
+                                             adapter_inputs=lambda b: {"adapter": name}, reference=reference)
+            average_gradients(accelerator, params)          # no DDP wraps the bank: the processes' mean, as DDP does
+            loss, n_tokens = step_totals(accelerator, loss, n_tokens)           # the global batch's, every process
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
             tokens += n_tokens
             history.append({"step": step + 1, "loss": loss})
         summary = {**entry, "tokens": tokens, "seconds": round(time.perf_counter() - t0, 2), "history": history,
-                   "train_pairs": len(data), "config": dataclasses.asdict(cfg)}
+                   "train_pairs": len(data), "config": dataclasses.asdict(cfg),
+                   "reference": reference.summary()}   # this run's lookups so far (the precompute included)
         if accelerator.is_main_process:
             bank.save_peft(entry["name"], target)                          # atomic
             write_json(target / "training_summary.json", summary)          # last: marks the LoRA complete
@@ -202,7 +230,7 @@ def trained_lora(target: Path, entry: dict, cfg: Config) -> dict:
     saved = json.loads((target / "training_summary.json").read_text())
     other = [k for k in ("preference", "objective", "steps") if saved.get(k) != entry[k]]
     # the plan's fields only matter through the entry (its steps and λ); Soups LoRAs are plain DPO
-    ignore = ("output_dir", "method", "max_steps", "n_partitions", "dps_steps_each")
+    ignore = ("method", "n_partitions", "dps_steps_each", *LEG_FIELDS)
     other += other_settings(saved.get("config", {}), cfg,
                             ignore=ignore + (("scalarization",) if entry["objective"] is not None else ()))
     if other:

@@ -13,7 +13,12 @@ Panacea's one singular value per objective the front barely spread; ``--rank 8
 --preference-rank 1 --alpha 16 --no-all-labels-only`` is the paper's set-up.
 
     python -m parsona.recipes.train_preference_lora --max-steps 40      # or: parsona train preference-lora
-    accelerate launch -m parsona.recipes.train_preference_lora ...      # several GPUs / processes
+    accelerate launch --multi_gpu --num_processes N -m parsona.recipes.train_preference_lora ...   # N GPUs
+
+With N processes each step's global batch is still ``pairs_per_step`` pairs (which N must divide):
+process r trains on its contiguous share of pairs_per_step / N pairs and their λ rows, and DDP
+averages the gradients, so the step is the one-process step. The loss history and token counts are
+the global batch's (gathered and reduced across processes), the same for any N.
 
 Checkpoints land in ``output_dir/checkpoint`` every ``checkpoint_every`` steps; rerunning the
 same command continues from there. The final adapter is written atomically to
@@ -92,6 +97,13 @@ class Config:
     """Fraction of prompts held out (by a stable hash) for evaluation."""
     seed: int = 0
     """Seed for data order, λ sampling and initialisation."""
+    precompute_reference: bool = True
+    """Compute each training pair's reference log-probs once, before the loop, and keep them (safetensors
+    under reference_cache, keyed by the pair's tokens and the base model's fingerprint); steps then skip
+    the reference pass. Exact: the numbers the step would compute (off, with a warning, for a model with
+    dropout). Other seeds, runs and the baselines on the same base reuse them."""
+    reference_cache: str = ""
+    """Directory of the kept reference log-probs ("": $PARSONA_CACHE/reference-logps, else ~/.cache/parsona/...)."""
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -144,13 +156,15 @@ def main(cfg: Config) -> Path:
     from tqdm.auto import tqdm
 
     from parsona.adapters import save_adapter
-    from parsona.training.base import make_accelerator
+    from parsona.training.base import make_accelerator, step_totals
     from parsona.training.checkpoints import finished, load_checkpoint, save_checkpoint
     from parsona.training.front_data import data_fingerprint
     from parsona.training.preference import setup
+    from parsona.training.sampling import local_rows
 
     out = Path(cfg.output_dir)
     accelerator = make_accelerator()
+    local_rows(cfg.pairs_per_step, 0, accelerator.num_processes)   # an uneven split is refused before any loading
     if finished(out, cfg):
         accelerator.print(f"already trained: {out / 'adapter'} (same settings, {cfg.max_steps} steps)")
         return out / "adapter"
@@ -161,6 +175,7 @@ def main(cfg: Config) -> Path:
     start = done["step"]
     if start:
         accelerator.print(f"resuming from step {start} ({checkpoint})")
+    run.precompute_reference(start)                                  # misses only; before the clock starts
     history, tokens, began = done["history"], done["tokens"], time.perf_counter()
 
     def progress(step: int) -> dict:  # cumulative over every run that led here, so a resumed summary is whole
@@ -170,12 +185,15 @@ def main(cfg: Config) -> Path:
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="preference-lora",
                disable=not accelerator.is_local_main_process)
     for step in bar:
-        losses, has_label, n_tokens, loss = run.step(step)                                    # (B, m), (B, m)
+        losses, has_label, n_tokens, loss = run.step(step)                   # this process's share: (B / W, m) each
+        losses, has_label = accelerator.gather((losses.detach(), has_label))   # the global batch's (B, m), every process
+        loss, n_tokens = step_totals(accelerator, loss, n_tokens)              # its mean loss and all its tokens
         tokens += n_tokens
         mean_losses = (losses.detach().sum(0) / has_label.sum(0).clamp(min=1)).tolist()
         history.append({"step": step + 1, "loss": loss, **{f"loss_{o}": v for o, v in zip(cfg.objectives, mean_losses)}})
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{(tokens - done['tokens']) / (time.perf_counter() - began):.0f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps \
+                and accelerator.is_main_process:                   # one writer: the processes hold the same state
             save_checkpoint(checkpoint, run.adapter, run.optimizer, run.schedule, progress(step + 1))
 
     accelerator.wait_for_everyone()
@@ -183,7 +201,8 @@ def main(cfg: Config) -> Path:
         final = progress(cfg.max_steps)
         summary = {"config": dataclasses.asdict(cfg), "steps": cfg.max_steps, "resumed_from": start,
                    "seconds": final["seconds"], "tokens": tokens, "history": history,
-                   "train_pairs": len(run.train), "data_sha256": data_fingerprint(), "device": str(accelerator.device)}
+                   "train_pairs": len(run.train), "data_sha256": data_fingerprint(), "device": str(accelerator.device),
+                   "reference": run.reference.summary()}
         save_adapter(run.adapter, out / "adapter", extra_json={"training_summary.json": summary})
         save_checkpoint(checkpoint, run.adapter, run.optimizer, run.schedule, final)
     return out / "adapter"

@@ -7,6 +7,8 @@
 ``seed``), each cut to ``max_length`` tokens ending in end-of-sequence, right-padded; the loss is the
 mean next-token cross-entropy over the non-pad tokens. The LoRA is written atomically as a standard
 PEFT LoRA directory at ``output_dir`` (PEFT, vLLM and LoRAX load it; so does ``LoRA.add``).
+It runs in one process on the model's device, without Accelerate (a user's few texts need no more);
+it does not shard its batch, so run it with ``python -m``, not ``accelerate launch``.
 
 The server's background job (``POST /v1/adapters/train``) runs this recipe through :func:`run`, on
 its own copy of the base model, with the user's history as ``texts`` and a ``progress`` callback

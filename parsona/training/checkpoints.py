@@ -17,7 +17,8 @@ import torch
 
 from parsona.errors import ConfigError
 
-LEG_FIELDS = ("output_dir", "max_steps", "checkpoint_every")   # where and how long: may change between legs
+# where and how long, and where the reference log-probs come from (exact either way): may change between legs
+LEG_FIELDS = ("output_dir", "max_steps", "checkpoint_every", "precompute_reference", "reference_cache")
 PROGRESS = "progress.json"
 
 

@@ -10,6 +10,7 @@ so the benchmark times the recipe's own model, adapter, optimizer and step, not 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ class PreferenceSettings(Protocol):
     all_labels_only: bool            # these three pick the training pairs (front_data.training_pairs)
     max_train_pairs: int
     eval_fraction: float
+    precompute_reference: bool       # reference log-probs computed before the loop and kept (reference.py)
+    reference_cache: str             # where they are kept ("" : the parsona cache)
     loss_fn: LossFn                  # the function behind the recipe's --loss flag
     scalarize: Scalarize             # the function behind its --scalarization flag
 
@@ -56,20 +59,35 @@ class PreferenceRun:
     optimizer: torch.optim.Optimizer
     schedule: Any
     train: list                      # MultiObjectivePair, the recipe's training pairs
+    reference: Any                   # ReferenceLogProbs: the store's values, or computed in the step
 
     def batch(self, step: int) -> list:
-        """The pairs of ``step``: epochs of a seeded permutation of ``train``."""
-        from .sampling import batches
+        """This process's pairs of ``step``: its contiguous share (``sampling.local_rows``) of the global
+        batch, epochs of a seeded permutation of ``train`` (pairs_per_step pairs over all processes)."""
+        from .sampling import batches, local_rows
 
-        return [self.train[i] for i in batches(len(self.train), self.cfg.pairs_per_step, self.cfg.seed, step)]
+        a = self.accelerator
+        order = batches(len(self.train), self.cfg.pairs_per_step, self.cfg.seed, step)        # (rows,) global
+        return [self.train[i] for i in order[local_rows(len(order), a.process_index, a.num_processes)]]
 
     def preferences(self, step: int) -> torch.Tensor:
-        """λ (pairs_per_step, m) of ``step``, on the device."""
-        from .sampling import step_preferences
+        """λ (rows / W, m) of ``step`` on the device: the rows of the global batch's λ that match
+        :meth:`batch`'s pairs (W processes; rows = pairs_per_step, or all pairs when there are fewer)."""
+        from .sampling import batch_rows, local_rows, step_preferences
 
-        c = self.cfg
+        c, a = self.cfg, self.accelerator
         lam = step_preferences(c.pairs_per_step, c.n_objectives, c.seed, step, c.dirichlet_alpha, c.vertex_prob)
-        return lam.to(self.accelerator.device)
+        rows = batch_rows(len(self.train), c.pairs_per_step)              # λ's first rows go with the pairs
+        return lam[:rows][local_rows(rows, a.process_index, a.num_processes)].to(a.device)
+
+    def precompute_reference(self, start: int = 0) -> None:
+        """Reference log-probs of every pair that steps ``start`` .. max_steps - 1 will see, computed before
+        the loop (misses only: a resumed run, another seed or method on the same base reuses them); no-op
+        when the reference is computed in the step."""
+        if self.reference.store is None:
+            return
+        pairs = {id(p): p for step in range(start, self.cfg.max_steps) for p in self.batch(step)}
+        self.reference.precompute(list(pairs.values()), progress=self.accelerator.is_local_main_process)
 
     def step(self, step: int, pairs: list | None = None) -> tuple[torch.Tensor, torch.Tensor, int, float]:
         """One optimizer step on ``pairs`` (default: :meth:`batch`), row b at λ_b of :meth:`preferences`.
@@ -80,7 +98,7 @@ class PreferenceRun:
         pairs = self.batch(step) if pairs is None else pairs
         lam = self.preferences(step)[: len(pairs)]                                           # (B, m)
         out = pair_step(self.scorer, self.adapter, self.tokenizer, pairs, lam, c.objectives, c.loss_fn, c.scalarize,
-                        c.beta, c.max_length, self.accelerator)
+                        c.beta, c.max_length, self.accelerator, reference=self.reference)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad()
@@ -107,4 +125,29 @@ def setup(cfg: PreferenceSettings, accelerator=None) -> PreferenceRun:
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
-    return PreferenceRun(cfg, accelerator, model, tokenizer, adapter, scorer, optimizer, schedule, train)
+    reference = reference_source(cfg, scorer, adapter, tokenizer, accelerator)
+    return PreferenceRun(cfg, accelerator, model, tokenizer, adapter, scorer, optimizer, schedule, train, reference)
+
+
+def reference_source(cfg, scorer, adapter, tokenizer, accelerator):
+    """The step's reference log-probs: kept in a store when ``cfg.precompute_reference`` and the base's
+    forward is deterministic (a model with active dropout would give other numbers on every pass, so
+    its reference is computed in the step, with a warning); computed in the step otherwise."""
+    from .reference import ReferenceLogProbs, ReferenceStore
+
+    store = None
+    if cfg.precompute_reference:
+        if has_dropout(scorer):
+            warnings.warn("precompute_reference: the model has dropout > 0, so its reference log-probs are not the "
+                          "same on every pass; computing them in each step instead", stacklevel=2)
+        else:
+            store = ReferenceStore.for_model(adapter.model, accelerator, cfg.reference_cache or None)
+    return ReferenceLogProbs(scorer, adapter, tokenizer, cfg.max_length, store)
+
+
+def has_dropout(module: torch.nn.Module) -> bool:
+    """Whether any dropout would be active in training mode (nn.Dropout or an attention_dropout in the config)."""
+    config = getattr(getattr(module, "module", module), "model", module)
+    config = getattr(config, "config", None)
+    return (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
+            or float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0)

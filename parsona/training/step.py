@@ -82,33 +82,39 @@ def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives
 
 def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn: LossFn, scalarize: Scalarize,
               beta: float, max_length: int, accelerator, adapter_inputs: Callable[[int], dict] | None = None,
+              reference: Callable[[list[int], list[list[int]]], torch.Tensor] | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Accumulate the gradient of mean_b scalarize(L_b, λ_b) one pair at a time; return the per-objective
     losses (B, m), has_label (B, m), the token count (as ``pair_losses`` counts it) and the loss.
 
     ``scorer`` is a (prepared) :class:`parsona.logprobs.PairLogProbs`. ``adapter_inputs(b)`` gives pair
     b's runtime inputs for ``adapter`` (default: the preference λ_b; the baselines pass a bank LoRA's
-    name and a fixed λ). Per pair: the reference pass (adapter disabled, no grad) and the policy pass
-    each run the prompt once for both replies,
+    name and a fixed λ). ``reference(prompt_ids, replies) -> (2,)`` gives the reference log-probs
+    (default: computed here, adapter disabled, no grad; a
+    :class:`parsona.training.reference.ReferenceLogProbs` with a store reads precomputed ones).
+    Per pair: the reference pass and the policy pass each run the prompt once for both replies,
     then that pair's backward frees its activations before the next pair runs, so at most one pair's
     activations are alive. Exact: the loss is a mean of per-pair terms (same gradient as
     ``pair_losses`` + backward of the mean, up to float rounding, for pairs that fit ``max_length``).
     """
     from parsona.logprobs import tokenize_pair
 
+    from .reference import ReferenceLogProbs
+
+    if reference is None:                                                                   # no store: computed here
+        reference = ReferenceLogProbs(scorer, adapter, tokenizer, max_length)
     a_wins, has_label = (t.to(lam.device) for t in label_tensors(pairs, objectives))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     B, rows, n_tokens, total = len(pairs), [], 0, 0.0
     for b, pair in enumerate(pairs):
         prompt, replies = tokenize_pair(tokenizer, pair.prompt, [pair.response_a, pair.response_b], max_length)
         n_tokens += 2 * len(prompt) + sum(len(r) for r in replies)
-        with torch.no_grad(), adapter.disabled():
-            reference = scorer(prompt, replies, pad)                                            # (2,) [a, b]
+        ref = reference(prompt, replies)                                                        # (2,) [a, b]
         sync = accelerator.no_sync(scorer) if b < B - 1 else contextlib.nullcontext()             # DDP: sync once
         with sync:
             inputs = adapter_inputs(b) if adapter_inputs else {"preference": lam[b : b + 1]}
             policy = scorer(prompt, replies, pad, **inputs)                                      # (2,)
-            losses = per_objective_losses(loss_fn, policy, reference, a_wins[b : b + 1], has_label[b : b + 1], beta)
+            losses = per_objective_losses(loss_fn, policy, ref, a_wins[b : b + 1], has_label[b : b + 1], beta)
             loss = scalarize(losses, lam[b : b + 1]).sum() / B
             accelerator.backward(loss)
         rows.append(losses.detach())

@@ -218,3 +218,20 @@ def test_serve_without_a_preference_adapter_serves_the_base_and_refuses_a_prefer
         assert r.status_code == 400 and r.json()["error"]["param"] == "preference"
         assert client.get("/v1/models", headers=key).json()["data"][0]["n_objectives"] is None
     app.state.store.close()
+
+
+def test_demo_trains_evaluates_plots_and_says_whether_the_preference_steers(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", tiny_dir, "--output-dir", str(out), "--max-steps", "2", "--max-length", "48",
+                 "--pairs-per-step", "2", "--eval-pairs", "4", "--max-new-tokens", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "train" / "adapter" / "adapter.safetensors").is_file()
+    assert {p.name for p in (out / "front").iterdir()} == {"front.csv", "front.json", "front.png"}
+    report = json.loads((out / "front" / "front.json").read_text())
+    assert len(report["methods"][0]["rows"]) == 11 and report["eval_pairs"] == 4      # the whole grid, scored
+    summary = json.loads((out / "train" / "adapter" / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["reference"]["computed"] == 4           # precomputed, then read
+    assert printed.count("preference ") == 3                                         # the prompt at 3 λ
+    row = report["indicators"][0]
+    line = next(l for l in printed.splitlines() if l.startswith("Spearman"))
+    assert f"{row['n_non_dominated']} of 11 points non-dominated" in line and "took" in printed

@@ -136,6 +136,7 @@ def test_grid_policy_uses_its_lora_and_refuses_other_preferences(bank_setup, inp
     with pytest.raises(ConfigError) as err:
         policy.merge([0.4, 0.6])
     assert err.value.field == "preference" and not bank.merged
+    assert policy.row_inputs(np.array([[0.5, 0.5], [1.0, 0.0]])) == {"adapter": ["two", "one"]}   # a LoRA per row
 
 
 # -- cheap evaluation against a hand computation --------------------------------------------------
@@ -160,14 +161,18 @@ def naive_logps(model, tokenizer, pairs) -> torch.Tensor:
     return out
 
 
-def test_cheap_eval_equals_a_hand_computation(tiny_dir):
+@pytest.mark.parametrize("per_row", [True, False], ids=["grid-in-one-forward", "merged-per-preference"])
+def test_cheap_eval_equals_a_hand_computation(tiny_dir, per_row):
     torch.manual_seed(0)
     model, tokenizer = load_base_model(tiny_dir)
     adapter = attach(model, PreferenceLoRAConfig(rank=2))
     perturb(adapter)
     grid = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
     beta = 0.5
-    result = evaluate_front(model, tokenizer, PreferenceLoRAPolicy(adapter), PAIRS, OBJECTIVES, grid, beta=beta,
+    policy = PreferenceLoRAPolicy(adapter)
+    if not per_row:                        # the path of methods that can only merge ΔW(λ) (Rewarded Soups)
+        policy.row_inputs = lambda grid: None
+    result = evaluate_front(model, tokenizer, policy, PAIRS, OBJECTIVES, grid, beta=beta,
                             max_length=64, batch_size=2, progress=False, method="pref")
     with adapter.disabled():
         ref = naive_logps(model, tokenizer, PAIRS)

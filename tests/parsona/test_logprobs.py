@@ -99,3 +99,25 @@ def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
     (g_expected,) = torch.autograd.grad(expected @ torch.tensor([1.0, -2.0, 0.5]), adapter.layers["model.layers.0.mlp.up_proj"].U)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)  # fp32 sums in another order
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "padded"])
+def test_pair_logprobs_rows_score_each_row_under_its_own_inputs(attention):
+    # a λ grid in one forward: row k equals the pair scored alone at λ_k (and the rows differ)
+    from parsona.adapters import PreferenceLoRAConfig, attach
+
+    model = tiny_causal_lm()
+    if attention != "padded":
+        model.set_attn_implementation(attention)
+    adapter = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(adapter)
+    scorer = PairLogProbs(model, adapter)
+    if attention == "padded":
+        scorer._packable = lambda: False
+    prompt, replies = [5, 9, 13, 7], [[21, 22, 23, 24, 25, 26], [40, 41]]
+    grid = torch.tensor([[1.0, 0.0], [0.7, 0.3], [0.2, 0.8], [0.0, 1.0]])
+    with torch.no_grad():
+        got = scorer.rows(prompt, replies, n_rows=4, preference=grid)                           # (4, 2)
+        alone = torch.stack([scorer(prompt, replies, preference=lam[None]) for lam in grid])     # (4, 2)
+    torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+    assert (got[0] - got[-1]).abs().max() > 1e-3
