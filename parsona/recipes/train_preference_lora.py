@@ -43,6 +43,8 @@ from parsona.training.front_data import KNOWN_OBJECTIVES
 
 SCALARIZATIONS = ("linear", "tchebycheff")
 LOSSES = ("dpo", "ipo", "hinge")
+SAMPLINGS = ("row", "batch")
+NORMALISATIONS = ("none", "running_mean")
 
 
 @dataclass
@@ -86,6 +88,12 @@ class Config:
     """Probability that a row's λ is a vertex (one objective only) instead of a Dirichlet draw."""
     dirichlet_alpha: float = 1.0
     """Concentration of the Dirichlet over λ (1 = uniform on the simplex)."""
+    preference_sampling: str = "row"
+    """How λ is drawn: row (each pair of a step its own λ) or batch (one λ for the whole step, as Panacea does)."""
+    loss_normalisation: str = "none"
+    """none, or running_mean: each objective's loss divided by its running mean (an EMA of its logged loss;
+    the weights average 1) before the λ-weighted sum, so an objective that learns faster does not crowd out
+    the other (training.step.running_mean_weights)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     all_labels_only: bool = True
@@ -114,6 +122,9 @@ class Config:
             raise ConfigError("objectives", f"Pick distinct names from {KNOWN_OBJECTIVES}.", problem=f"got {self.objectives}")
         if self.scalarization not in SCALARIZATIONS:
             raise ConfigError("scalarization", f"Use one of {SCALARIZATIONS}.", problem=f"got {self.scalarization!r}")
+        for name, allowed in (("preference_sampling", SAMPLINGS), ("loss_normalisation", NORMALISATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"Use one of {allowed}.", problem=f"got {getattr(self, name)!r}")
         if self.loss not in LOSSES:
             raise ConfigError("loss", f"Use one of {LOSSES}.", problem=f"got {self.loss!r}")
         if not self.pref_scale_lr_multiplier > 0:
@@ -185,7 +196,7 @@ def main(cfg: Config) -> Path:
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="preference-lora",
                disable=not accelerator.is_local_main_process)
     for step in bar:
-        losses, has_label, n_tokens, loss = run.step(step)                   # this process's share: (B / W, m) each
+        losses, has_label, n_tokens, loss = run.step(step, history=history)                   # this process's share: (B / W, m) each
         losses, has_label = accelerator.gather((losses.detach(), has_label))   # the global batch's (B, m), every process
         loss, n_tokens = step_totals(accelerator, loss, n_tokens)              # its mean loss and all its tokens
         tokens += n_tokens

@@ -40,6 +40,8 @@ class PreferenceSettings(Protocol):
     all_labels_only: bool            # these three pick the training pairs (front_data.training_pairs)
     max_train_pairs: int
     eval_fraction: float
+    preference_sampling: str         # "row": a λ per pair; "batch": one λ per step (Panacea)
+    loss_normalisation: str          # "none", or "running_mean": objective i's loss over its running mean
     precompute_reference: bool       # reference log-probs computed before the loop and kept (reference.py)
     reference_cache: str             # where they are kept ("" : the parsona cache)
     loss_fn: LossFn                  # the function behind the recipe's --loss flag
@@ -76,7 +78,9 @@ class PreferenceRun:
         from .sampling import batch_rows, local_rows, step_preferences
 
         c, a = self.cfg, self.accelerator
-        lam = step_preferences(c.pairs_per_step, c.n_objectives, c.seed, step, c.dirichlet_alpha, c.vertex_prob)
+        drawn = 1 if c.preference_sampling == "batch" else c.pairs_per_step   # "batch": Panacea's one λ per step
+        lam = step_preferences(drawn, c.n_objectives, c.seed, step, c.dirichlet_alpha, c.vertex_prob)
+        lam = lam.expand(c.pairs_per_step, -1)                                 # (pairs_per_step, m)
         rows = batch_rows(len(self.train), c.pairs_per_step)              # λ's first rows go with the pairs
         return lam[:rows][local_rows(rows, a.process_index, a.num_processes)].to(a.device)
 
@@ -89,16 +93,21 @@ class PreferenceRun:
         pairs = {id(p): p for step in range(start, self.cfg.max_steps) for p in self.batch(step)}
         self.reference.precompute(list(pairs.values()), progress=self.accelerator.is_local_main_process)
 
-    def step(self, step: int, pairs: list | None = None) -> tuple[torch.Tensor, torch.Tensor, int, float]:
-        """One optimizer step on ``pairs`` (default: :meth:`batch`), row b at λ_b of :meth:`preferences`.
+    def step(self, step: int, pairs: list | None = None, history: list[dict] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+        """One optimizer step on ``pairs`` (default: :meth:`batch`), row b at λ_b of :meth:`preferences`;
+        ``history`` (the logged steps so far) feeds ``loss_normalisation="running_mean"``.
 
         Returns the per-objective losses (B, m), has_label (B, m), the step's tokens and its loss.
         """
+        from .step import running_mean_weights
+
         c = self.cfg
         pairs = self.batch(step) if pairs is None else pairs
         lam = self.preferences(step)[: len(pairs)]                                           # (B, m)
+        weights = running_mean_weights(history or [], c.objectives) if c.loss_normalisation == "running_mean" else None
         out = pair_step(self.scorer, self.adapter, self.tokenizer, pairs, lam, c.objectives, c.loss_fn, c.scalarize,
-                        c.beta, c.max_length, self.accelerator, reference=self.reference)
+                        c.beta, c.max_length, self.accelerator, reference=self.reference, objective_weights=weights)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad()

@@ -83,7 +83,7 @@ def pair_losses(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives
 def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, loss_fn: LossFn, scalarize: Scalarize,
               beta: float, max_length: int, accelerator, adapter_inputs: Callable[[int], dict] | None = None,
               reference: Callable[[list[int], list[list[int]]], torch.Tensor] | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+              objective_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Accumulate the gradient of mean_b scalarize(L_b, λ_b) one pair at a time; return the per-objective
     losses (B, m), has_label (B, m), the token count (as ``pair_losses`` counts it) and the loss.
 
@@ -92,6 +92,8 @@ def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, 
     name and a fixed λ). ``reference(prompt_ids, replies) -> (2,)`` gives the reference log-probs
     (default: computed here, adapter disabled, no grad; a
     :class:`parsona.training.reference.ReferenceLogProbs` with a store reads precomputed ones).
+    ``objective_weights`` (m,) multiply each objective's loss before scalarizing (e.g.
+    :func:`running_mean_weights`; the returned losses stay unweighted).
     Per pair: the reference pass and the policy pass each run the prompt once for both replies,
     then that pair's backward frees its activations before the next pair runs, so at most one pair's
     activations are alive. Exact: the loss is a mean of per-pair terms (same gradient as
@@ -115,11 +117,30 @@ def pair_step(scorer, adapter, tokenizer, pairs, lam: torch.Tensor, objectives, 
             inputs = adapter_inputs(b) if adapter_inputs else {"preference": lam[b : b + 1]}
             policy = scorer(prompt, replies, pad, **inputs)                                      # (2,)
             losses = per_objective_losses(loss_fn, policy, ref, a_wins[b : b + 1], has_label[b : b + 1], beta)
-            loss = scalarize(losses, lam[b : b + 1]).sum() / B
+            weighted = losses if objective_weights is None else losses * objective_weights.to(losses.device)
+            loss = scalarize(weighted, lam[b : b + 1]).sum() / B
             accelerator.backward(loss)
         rows.append(losses.detach())
         total += loss.item()
     return torch.cat(rows), has_label, n_tokens, total
+
+
+NORMALISATION_MOMENTUM = 0.9   # EMA of the logged per-objective losses: ~10 steps of memory
+
+
+def running_mean_weights(history: list[dict], objectives, momentum: float = NORMALISATION_MOMENTUM) -> torch.Tensor:
+    """Per-objective loss weights (m,): w_i ∝ 1 / EMA_i, the EMA over the steps so far of objective i's
+    logged mean loss (``history[k][f"loss_{o}"]``), scaled so the weights average 1; ones before step 1.
+
+    An objective whose loss falls faster gets a smaller share of each row's λ-weighted sum, so both
+    keep moving (a lever against a front compressed at one end). Read from the history the
+    checkpoint already keeps, so a resumed run uses exactly the weights an uninterrupted one did."""
+    ema = torch.ones(len(objectives), dtype=torch.float64)
+    for k, row in enumerate(history):
+        logged = torch.tensor([row[f"loss_{o}"] for o in objectives], dtype=torch.float64)
+        ema = logged if k == 0 else momentum * ema + (1 - momentum) * logged
+    inverse = 1 / ema.clamp(min=1e-6)
+    return (inverse / inverse.mean()).float()
 
 
 def parameter_groups(adapter, learning_rate: float, scale_lr_multiplier: float = 1.0) -> list[dict]:

@@ -24,7 +24,7 @@ DOCUMENTED = {
     "adapter_overhead": ["", "--tiny", "--profile bank_users", "--threads 1 --no-decode --all-logits"],
     "serve": ["", "--tiny --rounds 1"],
     "reward_accuracy": ["", "--max-pairs 200", "--save-dir runs/rewards", "--C 0.5 --tfidf-C 2"],
-    "train_speed": ["", "--contenders parsona --profile", "--tiny", "--tiny --contenders parsona",
+    "train_speed": ["", "--contenders parsona,trl_best", "--contenders parsona --profile", "--tiny", "--tiny --contenders parsona",
                     "--no-trl-gradient-checkpointing", "--no-all-labels-only --loss ipo --threads 0"],
     "serve_fuzz": ["", "--users 1 --examples 20"],
     "scale": ["", "--users 500 --vectors 20000 --requests 500 --load-rounds 1"],

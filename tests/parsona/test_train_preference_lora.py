@@ -197,3 +197,37 @@ def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ConfigError) as err:
         Config(**bad)
     assert err.value.field == field
+
+
+def test_running_mean_weights_follow_the_logged_losses():
+    from parsona.training.step import running_mean_weights
+
+    assert running_mean_weights([], OBJECTIVES).tolist() == [1.0, 1.0]              # nothing logged yet
+    history = [{"loss_helpful": 0.6, "loss_harmless": 0.3}, {"loss_helpful": 0.4, "loss_harmless": 0.3}]
+    ema = torch.tensor([0.9 * 0.6 + 0.1 * 0.4, 0.3], dtype=torch.float64)           # EMA, momentum 0.9
+    expected = (1 / ema) / (1 / ema).mean()                                         # ∝ 1 / EMA, mean 1
+    torch.testing.assert_close(running_mean_weights(history, OBJECTIVES), expected.float())
+
+
+def test_one_preference_per_batch_gives_every_row_the_same_lambda(tiny_dir):
+    from parsona.training.preference import setup
+
+    cfg = Config(model=tiny_dir, max_length=48, pairs_per_step=4, max_steps=2, rank=2, max_train_pairs=8)
+    per_row = setup(cfg).preferences(0)
+    per_batch = setup(dataclasses.replace(cfg, preference_sampling="batch")).preferences(0)
+    assert per_batch.shape == per_row.shape == (4, 2)
+    assert (per_batch == per_batch[:1]).all() and not (per_row == per_row[:1]).all()
+
+
+def test_loss_normalisation_changes_the_step_and_resumes_exactly(tiny_dir, tmp_path):
+    common = dict(model=str(tiny_dir), max_length=48, pairs_per_step=2, checkpoint_every=2, rank=2,
+                  loss_normalisation="running_mean", warmup_steps=1)
+    main(Config(output_dir=str(tmp_path / "straight"), max_steps=4, **common))
+    main(Config(output_dir=str(tmp_path / "resumed"), max_steps=2, **common))
+    main(Config(output_dir=str(tmp_path / "resumed"), max_steps=4, **common))
+    plain = main(Config(output_dir=str(tmp_path / "plain"), max_steps=4, **{**common, "loss_normalisation": "none"}))
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter.safetensors") for run in ("straight", "resumed"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)   # the weights come from the kept history
+    c = load_file(plain / "adapter.safetensors")
+    assert any((a[k] - c[k]).abs().max() > 1e-6 for k in a)              # the lever does change training

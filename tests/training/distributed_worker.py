@@ -46,8 +46,8 @@ def main(model_dir: str, out: Path) -> None:
                     process_index=run.accelerator.process_index)
         real_step = run.step
 
-        def step(i: int, pairs=None):
-            out = real_step(i, pairs)
+        def step(i: int, pairs=None, history=None):
+            out = real_step(i, pairs, history=history)
             seen["steps"][i] = {"prompts": [p.prompt for p in run.batch(i)], "preference": run.preferences(i).tolist(),
                                 "loss": out[3]}
             return out
