@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
     began, out = time.perf_counter(), Path(args.output_dir)
     adapter = train_preference_lora.main(train_preference_lora.Config(
         model=args.model, output_dir=str(out / "train"), max_steps=args.max_steps, max_length=args.max_length,
-        pairs_per_step=args.pairs_per_step, learning_rate=args.learning_rate, seed=args.seed))
+        pairs_per_step=args.pairs_per_step, rank=args.rank, learning_rate=args.learning_rate, seed=args.seed))
     plot = eval_front.main(eval_front.Config(adapter=str(adapter), out=str(out / "front"), model=args.model,
                                              eval_pairs=args.eval_pairs, max_length=args.max_length))
     args.preference_adapter, args.lora = str(adapter), None
@@ -169,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                           description=cmd_demo.__doc__)
     demo.add_argument("--model", default=None, help="HF model id or local dir (default: SmolLM2-135M-Instruct)")
     demo.add_argument("--output-dir", default="runs/demo", help="where the adapter and the front go (default: runs/demo)")
-    demo.add_argument("--max-steps", type=int, default=40, help="training steps (default: 40)")
-    demo.add_argument("--max-length", type=int, default=192, help="tokens per prompt + reply (default: 192)")
+    demo.add_argument("--max-steps", type=int, default=80, help="training steps (default: 80)")
+    demo.add_argument("--max-length", type=int, default=128, help="tokens per prompt + reply (default: 128)")
+    demo.add_argument("--rank", type=int, default=8,
+                      help="shared singular values beside the 8 per objective (default: 8, Panacea's k)")
     demo.add_argument("--pairs-per-step", type=positive_int, default=4, help="preference pairs per step (default: 4)")
     demo.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    demo.add_argument("--eval-pairs", type=int, default=48, help="held-out pairs scored per preference (default: 48)")
+    demo.add_argument("--eval-pairs", type=int, default=32, help="held-out pairs scored per preference (default: 32)")
     demo.add_argument("--prompt", default=DEMO_PROMPT, help=f"answered at three preferences (default: {DEMO_PROMPT!r})")
     demo.add_argument("--max-new-tokens", type=positive_int, default=48, help="tokens to generate (default: 48)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -384,7 +384,11 @@ def plot_front(results: Sequence[FrontResult], path: str | Path, objectives: tup
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for r in results:
         P = r.points
-        ax.plot(P[:, i], P[:, j], marker="o", markersize=3, linewidth=1, label=r.method)
+        line, = ax.plot(P[:, i], P[:, j], marker="o", markersize=3, linewidth=1, label=r.method)
+        for k in (0, len(P) - 1):           # the path's ends say which way λ runs
+            lam = ", ".join(f"{x:.2g}" for x in r.preferences[k])
+            ax.annotate(f"λ=({lam})", (P[k, i], P[k, j]), fontsize=6, color=line.get_color(),
+                        xytext=(3, 3), textcoords="offset points")
     ref = results[0].reference_point
     ax.scatter([ref[i]], [ref[j]], marker="x", color="black", label=f"HV reference ({ref[i]:.3g}, {ref[j]:.3g})")
     ax.set_xlabel(f"{results[0].metric}: {results[0].objectives[i]}")

@@ -72,9 +72,9 @@ def test_token_logprobs_match_log_softmax_in_chunks(keep_softmax):
     torch.testing.assert_close(g_got, g_expected)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "padded"])
-def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
-    # replies of different lengths packed after one prompt vs. the textbook full-logits way, row by row
+def pair_scorer(attention: str):
+    """(model, adapter, PairLogProbs) on a tiny model with a perturbed preference LoRA; ``attention``
+    "padded" forces the fallback for attention that takes no custom mask (flash-attention)."""
     from parsona.adapters import PreferenceLoRAConfig, attach
 
     model = tiny_causal_lm()
@@ -82,11 +82,18 @@ def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
         model.set_attn_implementation(attention)
     adapter = attach(model, PreferenceLoRAConfig(rank=2))
     perturb(adapter)
+    scorer = PairLogProbs(model, adapter)
+    if attention == "padded":
+        scorer._packable = lambda: False
+    return model, adapter, scorer
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "padded"])
+def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
+    # replies of different lengths packed after one prompt vs. the textbook full-logits way, row by row
+    model, adapter, scorer = pair_scorer(attention)
     prompt, replies = [5, 9, 13, 7], [[21, 22, 23, 24, 25, 26], [40, 41], [60, 61, 62]]
     lam = torch.tensor([[0.3, 0.7]])
-    scorer = PairLogProbs(model, adapter)
-    if attention == "padded":  # the fallback for attention that takes no custom mask (flash-attention)
-        scorer._packable = lambda: False
     got = scorer(prompt, replies, preference=lam)
     (g_got,) = torch.autograd.grad(got @ torch.tensor([1.0, -2.0, 0.5]), adapter.layers["model.layers.0.mlp.up_proj"].U)
     expected = []
@@ -104,16 +111,7 @@ def test_pair_logprobs_equal_one_row_per_reply_in_value_and_gradient(attention):
 @pytest.mark.parametrize("attention", ["sdpa", "eager", "padded"])
 def test_pair_logprobs_rows_score_each_row_under_its_own_inputs(attention):
     # a λ grid in one forward: row k equals the pair scored alone at λ_k (and the rows differ)
-    from parsona.adapters import PreferenceLoRAConfig, attach
-
-    model = tiny_causal_lm()
-    if attention != "padded":
-        model.set_attn_implementation(attention)
-    adapter = attach(model, PreferenceLoRAConfig(rank=2))
-    perturb(adapter)
-    scorer = PairLogProbs(model, adapter)
-    if attention == "padded":
-        scorer._packable = lambda: False
+    _, _, scorer = pair_scorer(attention)
     prompt, replies = [5, 9, 13, 7], [[21, 22, 23, 24, 25, 26], [40, 41]]
     grid = torch.tensor([[1.0, 0.0], [0.7, 0.3], [0.2, 0.8], [0.0, 1.0]])
     with torch.no_grad():
