@@ -94,6 +94,9 @@ class Config:
     """none, or running_mean: each objective's loss divided by its running mean (an EMA of its logged loss;
     the weights average 1) before the λ-weighted sum, so an objective that learns faster does not crowd out
     the other (training.step.running_mean_weights)."""
+    objective_lr_multipliers: tuple[float, ...] = ()
+    """Per objective, in objectives order: its λ-scaled singular directions (its columns of U and V) learn at
+    learning_rate × this (e.g. 1,2); empty: all at learning_rate (training.step.objective_learning_rates)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every this many steps (0: only at the end)."""
     all_labels_only: bool = True
@@ -125,6 +128,8 @@ class Config:
         for name, allowed in (("preference_sampling", SAMPLINGS), ("loss_normalisation", NORMALISATIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"Use one of {allowed}.", problem=f"got {getattr(self, name)!r}")
+        self.objective_lr_multipliers = positive_floats(self.objective_lr_multipliers, "objective_lr_multipliers",
+                                                        len(self.objectives))
         if self.loss not in LOSSES:
             raise ConfigError("loss", f"Use one of {LOSSES}.", problem=f"got {self.loss!r}")
         if not self.pref_scale_lr_multiplier > 0:
@@ -145,6 +150,19 @@ class Config:
     def scalarize(self):
         """The function behind ``scalarization``: per-row loss (B,) from losses (B, m) and λ (B, m)."""
         return scalarizer(self.scalarization)
+
+
+def positive_floats(values, field: str, n: int) -> tuple[float, ...]:
+    """``values`` (strings from a flag, or numbers) as n positive floats; () stays ()."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+        values = f"unreadable {values!r}"
+    if values and (len(out) != n or not all(v > 0 for v in out)):
+        raise ConfigError(field, f"Give {n} positive numbers, one per objective (e.g. {','.join(['1'] * n)}), or none.",
+                          problem=f"got {values}")
+    return out
 
 
 def scalarizer(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

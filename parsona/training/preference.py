@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .step import LossFn, Scalarize, pair_step, parameter_groups
+from .step import LossFn, Scalarize, objective_learning_rates, pair_step, parameter_groups
 
 
 class PreferenceSettings(Protocol):
@@ -42,6 +42,7 @@ class PreferenceSettings(Protocol):
     eval_fraction: float
     preference_sampling: str         # "row": a λ per pair; "batch": one λ per step (Panacea)
     loss_normalisation: str          # "none", or "running_mean": objective i's loss over its running mean
+    objective_lr_multipliers: tuple  # () or m floats: objective i's columns of U, V at learning_rate × c_i
     precompute_reference: bool       # reference log-probs computed before the loop and kept (reference.py)
     reference_cache: str             # where they are kept ("" : the parsona cache)
     loss_fn: LossFn                  # the function behind the recipe's --loss flag
@@ -132,6 +133,8 @@ def setup(cfg: PreferenceSettings, accelerator=None) -> PreferenceRun:
     scorer = PairLogProbs(model, adapter).train()
     groups = parameter_groups(adapter, cfg.learning_rate, cfg.pref_scale_lr_multiplier)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+    if cfg.objective_lr_multipliers:
+        objective_learning_rates(optimizer, adapter, cfg.objective_lr_multipliers)
     schedule = warmup_schedule(optimizer, cfg.warmup_steps)
     scorer, optimizer, schedule = accelerator.prepare(scorer, optimizer, schedule)
     reference = reference_source(cfg, scorer, adapter, tokenizer, accelerator)

@@ -143,6 +143,33 @@ def running_mean_weights(history: list[dict], objectives, momentum: float = NORM
     return (inverse / inverse.mean()).float()
 
 
+def objective_learning_rates(optimizer: torch.optim.Optimizer, adapter, multipliers) -> None:
+    """Make objective i's singular directions (its p columns of every U and V) step at the optimizer's
+    learning rate × ``multipliers[i]``; the shared k columns at the rate itself.
+
+    AdamW's update of a weight is lr × (its own moment ratio), so scaling one column's update by c is
+    exactly that column at lr × c: hooks keep U and V before the step and rescale what it moved, per
+    column (U, V are single tensors, so parameter groups cannot split them). No state of its own: a
+    resumed run steps exactly as an uninterrupted one."""
+    layers = list(adapter.layers.values())
+    k, p = layers[0].rank, layers[0].preference_rank
+    scale = torch.cat([torch.ones(k), torch.tensor([float(c) for c in multipliers]).repeat_interleave(p)])  # (k+m·p,)
+    params = [t for layer in layers for t in (layer.U, layer.V)]                  # (d, k+m·p) each: columns last
+    before: dict[int, torch.Tensor] = {}
+
+    def keep(*_):
+        before.update({id(t): t.detach().clone() for t in params})
+
+    def rescale(*_):
+        with torch.no_grad():
+            for t in params:
+                old = before.pop(id(t))
+                t.copy_(old + (t - old) * scale.to(t.device, t.dtype))
+
+    optimizer.register_step_pre_hook(keep)
+    optimizer.register_step_post_hook(rescale)
+
+
 def parameter_groups(adapter, learning_rate: float, scale_lr_multiplier: float = 1.0) -> list[dict]:
     """AdamW groups of a preference LoRA: the scales s at ``learning_rate × scale_lr_multiplier``
     (Panacea's s sizes λ's singular values), everything else at ``learning_rate``."""

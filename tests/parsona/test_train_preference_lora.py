@@ -231,3 +231,28 @@ def test_loss_normalisation_changes_the_step_and_resumes_exactly(tiny_dir, tmp_p
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-7)   # the weights come from the kept history
     c = load_file(plain / "adapter.safetensors")
     assert any((a[k] - c[k]).abs().max() > 1e-6 for k in a)              # the lever does change training
+
+
+def test_objective_lr_multipliers_scale_each_objectives_columns_only(tiny_dir):
+    from parsona.training.preference import setup
+
+    cfg = Config(model=tiny_dir, max_length=48, pairs_per_step=2, max_steps=1, rank=2, preference_rank=2,
+                 max_train_pairs=4, warmup_steps=1, seed=3)       # seed 3: step 0's λ rows weight both objectives
+    moved = {}
+    for name, multipliers in (("plain", ()), ("scaled", ("2", "0.5"))):      # strings, as the flag gives them
+        run = setup(dataclasses.replace(cfg, objective_lr_multipliers=multipliers))
+        layer = next(iter(run.adapter.layers.values()))
+        before = layer.U.detach().clone(), layer.V.detach().clone()
+        run.step(0)
+        moved[name] = [after.detach() - b for after, b in zip((layer.U, layer.V), before)]   # (d, k + m·p) each
+    want = torch.tensor([1.0, 1.0, 2.0, 2.0, 0.5, 0.5])                    # k = 2 shared, then p = 2 per objective
+    assert moved["plain"][0].abs().min(dim=0).values.gt(0).all()           # every column of U moved (V: U = 0 at init)
+    for plain, scaled in zip(moved["plain"], moved["scaled"]):
+        torch.testing.assert_close(scaled, plain * want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("bad", [("1",), ("1", "0"), ("x", "1")])
+def test_objective_lr_multipliers_need_one_positive_number_per_objective(bad):
+    with pytest.raises(ConfigError) as err:
+        Config(objective_lr_multipliers=bad)
+    assert err.value.field == "objective_lr_multipliers"
