@@ -12,8 +12,9 @@ Each front is scored on held-out pairs at every λ of simplex_grid(2, n_partitio
 own grid points): per-objective preference accuracy of the DPO implicit reward (the cheap eval,
 parsona.evaluate). HV's reference point is fixed before the run: (0.4, 0.4), chance minus 0.1.
 IGD+ is measured against the union front of all methods of the same seed; with several --seeds a
-last table gives each method's mean ± sd and judges the targets on the means. Compute is optimizer
-steps × tokens (training tokens counted from attention masks), as the training summaries log it;
+last table gives each method's mean ± sd and judges the targets on the means, with the 95 %
+interval of each HV ratio on the means (one paired bootstrap over the eval pairs, seeds fixed).
+Compute is optimizer steps × tokens (training tokens counted from attention masks), as the training summaries log it;
 train_s is each method's training time, summed over every run that led to it.
 
 Long runs survive being killed: rerun the same command with the same --output-dir and the
@@ -37,6 +38,7 @@ Targets from the issue, printed with the measured ratios:
     OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --seeds S --methods pref_linear,dps &
     OMP_NUM_THREADS=1 .venv/bin/python bench/front_quality.py $F --seeds S --methods soups_linear,soups_cat,pref_tcheb; wait
     .venv/bin/python bench/front_quality.py $F --seeds 0,1,2      # then: scores nothing again; every seed, mean ± sd
+    # issue 16's run at 4× that budget: the same, with --max-steps 480 --output-dir runs/fq480 (dps: 3 × 480 steps)
     .venv/bin/python bench/front_quality.py --model DIR            # a tiny model (save_tiny_model): seconds
 
 Real eval (greedy replies scored by trained reward models) is behind ``--reward-models
@@ -48,6 +50,7 @@ a reward model refit in the same directory is a new eval (its files are part of 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -365,6 +368,35 @@ def intervals(results: list, n_resamples: int = 1000) -> list[str]:
     return lines
 
 
+def seed_intervals(results_by_seed: dict[int, list], n_resamples: int = 1000) -> list[str]:
+    """95 % intervals of HV(pref_linear) / HV(baseline) on the means over seeds, the statistic the targets
+    judge: one paired bootstrap over the eval pairs (every seed and method scored on the same pairs),
+    each resample recomputing every seed's fronts, the seeds themselves fixed."""
+    from parsona.bootstrap import bootstrap_interval
+    from parsona.objectives import hypervolume
+
+    seeds = sorted(results_by_seed)
+    tagged = [dataclasses.replace(r, method=f"{r.method}@{s}") for s in seeds for r in results_by_seed[s]]
+    if any(r.unit_scores is None for r in tagged):
+        return []
+    ref = tagged[0].reference_point
+
+    def mean_hv(fronts, method: str) -> float:
+        return float(np.mean([hypervolume(fronts[f"{method}@{s}"], ref) for s in seeds]))
+
+    present = {r.method.split("@")[0] for r in tagged}
+    if "pref_linear" not in present:
+        return []
+    lines = [f"95% intervals on the means over seeds {','.join(map(str, seeds))} (paired bootstrap over the eval "
+             f"{'pairs' if tagged[0].metric == 'accuracy' else 'prompts'}, {n_resamples} resamples):"]
+    for b in ("soups_linear", "soups_cat", "dps"):
+        if b in present:
+            low, high = bootstrap_interval(tagged, lambda f, b=b: _ratio(mean_hv(f, "pref_linear"), mean_hv(f, b)),
+                                           n_resamples=n_resamples)
+            lines.append(f"  HV(pref_linear) / HV({b}), means over seeds: [{low:.3f}, {high:.3f}]")
+    return lines
+
+
 def _ratio(a: float, b: float) -> float:
     """a / b for hypervolumes: inf when only b is 0, NaN when both are (nothing to compare: never "met")."""
     return a / b if b > 0 else math.inf if a > 0 else math.nan
@@ -388,12 +420,12 @@ def main(cfg: Config) -> None:
     print(f"eval: {len(pairs)} held-out pairs ({sum('helpful' in p.labels for p in pairs)} helpful-labelled, "
           f"{sum('harmless' in p.labels for p in pairs)} harmless-labelled), grid simplex_grid(2, {cfg.n_partitions}), "
           f"dps grid simplex_grid(2, {cfg.dps_partitions})")
-    per_seed = {}
+    per_seed, results_by_seed = {}, {}
     for seed in [int(s) for s in cfg.seeds.split(",")]:
         out = out_root / f"seed{seed}"
         runs = train_all(cfg, seed, out, methods)
         results = evaluate_all(cfg, runs, methods, pairs, out, reward_models)
-        rows = compare(results)
+        rows, results_by_seed[seed] = compare(results), results
         print(f"\nseed {seed}  (metric: {results[0].metric}; HV reference point {results[0].reference_point.tolist()}, "
               "fixed before the run; IGD+ vs the union front of these methods)")
         print(format_table(rows, COLUMNS))
@@ -406,6 +438,7 @@ def main(cfg: Config) -> None:
         plot_front(results, out / "front.png")
     if len(per_seed) > 1:
         print("\n".join(across_seeds(per_seed)))
+        print("\n".join(seed_intervals(results_by_seed)))
     print(f"\ntotal wall time {time.perf_counter() - began:.0f} s; results and front.png under {out_root}")
 
 

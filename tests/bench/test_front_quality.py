@@ -145,3 +145,24 @@ def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(t
     assert again.count("reusing") == 2 * 3                                         # every front of both seeds
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights   # nothing retrained
     assert {s: json.loads((tmp_path / f"seed{s}" / "results.json").read_text()) for s in (0, 1)} == results
+
+
+def test_the_interval_on_the_means_over_seeds_brackets_the_ratio_of_mean_hypervolumes():
+    bench = load_bench()
+    rng = np.random.default_rng(0)
+
+    def front(method, level):       # one λ point, 40 pairs scored 1 (right) with probability level
+        scores = (rng.random((1, 40, 2)) < level).astype(float)                     # (K, N, m)
+        return FrontResult(method, ("helpful", "harmless"), np.array([[0.5, 0.5]]), scores.mean(1), np.zeros((1, 2)),
+                           [40, 40], np.array([0.4, 0.4]), pair_correct=scores)
+
+    by_seed = {0: [front("pref_linear", 0.75), front("soups_linear", 0.6)],
+               1: [front("pref_linear", 0.65), front("soups_linear", 0.62)]}
+    hv = {m: np.mean([np.prod(r.accuracy[0] - 0.4) for s in by_seed for r in by_seed[s] if r.method == m])
+          for m in ("pref_linear", "soups_linear")}                                 # boxes over (0.4, 0.4), by hand
+    point = hv["pref_linear"] / hv["soups_linear"]
+    line = bench.seed_intervals(by_seed, n_resamples=200)[1]
+    low, high = (float(x) for x in line.split("[")[1].rstrip("]").split(","))
+    assert "means over seeds" in line and low < point < high
+    one_seed = bench.intervals(by_seed[0], n_resamples=200)[1]
+    assert line.split(":")[-1] != one_seed.split(":")[-1]                          # both seeds pooled, not seed 0's
