@@ -10,12 +10,9 @@ scores and values over each token's causal context; the LM head at reply positio
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
-
-import torch
 
 from parsona.adapters.base import LLAMA_PROJECTIONS as PROJECTIONS  # the 7 Linears of a Llama decoder layer
 
