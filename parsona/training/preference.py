@@ -149,7 +149,7 @@ def reference_source(cfg, scorer, adapter, tokenizer, accelerator):
 
     store = None
     if cfg.precompute_reference:
-        if has_dropout(scorer):
+        if has_dropout(adapter.model):
             warnings.warn("precompute_reference: the model has dropout > 0, so its reference log-probs are not the "
                           "same on every pass; computing them in each step instead", stacklevel=2)
         else:
@@ -157,9 +157,7 @@ def reference_source(cfg, scorer, adapter, tokenizer, accelerator):
     return ReferenceLogProbs(scorer, adapter, tokenizer, cfg.max_length, store)
 
 
-def has_dropout(module: torch.nn.Module) -> bool:
-    """Whether any dropout would be active in training mode (nn.Dropout or an attention_dropout in the config)."""
-    config = getattr(getattr(module, "module", module), "model", module)
-    config = getattr(config, "config", None)
-    return (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in module.modules())
-            or float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0)
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether any dropout would be active in training mode (an nn.Dropout, or the config's attention_dropout)."""
+    return (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+            or float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0)
