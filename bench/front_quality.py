@@ -403,8 +403,9 @@ def _ratio(a: float, b: float) -> float:
 
 
 def main(cfg: Config) -> None:
-    from parsona.evaluate import compare, format_table, plot_front
+    from parsona.evaluate import compare, format_table
     from parsona.io import write_json
+    from parsona.plots import write_plots
 
     reward_models = None
     if cfg.reward_models:   # loaded (and a malformed spec fails) now, not after hours of training
@@ -435,7 +436,7 @@ def main(cfg: Config) -> None:
         print("\n".join(targets(per_seed[seed])))
         print("\n".join(intervals(results)))
         write_json(out / "results.json", [json.loads(r.to_json()) for r in results])
-        plot_front(results, out / "front.png")
+        write_plots(results, out)
     if len(per_seed) > 1:
         print("\n".join(across_seeds(per_seed)))
         print("\n".join(seed_intervals(results_by_seed)))

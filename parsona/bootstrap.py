@@ -50,6 +50,23 @@ def bootstrap_interval(results: Sequence[FrontResult], statistic: Statistic, *, 
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def point_intervals(result: FrontResult, *, confidence: float = 0.95, n_resamples: int = 1000,
+                    seed: int = 0) -> np.ndarray | None:
+    """(K, m, 2) a percentile-bootstrap interval of every plotted value (each λ's accuracy or mean reward
+    per objective), resampling the eval pairs (prompts) once for all λ; None when the result keeps no
+    per-pair scores (built by hand, read from JSON)."""
+    scores = result.unit_scores                                              # (K, N, m), NaN: unlabelled
+    if scores is None or scores.shape[1] == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, scores.shape[1], size=(n_resamples, scores.shape[1]))   # (B, N)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no labelled pair: NaN, skipped below
+        means = np.stack([np.nanmean(scores[:, d, :], axis=1) for d in draws])      # (B, K, m)
+        tail = 100 * (1 - confidence) / 2
+        return np.moveaxis(np.nanpercentile(means, [tail, 100 - tail], axis=0), 0, -1)   # (K, m, 2)
+
+
 def _n_units(results: Sequence[FrontResult]) -> int:
     """How many eval units (pairs, or prompts for reward fronts) every result was scored on."""
     if not results or any(r.unit_scores is None for r in results):

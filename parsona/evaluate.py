@@ -100,8 +100,13 @@ class FrontResult:
                 f.write(text)
         return text
 
+    def csv_rows(self) -> list[dict[str, Any]]:
+        """:meth:`rows` with the preference as one column per objective (``preference_helpful``, ...)."""
+        return [{"method": r["method"], **{f"preference_{o}": x for o, x in zip(self.objectives, r.pop("preference"))},
+                 **{k: v for k, v in r.items() if k != "method"}} for r in self.rows()]
+
     def to_csv(self, path: str | Path | None = None) -> str:
-        rows = [{**r, "preference": " ".join(str(x) for x in r["preference"])} for r in self.rows()]
+        rows = self.csv_rows()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -369,33 +374,3 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
-
-
-def plot_front(results: Sequence[FrontResult], path: str | Path, objectives: tuple[int, int] = (0, 1)) -> Path:
-    """A PNG of each method's points on two objectives (λ order joined by a line), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; safe in tests and on servers
-    import matplotlib.pyplot as plt
-
-    from parsona.io import atomic_file
-
-    i, j = objectives
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for r in results:
-        P = r.points
-        line, = ax.plot(P[:, i], P[:, j], marker="o", markersize=3, linewidth=1, label=r.method)
-        for k in (0, len(P) - 1):           # the path's ends say which way λ runs
-            lam = ", ".join(f"{x:.2g}" for x in r.preferences[k])
-            ax.annotate(f"λ=({lam})", (P[k, i], P[k, j]), fontsize=6, color=line.get_color(),
-                        xytext=(3, 3), textcoords="offset points")
-    ref = results[0].reference_point
-    ax.scatter([ref[i]], [ref[j]], marker="x", color="black", label=f"HV reference ({ref[i]:.3g}, {ref[j]:.3g})")
-    ax.set_xlabel(f"{results[0].metric}: {results[0].objectives[i]}")
-    ax.set_ylabel(f"{results[0].metric}: {results[0].objectives[j]}")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)

@@ -114,6 +114,7 @@ def reward_reference(spec: str, model, tokenizer, pairs, reward_models, objectiv
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of several methods (their union of columns) as one CSV, atomically."""
     import csv
 
     from parsona.io import atomic_file
@@ -122,8 +123,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     with atomic_file(path) as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in row.items()}
-                         for row in rows)
+        writer.writerows(rows)
 
 
 def baseline_methods(directory: Path) -> dict[str, tuple[str, list | None]]:
@@ -197,17 +197,18 @@ def reward_scoring(cfg: Config, model, tokenizer, policy, pairs, objectives) -> 
 
 def write_front(out: Path, results: list, objectives, n_pairs: int) -> Path:
     """front.csv, front.json and front.png under ``out``; prints the indicators' table; returns the plot."""
-    from parsona.evaluate import compare, format_table, plot_front
+    from parsona.evaluate import compare, format_table
     from parsona.io import write_json
+    from parsona.plots import write_plots
 
     rows = compare(results)
-    write_csv(out / "front.csv", [row for r in results for row in r.rows()])
+    write_csv(out / "front.csv", [row for r in results for row in r.csv_rows()])
     write_json(out / "front.json", {"objectives": list(objectives), "eval_pairs": n_pairs,
                                     "methods": [json.loads(r.to_json()) for r in results], "indicators": rows})
-    plot = plot_front(results, out / "front.png")
+    plots = write_plots(results, out)
     print(format_table(rows, list(rows[0])))
-    print(f"\nfront: {out / 'front.csv'}, {out / 'front.json'}\nplot:  {plot}")
-    return plot
+    print(f"\nfront: {out / 'front.csv'}, {out / 'front.json'}\nplots: {', '.join(str(p) for p in plots)}")
+    return plots[0]
 
 
 def main(cfg: Config) -> Path:

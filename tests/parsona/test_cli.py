@@ -35,7 +35,9 @@ def test_train_eval_generate_round_trip(tiny_dir, tmp_path, capsys):
     report = json.loads((front / "front.json").read_text())
     assert report["objectives"] == ["helpful", "harmless"] and len(report["methods"][0]["rows"]) == 5
     assert report["indicators"][0]["reference_point"] == [0.4, 0.4]
-    assert "plot:" in capsys.readouterr().out
+    assert "plots:" in capsys.readouterr().out
+    header = (front / "front.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["method", "preference_helpful", "preference_harmless"]     # one column per weight
     # no --model: generate uses the base model the adapter recorded it was trained on
     assert main(["generate", "--preference-adapter", str(run / "adapter"), "--preference", "0.2,0.8",
                  "--max-new-tokens", "4", "hello"]) == 0
