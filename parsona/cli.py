@@ -128,8 +128,17 @@ def cmd_train_baselines(args) -> int:
     return 0
 
 
+def cmd_train_user_lora(args) -> int:
+    from parsona.recipes.config_cli import config_from_args
+    from parsona.recipes.train_user_lora import Config, main
+
+    out = main(config_from_args(Config, args))
+    print(f"LoRA: {out}  (try: parsona generate --lora {out} \"your prompt\")")
+    return 0
+
+
 def add_train_parsers(sub) -> None:
-    from parsona.recipes import baselines, train_preference_lora
+    from parsona.recipes import baselines, train_preference_lora, train_user_lora
 
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
     recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
@@ -137,6 +146,8 @@ def add_train_parsers(sub) -> None:
                       train_preference_lora, cmd_train_preference_lora)
     add_recipe_parser(recipes, "baselines", "Rewarded Soups / DPS-grid baselines for the front", baselines,
                       cmd_train_baselines)
+    add_recipe_parser(recipes, "user-lora", "one user's PEFT LoRA from their own texts (causal-LM loss, base frozen)",
+                      train_user_lora, cmd_train_user_lora)
 
 
 def add_recipe_parser(sub, name: str, help_text: str, module, func) -> None:

@@ -1,1 +1,14 @@
-"""Parsona: a user's own data turned into tensors and text (encoders, retrieval, rules, group predictors)."""
+"""Parsona: a user's own data turned into tensors and text.
+
+* :class:`HistoryEncoder`: history texts -> (n, d) unit vectors (all-MiniLM-L6-v2 by default).
+* :class:`NeighborIndex`: nearest neighbours by inner product on faiss (exact, IVF or HNSW).
+* :class:`UserProfile`: what is known about one user (history count, persona, updated time); no I/O.
+
+Steering rules and group predictors are open issues.
+"""
+
+from parsona.persona.encoder import HistoryEncoder, check_texts
+from parsona.persona.index import NeighborIndex, unit_rows
+from parsona.persona.profile import UserProfile
+
+__all__ = ["HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "unit_rows"]

