@@ -53,6 +53,13 @@ def pooling_mode(path: str) -> str:
     import json
     from pathlib import Path
 
+    modules = Path(path) / "modules.json"
+    if modules.is_file():   # a Dense or other layer after pooling changes the vectors: refuse, never drop it
+        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in json.loads(modules.read_text())]
+        extra = [k for k in kinds if k not in ("Transformer", "Pooling", "Normalize")]
+        if extra:
+            raise ConfigError(str(modules), "Use a sentence-transformers model made of a transformer, one pooling "
+                              "and (optionally) Normalize.", problem=f"modules {extra} are not computed here")
     file = Path(path) / "1_Pooling" / "config.json"
     if not file.is_file():
         from huggingface_hub import try_to_load_from_cache
@@ -63,7 +70,8 @@ def pooling_mode(path: str) -> str:
         file = Path(cached)
     config = json.loads(file.read_text())
     modes = [mode for mode, key in POOLING_KEYS.items() if config.get(key)]
-    if len(modes) != 1:
+    others = [k for k, v in config.items() if k.startswith("pooling_mode") and v is True and k not in POOLING_KEYS.values()]
+    if len(modes) != 1 or others:   # e.g. mean_sqrt_len or lasttoken, alone or concatenated: not what we compute
         raise ConfigError(str(file), "Use a model pooled by exactly one of mean, CLS or max tokens.",
                           problem=f"pooling modes {modes or 'none'} of {sorted(k for k, v in config.items() if v is True)}")
     return modes[0]
@@ -133,8 +141,14 @@ class SentenceEncoder:
             path = self.model or default_encoder_path()
             self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             device = torch.device(self.device) if self.device else default_device()
-            self._net = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-            self._pooling = pooling_mode(path)
+            self._pooling = pooling_mode(path)   # first: a model we cannot pool fails before anything is kept
+            net = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+            # never past the positions the encoder has: the tokenizer's limit is the safe one (RoBERTa's
+            # max_position_embeddings, 514, counts two reserved positions); the config's when it has none
+            limits = [self.max_length, getattr(net.config, "max_position_embeddings", self.max_length)]
+            if 0 < getattr(self._tokenizer, "model_max_length", 0) < 1_000_000:
+                limits.append(self._tokenizer.model_max_length)
+            self._max_tokens, self._net = min(limits), net
         return self._net, self._tokenizer
 
     @property
@@ -154,7 +168,7 @@ class SentenceEncoder:
         for start in bar:
             idx = order[start : start + self.batch_size]
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                              max_length=self.max_length, return_tensors="pt").to(net.device)
+                              max_length=self._max_tokens, return_tensors="pt").to(net.device)
             hidden = net(**batch).last_hidden_state  # (B, T, d)
             pooled = pool(hidden, batch["attention_mask"], self._pooling)  # (B, d), the model's own pooling
             pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)

@@ -3,7 +3,7 @@ notebooks all draw, from :class:`~parsona.evaluate.FrontResult` s scored on the 
 
     fig = plot_front([pref, soups, dps])              # a matplotlib Figure; shows itself in a notebook
     plot_front([pref, soups, dps], "front.png")       # ... and written atomically
-    write_plots([pref, soups, dps], out_dir)          # front.png, plus front_3d.png and simplex_*.png for m ≥ 3
+    write_plots([pref, soups, dps], out_dir)          # front.png; front_3d.png for m ≥ 3; simplex_*.png for m = 3
 
 Each method's non-dominated points are joined in objective order (not λ order, which zig-zags
 wherever λ stops mattering), labelled with their λ, and the region they dominate above the
@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from parsona.errors import ConfigError
 from parsona.evaluate import FrontResult
 
 AXIS_UNITS = {"accuracy": "held-out preference accuracy (fraction of pairs)",
@@ -34,20 +35,22 @@ SIMPLEX_CORNERS = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])   # 
 def plot_front(results: Sequence[FrontResult], path: str | Path | None = None, *, objectives: tuple[int, int] = (0, 1),
                intervals: bool = True, ax=None, title: str | None = None) -> Figure:
     """Each method's front on two objectives (indices into ``results[0].objectives``); see the module
-    docstring. ``ax``: draw into an existing Axes. Returns the Figure (saved to ``path`` if given)."""
+    docstring. The legend's HV is that of the two plotted objectives (the shaded area; "2-D HV" when
+    there are more). ``ax``: draw into an existing Axes. Returns the Figure (saved to ``path`` if given)."""
     from parsona.bootstrap import point_intervals
     from parsona.objectives import hypervolume
 
     fig, ax = _figure_and_axes(ax, (6.4, 5.0))
     i, j = objectives
     ref = results[0].reference_point
+    projected = len(results[0].objectives) > 2
     for r, color in zip(results, _colors(len(results))):
-        hv = hypervolume(r.points, r.reference_point)
         P = r.points[:, [i, j]]                                                  # (K, 2)
+        hv = hypervolume(P, r.reference_point[[i, j]])                           # the shaded area, these two objectives
         front = _front_order(P)                                                  # indices, x ascending
         ax.fill(*_dominated_region(P[front], ref[[i, j]]), color=color, alpha=0.10, linewidth=0)
         ax.plot(P[front, 0], P[front, 1], "-o", color=color, markersize=4, linewidth=1.2,
-                label=f"{r.method}  (HV {hv:.3g})")
+                label=f"{r.method}  ({'2-D ' if projected else ''}HV {hv:.3g})")
         rest = np.setdiff1d(np.arange(len(P)), front)
         ax.scatter(P[rest, 0], P[rest, 1], s=16, facecolors="none", edgecolors=color, linewidths=0.8)
         bounds = point_intervals(r) if intervals else None                       # (K, m, 2) or None
@@ -98,9 +101,10 @@ def plot_simplex(result: FrontResult, path: str | Path | None = None) -> Figure:
     the simplex's corners the pure preferences. Shows where on the simplex each objective is won."""
     from matplotlib.tri import Triangulation
 
+    if not spans_simplex(result.preferences):
+        raise ConfigError("preferences", "Score a grid of 3 objectives whose λ span the triangle (simplex_grid(3, n)).",
+                          problem=f"grid of shape {np.shape(result.preferences)}, or all λ on one line")
     lam = np.asarray(result.preferences, dtype=float)
-    if lam.shape[1] != 3 or len(lam) < 3:
-        raise ValueError(f"plot_simplex needs a grid of 3 objectives and 3 or more λ, got {lam.shape}")
     xy = (lam / lam.sum(1, keepdims=True)) @ SIMPLEX_CORNERS                    # (K, 2) barycentric -> page
     grid = Triangulation(xy[:, 0], xy[:, 1])
     fig = Figure(figsize=(12.0, 3.8))
@@ -118,9 +122,17 @@ def plot_simplex(result: FrontResult, path: str | Path | None = None) -> Figure:
     return _saved(fig, path)
 
 
+def spans_simplex(preferences) -> bool:
+    """Whether a grid is 3 objectives' λ not all on one line (a triangulation of them exists)."""
+    lam = np.asarray(preferences, dtype=float)
+    return lam.ndim == 2 and lam.shape[1] == 3 and len(lam) >= 3 and np.linalg.matrix_rank(lam - lam[0]) == 2
+
+
 def write_plots(results: Sequence[FrontResult], out: str | Path) -> list[Path]:
     """The pictures a front evaluation leaves in ``out``: front.png (the first two objectives) and,
-    with three or more objectives, front_3d.png and one simplex_<method>.png per method with 3+ λ."""
+    with three or more objectives, front_3d.png (the first three) and, for exactly three, one
+    simplex_<method>.png per method whose grid spans the triangle (a name unsafe in a file name, or
+    taken twice, is replaced by the method's index)."""
     out = Path(out)
     paths = [out / "front.png"]
     plot_front(results, paths[0])
@@ -128,8 +140,9 @@ def write_plots(results: Sequence[FrontResult], out: str | Path) -> list[Path]:
         paths.append(out / "front_3d.png")
         plot_front_3d(results, paths[-1])
         for n, r in enumerate(results):
-            if len(r.objectives) == 3 and len(r.preferences) >= 3:
-                paths.append(out / f"simplex_{_file_part(r.method, n)}.png")
+            if len(r.objectives) == 3 and spans_simplex(r.preferences):
+                name = _file_part(r.method, n)
+                paths.append(out / f"simplex_{name if out / f'simplex_{name}.png' not in paths else n}.png")
                 plot_simplex(r, paths[-1])
     return paths
 
@@ -157,7 +170,7 @@ def _dominated_region(front: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, n
 
 def _error(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """(2, K) errorbar lengths below and above ``values`` (K,) from ``bounds`` (K, 2); none where NaN."""
-    return np.nan_to_num(np.abs(np.stack([values - bounds[:, 0], bounds[:, 1] - values])))
+    return np.clip(np.nan_to_num(np.stack([values - bounds[:, 0], bounds[:, 1] - values])), 0, None)
 
 
 def _lambda_label(lam: np.ndarray) -> str:

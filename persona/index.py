@@ -49,7 +49,8 @@ class NeighborIndex:
 
     def kneighbors(self, Q, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` rows most similar to each query: ids (q, k) and inner products (q, k), best first;
-        ``k`` larger than the index gives every row."""
+        ``k`` larger than the index gives every row (exact search). The approximate methods may find
+        fewer than ``k`` (IVF searches only ``n_probe`` cells): those slots hold id None and score -inf."""
         if not hasattr(self, "index_"):
             raise ConfigError("NeighborIndex", "Call fit(X, ids) before kneighbors.", problem="not fitted")
         if k < 1:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parsona.errors import ConfigError
 from parsona.persona.index import unit_rows
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # eq=False: an ndarray field has no single truth value to compare by
 class UserProfile:
     user_id: str
     history_count: int = 0
@@ -31,7 +32,13 @@ class UserProfile:
         if X.size == 0:
             return cls(user_id, 0, None, updated_at)
         X = unit_rows(X, "embeddings")                                           # (n, d)
-        return cls(user_id, len(X), unit_rows(X.mean(0), "embeddings")[0], updated_at)
+        mean = X.mean(0)                                                          # (d,)
+        if not np.linalg.norm(mean) > 1e-6:
+            raise ConfigError("embeddings", "The history's embeddings cancel out: no direction to call a persona.",
+                              problem=f"{len(X)} items whose mean is ~0")
+        persona = unit_rows(mean, "embeddings")[0]
+        persona.setflags(write=False)                                            # a value: nobody edits it in place
+        return cls(user_id, len(X), persona, updated_at)
 
     def summary(self) -> dict:
         """What the user may see about themselves (never the vector itself: it is derived data)."""

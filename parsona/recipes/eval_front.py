@@ -4,9 +4,11 @@
     parsona eval front --adapter A --baselines runs/baselines/rewarded_soups --out runs/front
     parsona eval front --adapter A --reward-models helpful=runs/rewards/helpful,harmless=runs/rewards/harmless
 
-Writes ``front.csv`` (one row per λ and method), ``front.json`` (rows + indicators: hypervolume
-with its reference point, IGD+ against the union front of every method evaluated, sparsity,
-Panacea's inner product, Spearman ρ per objective) and ``front.png``. The objectives and their
+Writes ``front.csv`` (one row per λ and method, a ``preference_<objective>`` column per weight),
+``front.json`` (rows + indicators: hypervolume with its reference point, IGD+ against the union
+front of every method evaluated, sparsity, Panacea's inner product, Spearman ρ per objective) and
+the plots of :mod:`parsona.plots` (``front.png``; with 3 objectives also ``front_3d.png`` and a
+ternary ``simplex_<method>.png`` per method). The objectives and their
 order come from the adapter's ``training_summary.json``. With ``--reward-models`` (one saved
 BradleyTerryReward per objective, e.g. from ``bench/reward_accuracy.py --save-dir``) greedy replies
 at every λ are scored too and the indicators use those rewards; the HV reference point is then the
@@ -29,7 +31,7 @@ class Config:
     adapter: str = ""
     """Directory of a preference LoRA written by the training recipe (required)."""
     out: str = "runs/front"
-    """Where front.csv, front.json and front.png go."""
+    """Where front.csv, front.json and the plots (front.png; front_3d.png, simplex_*.png for 3 objectives) go."""
     model: str | None = None
     """HF model id or local directory (default: the base model the adapter records it was trained on, else SmolLM2)."""
     baselines: tuple[str, ...] = ()
@@ -196,7 +198,8 @@ def reward_scoring(cfg: Config, model, tokenizer, policy, pairs, objectives) -> 
 
 
 def write_front(out: Path, results: list, objectives, n_pairs: int) -> Path:
-    """front.csv, front.json and front.png under ``out``; prints the indicators' table; returns the plot."""
+    """front.csv, front.json and the plots (``parsona.plots.write_plots``: front.png, and front_3d.png and
+    simplex_<method>.png for 3 objectives) under ``out``; prints the indicators' table; returns front.png."""
     from parsona.evaluate import compare, format_table
     from parsona.io import write_json
     from parsona.plots import write_plots

@@ -69,6 +69,10 @@ def test_each_point_carries_the_bootstrap_interval_of_its_mean():
     ax = plot_front([result]).axes[0]
     bars = [c for c in ax.containers if c.has_xerr and c.has_yerr]
     assert len(bars) == 1
+    drawn = point_intervals(result)                                                 # what plot_front computes
+    (x_segments, y_segments) = (bars[0].lines[2][0].get_segments(), bars[0].lines[2][1].get_segments())
+    np.testing.assert_allclose([x_segments[0][0][0], x_segments[0][1][0]], drawn[0, 0], atol=1e-9)
+    np.testing.assert_allclose([y_segments[0][0][1], y_segments[0][1][1]], drawn[0, 1], atol=1e-9)
 
 
 def test_unlabelled_pairs_are_left_out_of_a_points_interval():
@@ -96,11 +100,27 @@ def test_three_objectives_get_a_3d_scatter_and_a_simplex_heat_map_per_objective(
     np.testing.assert_allclose([t.xy for t in corners], [[0, 0], [1, 0], [0.5, np.sqrt(3) / 2]])
     assert [t.get_text() for t in corners] == ["λ_helpful = 1", "λ_harmless = 1", "λ_brevity = 1"]
     assert plot_front_3d([result]).axes[0].get_zlabel() == "brevity"
-    paths = write_plots([result, simplex_result("../escape")], tmp_path)
-    assert [p.name for p in paths] == ["front.png", "front_3d.png", "simplex_pref.png", "simplex_1.png"]
+    paths = write_plots([result, simplex_result("../escape"), simplex_result("pref")], tmp_path)
+    assert [p.name for p in paths] == ["front.png", "front_3d.png", "simplex_pref.png", "simplex_1.png", "simplex_2.png"]
     assert all(p.read_bytes()[:8] == PNG for p in paths) and sorted(tmp_path.iterdir()) == sorted(paths)
 
 
-def test_a_simplex_heat_map_needs_three_objectives():
-    with pytest.raises(ValueError, match="3 objectives"):
+def test_a_simplex_heat_map_needs_a_grid_spanning_the_triangle():
+    from parsona.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
         plot_simplex(front("two", ZIGZAG))
+    assert err.value.field == "preferences"
+    edge = FrontResult("edge", THREE, np.array([[1, 0, 0], [0.5, 0.5, 0], [0, 1, 0.0]]), np.full((3, 3), 0.5),
+                       np.zeros((3, 3)), [5, 5, 5], np.full(3, 0.4))
+    with pytest.raises(ConfigError):
+        plot_simplex(edge)                                                     # all λ on one edge: no triangle
+
+
+def test_with_three_objectives_the_legend_gives_the_shaded_2d_hypervolume():
+    result = simplex_result()
+    legend = [t.get_text() for t in plot_front([result]).axes[0].get_legend().get_texts()]
+    P = result.points[:, :2]
+    from parsona.objectives import hypervolume
+
+    assert legend[0] == f"pref  (2-D HV {hypervolume(P, np.full(2, 0.4)):.3g})"

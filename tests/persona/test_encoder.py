@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,50 +9,30 @@ import torch
 from parsona.errors import ConfigError
 from parsona.persona import HistoryEncoder, check_texts
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "dog", "cat", "barks", "sleeps", "meeting", "monday",
-         "gas", "price", "call", "me", "."]
 
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A random 1-layer BERT + WordPiece tokenizer saved offline, pooled by its [CLS] token."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tmp_path_factory.mktemp("bert")
-    (path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
-    (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 16, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    return path
-
-
-def test_rows_are_the_models_own_cls_pooling_normalised(tiny_bert):
+def test_rows_are_the_models_own_cls_pooling_normalised(tiny_encoder_dir):
     from transformers import AutoModel, AutoTokenizer
 
     texts = ["the dog barks .", "call me monday", "the cat sleeps"]
-    X = HistoryEncoder(model=str(tiny_bert), progress=False).fit_transform(texts)
+    X = HistoryEncoder(model=str(tiny_encoder_dir), progress=False).fit_transform(texts)
     assert X.shape == (3, 16) and X.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-6)
-    tokenizer, net = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
+    tokenizer, net = AutoTokenizer.from_pretrained(tiny_encoder_dir), AutoModel.from_pretrained(tiny_encoder_dir).eval()
     for text, row in zip(texts, X):                                     # one at a time, no padding: the reference
         with torch.no_grad():
             cls = net(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, 0]
         np.testing.assert_allclose(row, (cls / cls.norm()).numpy(), atol=1e-5)
 
 
-def test_long_texts_keep_their_first_tokens(tiny_bert):
-    encoder = HistoryEncoder(model=str(tiny_bert), max_length=6, progress=False).fit()
+def test_long_texts_keep_their_first_tokens(tiny_encoder_dir):
+    encoder = HistoryEncoder(model=str(tiny_encoder_dir), max_length=6, progress=False).fit()
     start = "the dog barks"
     a, b = encoder.transform([start + " . the cat sleeps . gas price", start + " . call me monday ."])
     np.testing.assert_allclose(a, b, atol=1e-6)                         # the same first 4 words + [CLS] + [SEP]
 
 
-def test_an_empty_history_is_an_empty_matrix(tiny_bert):
-    assert HistoryEncoder(model=str(tiny_bert), progress=False).transform([]).shape == (0, 16)
+def test_an_empty_history_is_an_empty_matrix(tiny_encoder_dir):
+    assert HistoryEncoder(model=str(tiny_encoder_dir), progress=False).transform([]).shape == (0, 16)
 
 
 @pytest.mark.parametrize("texts, field, says", [
@@ -80,3 +58,25 @@ def test_minilm_places_paraphrases_closer_than_unrelated_texts():
                                                       "Natural gas prices rose sharply in California."])
     assert X.shape == (3, 384)
     assert X[0] @ X[1] > 0.7 > 0.2 > X[0] @ X[2]
+
+
+def test_max_length_is_capped_at_the_encoders_positions(tiny_encoder_dir):
+    long = " ".join(["the dog barks ."] * 40)                            # 160 words: past the 64 positions
+    X = HistoryEncoder(model=str(tiny_encoder_dir), max_length=256, progress=False).fit_transform([long])
+    assert X.shape == (1, 16) and np.isfinite(X).all()
+
+
+@pytest.mark.parametrize("file, content", [
+    ("1_Pooling/config.json", {"pooling_mode_mean_tokens": True, "pooling_mode_mean_sqrt_len_tokens": True}),
+    ("modules.json", [{"type": "sentence_transformers.models.Transformer"}, {"type": "sentence_transformers.models.Dense"}]),
+])
+def test_an_encoder_we_would_compute_differently_is_refused(tiny_encoder_dir, tmp_path, file, content):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_encoder_dir, model)
+    (model / file).write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as err:
+        HistoryEncoder(model=str(model), progress=False).fit()
+    assert file.split("/")[-1] in err.value.field

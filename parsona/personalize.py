@@ -1,0 +1,46 @@
+"""A user's persona from their stored history: each item embedded once, kept in the store, pooled.
+
+    personas = Personas(store)                       # HistoryEncoder(): all-MiniLM-L6-v2
+    personas.refresh(user_id)                        # embeds only the items added since the last call
+    profile = personas.profile(user_id)              # UserProfile: history_count, persona (d,), updated_at
+
+Work per user is bounded: only the newest ``max_items`` (default 1,000) history items are embedded
+and pooled, so a user with 100,000 items costs what one with 1,000 does; older items stay in the
+history but no longer shape the persona (a persona follows the user's recent writing). Blank items
+carry nothing to embed and are skipped. A user with no history has a profile with
+``history_count == 0`` and no persona: callers turn that into an error naming the fix, never a
+silent base-model answer.
+"""
+
+from __future__ import annotations
+
+from parsona.persona import HistoryEncoder, UserProfile
+
+MAX_PERSONA_ITEMS = 1000
+
+
+class Personas:
+    def __init__(self, store, encoder: HistoryEncoder | None = None, max_items: int = MAX_PERSONA_ITEMS):
+        self.store = store
+        self.encoder = encoder or HistoryEncoder(progress=False)
+        self.max_items = max_items
+
+    @property
+    def encoder_key(self) -> str:
+        """What the stored vectors depend on: the model and how texts are cut (another key re-embeds)."""
+        return f"{self.encoder.model or 'all-MiniLM-L6-v2'}|max_length={self.encoder.max_length}"
+
+    def refresh(self, user_id: str) -> int:
+        """Embed the user's newest items that have no vector yet; returns how many were embedded."""
+        todo = [(i, t) for i, t in self.store.unembedded_history(user_id, self.encoder_key, self.max_items) if t.strip()]
+        if not todo:
+            return 0
+        vectors = self.encoder.transform([t for _, t in todo])                       # (n, d) unit rows
+        return self.store.put_embeddings(user_id, self.encoder_key, [i for i, _ in todo], vectors)
+
+    def profile(self, user_id: str, refresh: bool = True) -> UserProfile:
+        """The user's profile from their newest ``max_items`` embedded items (embedding new ones first)."""
+        if refresh:
+            self.refresh(user_id)
+        X, updated_at = self.store.history_embeddings(user_id, self.encoder_key, self.max_items)
+        return UserProfile.from_history(user_id, X, updated_at=updated_at)

@@ -1,0 +1,66 @@
+"""bench/personalization.py end to end on a tiny model and encoder, and its ranking arithmetic by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parsona.recipes.config_cli import run_recipe
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "personalization.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("personalization", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["personalization"] = module      # config_cli reads Config's field docs through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ranks_count_ties_against_the_true_author():
+    bench = load_bench()
+    scores = np.array([[0.9, 0.1, 0.3], [0.5, 0.5, 0.2], [0.1, 0.2, 0.3]])
+    np.testing.assert_array_equal(bench.ranks_of(scores, np.array([0, 1, 0])), [1, 2, 3])
+
+
+def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(tiny_dir, tiny_encoder_dir, tmp_path,
+                                                                              capsys):
+    bench = load_bench()
+    argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
+            "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
+    first = run_recipe(bench.Config, bench.main, argv)
+    printed = capsys.readouterr().out
+    assert "author retrieval" in printed and "own LoRA lowest for" in printed and "command:" in printed
+    r = first["lora"]
+    assert len(r["nll"]) == 3 and len(r["nll"][0]) == 4 and r["columns"][0] == "base"
+    assert 0 <= r["own_lora_wins"] <= 3 and r["mean_nll_base"] > 0
+    assert set(first["retrieval"]) == {"authors", "test_emails", "persona", "tfidf_char", "chance"}
+    assert first["retrieval"]["chance"]["top1"] == pytest.approx(1 / 3)
+    weights = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
+    assert len(weights) == 3
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("an NLL column was scored again")
+
+    bench.nll_per_token = no_scoring                                                   # the rerun reads nll.json
+    again = run_recipe(bench.Config, bench.main, [*argv, "--parts", "lora"])
+    assert "LoRA 1/3" not in capsys.readouterr().out                                   # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights
+    assert again["lora"]["nll"] == r["nll"]
+    assert json.loads((tmp_path / "results.json").read_text())["lora"]["nll"] == r["nll"]
+    other = run_recipe(bench.Config, load_bench().main, [*argv, "--parts", "lora", "--max-steps", "3"])
+    assert len({p.parent.parent for p in tmp_path.rglob("*.safetensors")}) == 2         # new settings: new LoRAs
+    assert other["lora"]["nll"] != r["nll"] and len(json.loads((tmp_path / "nll.json").read_text())) == 2
+
+
+def test_unknown_parts_are_refused(tmp_path):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as exit_:
+        run_recipe(bench.Config, bench.main, ["--parts", "lora,vibes", "--output-dir", str(tmp_path)])
+    assert exit_.value.code == 2
