@@ -10,8 +10,10 @@ from .registry import get, names, register
 
 from .lora import LoRA, LoRAConfig  # noqa: E402  (registers "lora")
 from .preference_lora import PreferenceLoRA, PreferenceLoRAConfig  # noqa: E402  (registers "preference_lora")
+from .persona_prefix import PersonaPrefix, PersonaPrefixConfig  # noqa: E402  (registers "persona_prefix")
 
 __all__ = [
-    "Adapter", "AdapterConfig", "LoRA", "LoRAConfig", "PreferenceLoRA", "PreferenceLoRAConfig",
+    "Adapter", "AdapterConfig", "LoRA", "LoRAConfig", "PersonaPrefix", "PersonaPrefixConfig", "PreferenceLoRA",
+    "PreferenceLoRAConfig",
     "attach", "get", "load_adapter", "names", "register", "save_adapter",
 ]

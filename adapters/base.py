@@ -90,6 +90,11 @@ class Adapter:
       ``_merge_inputs(**single)``, ``_delta_weight(layer, **checked) -> Tensor``  check once, then ΔW
                                                    (d_out, d_in) per layer for ``merge``
       ``example_inputs(batch_size, generator)``    valid per-row inputs (tests, ONNX export)
+      ``prompt_prefix(name, value) -> list[int]``  token ids the host puts before the prompt of a row
+                                                   that gives input ``name`` (default none: a soft-token
+                                                   type marks where its tokens go, as VLMs mark images)
+      ``example_input_ids(input_ids, config)``     (classmethod) ids as the host would send them for rows
+                                                   with every input given (tests; default: unchanged)
 
     ``mergeable = False`` says a type cannot fold into the weights (``merge`` is then an error and
     the conformance suite skips its merge test).
@@ -136,6 +141,15 @@ class Adapter:
         if rows and all(isinstance(r, torch.Tensor) for r in rows):
             return torch.stack(rows)
         return list(rows)
+
+    def prompt_prefix(self, name: str, value: Any) -> list[int]:
+        """Token ids to put before the prompt of a row whose input ``name`` is ``value`` (checked)."""
+        return []
+
+    @classmethod
+    def example_input_ids(cls, input_ids: torch.Tensor, config: AdapterConfig) -> torch.Tensor:
+        """(B, T) ``input_ids`` as the host sends them for rows that give every input of this type."""
+        return input_ids
 
     # -- runtime inputs ---------------------------------------------------------------------
     @contextlib.contextmanager

@@ -177,10 +177,14 @@ class Host:
         field_name, ids = self._tokenize(r)
         if not ids:
             raise ConfigError(field_name, "Send text that is not empty once tokenized.", problem="it is 0 tokens")
+        conditioning = self._row_conditioning(r)
+        # a soft-token type marks where its tokens go (placeholders before the prompt), per row it conditions
+        ids = [t for name, value in conditioning.items() if value is not None
+               for t in self._specs[name][0].prompt_prefix(name, value)] + ids
         if len(ids) > self.max_prompt_tokens:
             raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens} tokens.",
                               problem=f"it is {len(ids)} tokens")
-        return Prepared(r, ids, self._row_conditioning(r), stop)
+        return Prepared(r, ids, conditioning, stop)
 
     def _tokenize(self, r: Request) -> tuple[str, list[int]]:
         if (r.prompt is None) == (r.messages is None):

@@ -25,6 +25,13 @@ TYPES = names()
 ADAPTERS = Path(__file__).resolve().parents[2] / "adapters"
 
 
+@pytest.fixture
+def input_ids(name, input_ids):
+    """The ids a request of type ``name`` carries: a soft-token type marks where its tokens go
+    (``Adapter.example_input_ids``; every other type leaves the ids as they are)."""
+    return get(name).adapter_cls.example_input_ids(input_ids, get(name).config_cls())
+
+
 def run(model, adapter, input_ids, inputs):
     with torch.no_grad(), adapter.inputs(**inputs):
         return model(input_ids).logits
@@ -233,8 +240,9 @@ def check_contract(name: str, tmp_path: Path) -> list[str]:
     ran = []
     for check in CONTRACT:
         wanted = inspect.signature(check).parameters
+        ids = torch.randint(3, 256, (4, 7), generator=torch.Generator().manual_seed(0))
         kwargs = {"name": name, "tiny_model": tiny_causal_lm(), "tmp_path": tmp_path / check.__name__,
-                  "input_ids": torch.randint(3, 256, (4, 7), generator=torch.Generator().manual_seed(0))}
+                  "input_ids": get(name).adapter_cls.example_input_ids(ids, get(name).config_cls())}
         kwargs["tmp_path"].mkdir(parents=True, exist_ok=True)
         check(**{k: v for k, v in kwargs.items() if k in wanted})
         ran.append(check.__name__)
