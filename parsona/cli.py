@@ -137,8 +137,16 @@ def cmd_train_user_lora(args) -> int:
     return 0
 
 
+def cmd_train_persona_prefix(args) -> int:
+    from parsona.recipes.config_cli import config_from_args
+    from parsona.recipes.train_persona_prefix import Config, main
+
+    print(f"persona prefix: {main(config_from_args(Config, args))}")
+    return 0
+
+
 def add_train_parsers(sub) -> None:
-    from parsona.recipes import baselines, train_preference_lora, train_user_lora
+    from parsona.recipes import baselines, train_persona_prefix, train_preference_lora, train_user_lora
 
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
     recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
@@ -148,6 +156,8 @@ def add_train_parsers(sub) -> None:
                       cmd_train_baselines)
     add_recipe_parser(recipes, "user-lora", "one user's PEFT LoRA from their own texts (causal-LM loss, base frozen)",
                       train_user_lora, cmd_train_user_lora)
+    add_recipe_parser(recipes, "persona-prefix", "Persona-Plug: one projector from users' persona vectors to a soft "
+                      "token, trained on their own texts", train_persona_prefix, cmd_train_persona_prefix)
 
 
 def add_recipe_parser(sub, name: str, help_text: str, module, func) -> None:

@@ -3,12 +3,14 @@
 * :class:`HistoryEncoder`: history texts -> (n, d) unit vectors (all-MiniLM-L6-v2 by default).
 * :class:`NeighborIndex`: nearest neighbours by inner product on faiss (exact, IVF or HNSW).
 * :class:`UserProfile`: what is known about one user (history count, persona, updated time); no I/O.
+* :func:`input_aware_persona`: Persona-Plug's pooling of the history given the current input.
 
 Steering rules and group predictors are open issues.
 """
 
 from parsona.persona.encoder import HistoryEncoder, check_texts
 from parsona.persona.index import NeighborIndex, unit_rows
+from parsona.persona.pooling import input_aware_persona
 from parsona.persona.profile import UserProfile
 
-__all__ = ["HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "unit_rows"]
+__all__ = ["HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "unit_rows"]

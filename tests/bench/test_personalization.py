@@ -34,16 +34,19 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
     bench = load_bench()
     argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
             "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
-    first = run_recipe(bench.Config, bench.main, argv)
+    first = run_recipe(bench.Config, bench.main, [*argv, "--persona-steps", "2"])
     printed = capsys.readouterr().out
     assert "author retrieval" in printed and "own LoRA lowest for" in printed and "command:" in printed
+    assert "own − other" in printed and len(first["persona"]["nll_own"]) == 3
+    p = first["persona"]
+    np.testing.assert_allclose(p["own_minus_none"]["mean"], np.mean(np.array(p["nll_own"]) - p["nll_none"]))
     r = first["lora"]
     assert len(r["nll"]) == 3 and len(r["nll"][0]) == 4 and r["columns"][0] == "base"
     assert 0 <= r["own_lora_wins"] <= 3 and r["mean_nll_base"] > 0
-    assert set(first["retrieval"]) == {"authors", "test_emails", "persona", "tfidf_char", "chance"}
+    assert set(first["retrieval"]) == {"authors", "test_emails", "persona", "persona_input_aware", "tfidf_char", "chance"}
     assert first["retrieval"]["chance"]["top1"] == pytest.approx(1 / 3)
     weights = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")}
-    assert len(weights) == 3
+    assert len(weights) == 3 + 1                                                       # 3 LoRAs, 1 persona prefix
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("an NLL column was scored again")
@@ -55,7 +58,7 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
     assert again["lora"]["nll"] == r["nll"]
     assert json.loads((tmp_path / "results.json").read_text())["lora"]["nll"] == r["nll"]
     other = run_recipe(bench.Config, load_bench().main, [*argv, "--parts", "lora", "--max-steps", "3"])
-    assert len({p.parent.parent for p in tmp_path.rglob("*.safetensors")}) == 2         # new settings: new LoRAs
+    assert len({p.parent.parent for p in (tmp_path / "loras").rglob("*.safetensors")}) == 2   # new settings: new LoRAs
     assert other["lora"]["nll"] != r["nll"] and len(json.loads((tmp_path / "nll.json").read_text())) == 2
 
 
