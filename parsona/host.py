@@ -103,11 +103,15 @@ class Host:
     loras:              name -> PEFT LoRA directory, loaded once and always resident: the names a
                         store-less host's rows may pick with ``adapter``.
     max_resident_loras: store LoRAs kept in the bank at once (LRU).
+    stored:             a ``RuntimeInput.stored`` kind -> ``resolve(user_id, request)`` giving the caller's
+                        own value (e.g. ``{"persona": Personas(store).resolve}``): a row sending ``true``
+                        for such an input gets it; without a resolver, ``true`` is an error naming the input.
     """
 
     def __init__(self, model, tokenizer, store: Store | None = None, adapters: Any = (), *,
                  defaults: Mapping[str, Any] | None = None, loras: Mapping[str, Any] | None = None,
-                 max_resident_loras: int = 16, max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512):
+                 max_resident_loras: int = 16, max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512,
+                 stored: Mapping[str, Any] | None = None):
         from parsona.adapters import Adapter, LoRAConfig, attach
 
         if not isinstance(max_resident_loras, int) or max_resident_loras < 1:
@@ -123,6 +127,7 @@ class Host:
             for name, source in (loras or {}).items():
                 self.bank.add(name, source)
         self._pinned = frozenset(loras or ())
+        self.stored = dict(stored or {})
         self._specs: dict[str, tuple[Any, Any]] = {}  # runtime input name -> (adapter, RuntimeInput)
         for adapter in self._conditioned():
             for spec in adapter.runtime_inputs:
@@ -216,12 +221,28 @@ class Host:
             raise self._not_taken(unknown[0])
         row = {}
         for name, (_, spec) in self._specs.items():
-            value = given.get(name)
+            value = self._stored_value(name, spec, given.get(name), r)
             row[name] = self.defaults.get(name) if value is None else self._check_value(name, value, r.user_id)
             if row[name] is None and spec.required:
                 raise ConfigError(name, f"Pass it ({spec.description.rstrip('.')}); this host has no default.",
                                   problem="missing")
         return row
+
+    def _stored_value(self, name: str, spec, value: Any, r: Request) -> Any:
+        """``value``, or for ``true`` on a stored input the caller's own (``false``: none). Only ever the
+        caller's: the resolver gets the request's ``user_id``, never an id from the request body."""
+        if not spec.stored or not isinstance(value, bool):
+            return value
+        if not value:
+            return None
+        resolve = self.stored.get(spec.stored)
+        if resolve is None:
+            raise ConfigError(name, f"Send the value itself: this server keeps no {spec.stored} per user.",
+                              problem="got true")
+        if r.user_id is None:
+            raise ConfigError(name, "Send the value itself: `true` means the caller's own, and there is no caller.",
+                              problem="got true without a user")
+        return resolve(r.user_id, r)
 
     def _not_taken(self, name: str) -> ConfigError:
         return ConfigError(name, f"Leave it out: no adapter on this host takes it (it takes: {', '.join(self._specs) or 'nothing'}).")

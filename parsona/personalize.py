@@ -14,21 +14,29 @@ silent base-model answer.
 
 from __future__ import annotations
 
-from parsona.persona import HistoryEncoder, UserProfile
+import numpy as np
+
+from parsona.errors import ConfigError
+from parsona.persona import TAU, HistoryEncoder, UserProfile, input_aware_persona
 
 MAX_PERSONA_ITEMS = 1000
 
 
 class Personas:
-    def __init__(self, store, encoder: HistoryEncoder | None = None, max_items: int = MAX_PERSONA_ITEMS):
+    def __init__(self, store, encoder: HistoryEncoder | None = None, max_items: int = MAX_PERSONA_ITEMS,
+                 tau: float = TAU):
         self.store = store
         self.encoder = encoder or HistoryEncoder(progress=False)
         self.max_items = max_items
+        self.tau = tau
 
     @property
     def encoder_key(self) -> str:
         """What the stored vectors depend on: the model and how texts are cut (another key re-embeds)."""
-        return f"{self.encoder.model or 'all-MiniLM-L6-v2'}|max_length={self.encoder.max_length}"
+        if not hasattr(self.encoder, "encoder_"):
+            self.encoder.fit()
+        return (f"{self.encoder.model or 'all-MiniLM-L6-v2'}|max_length={self.encoder.max_length}"
+                f"|{'bf16' if self.encoder.bf16_ else 'fp32'}")
 
     def refresh(self, user_id: str) -> int:
         """Embed the user's newest items that have no vector yet; returns how many were embedded."""
@@ -44,3 +52,24 @@ class Personas:
             self.refresh(user_id)
         X, updated_at = self.store.history_embeddings(user_id, self.encoder_key, self.max_items)
         return UserProfile.from_history(user_id, X, updated_at=updated_at)
+
+    def resolve(self, user_id: str, request) -> np.ndarray:
+        """The caller's persona for one request (a host ``stored`` resolver): their newest history pooled
+        input-aware given the request's text (its last message, or its prompt). No history is an error
+        naming the fix, never a silent base-model answer."""
+        self.refresh(user_id)
+        X, _ = self.store.history_embeddings(user_id, self.encoder_key, self.max_items)
+        if len(X) == 0:
+            raise ConfigError("persona", "Add history first (PUT /v1/profile/history): a persona is pooled from it.",
+                              problem="this user has no history")
+        text = request_text(request)
+        if text is None:                                          # token ids: nothing to embed, the plain mean
+            return UserProfile.from_history(user_id, X).persona
+        return input_aware_persona(X, self.encoder.transform([text])[0], self.tau)
+
+
+def request_text(request) -> str | None:
+    """What a request asks, as text: its last message's content, or its prompt (None for token ids)."""
+    if request.messages:
+        return next((m["content"] for m in reversed(request.messages) if m.get("content", "").strip()), None)
+    return request.prompt if isinstance(request.prompt, str) and request.prompt.strip() else None

@@ -10,7 +10,7 @@ Steering rules and group predictors are open issues.
 
 from parsona.persona.encoder import HistoryEncoder, check_texts
 from parsona.persona.index import NeighborIndex, unit_rows
-from parsona.persona.pooling import input_aware_persona
+from parsona.persona.pooling import TAU, input_aware_persona
 from parsona.persona.profile import UserProfile
 
-__all__ = ["HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "unit_rows"]
+__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "unit_rows"]

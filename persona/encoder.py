@@ -21,16 +21,18 @@ from parsona.errors import ConfigError
 
 
 class HistoryEncoder:
-    """scikit-learn style: hyperparameters here, the loaded encoder in ``encoder_`` and its width in
-    ``dim_`` after :meth:`fit` (which learns nothing: it loads, so a bad model path fails early)."""
+    """scikit-learn style: hyperparameters here; after :meth:`fit` (which learns nothing: it loads, so a
+    bad model path fails early) the loaded encoder in ``encoder_``, its width in ``dim_`` and whether it
+    runs in bf16 in ``bf16_``."""
 
-    def __init__(self, model: str | None = None, batch_size: int = 64, max_length: int = 256,
-                 device: str | None = None, progress: bool = True):
+    def __init__(self, model: str | None = None, batch_size: int = 8, max_length: int = 256,
+                 device: str | None = None, progress: bool = True, precision: str = "auto"):
         self.model = model
-        self.batch_size = batch_size
+        self.batch_size = batch_size      # small: batches are sorted by length, and padding costs more than calls
         self.max_length = max_length
         self.device = device
         self.progress = progress
+        self.precision = precision        # "auto": bf16 where the device has it natively (SentenceEncoder.uses_bf16)
 
     def fit(self, texts: Sequence[str] | None = None) -> "HistoryEncoder":
         from parsona.objectives.features import SentenceEncoder
@@ -40,8 +42,9 @@ class HistoryEncoder:
                               "(max_length ≥ 2: room for the encoder's special tokens).",
                               problem=f"batch_size {self.batch_size}, max_length {self.max_length}")
         self.encoder_ = SentenceEncoder(self.model, batch_size=self.batch_size, max_length=self.max_length,
-                                        turn_marker=None, device=self.device, progress=self.progress)
-        self.dim_ = self.encoder_.dim
+                                        turn_marker=None, device=self.device, progress=self.progress,
+                                        precision=self.precision)
+        self.dim_, self.bf16_ = self.encoder_.dim, self.encoder_.uses_bf16
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:

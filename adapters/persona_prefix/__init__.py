@@ -7,5 +7,6 @@ from .model import PersonaPrefix
 __all__ = ["PersonaPrefix", "PersonaPrefixConfig"]
 
 register("persona_prefix", PersonaPrefixConfig, PersonaPrefix, runtime_inputs=(RuntimeInput(
-    "persona", list[float], "The row's persona: its user's pooled history embedding (d numbers, about unit "
-    "length); omit for none."),))
+    "persona", list[float], "The row's persona: a pooled history embedding (d numbers, about unit length), or "
+    "true for the caller's own, pooled from their stored history given this request; omit for none.",
+    stored="persona"),))

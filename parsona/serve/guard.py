@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -117,9 +118,14 @@ def _is_runtime_input(name: str) -> bool:
     return any(name in get(t).input_names() for t in names())
 
 
+# pydantic names the member of a union that failed inside ``loc`` ("persona", "list[float]", 0): not a field
+UNION_MEMBER = re.compile(r"(bool|int|float|str|list|dict|function-\w+)(\[.*\])?")
+
+
 def field_name(loc: tuple) -> str:
-    """("body", "messages", 0, "content") -> "messages[0].content"."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    """("body", "messages", 0, "content") -> "messages[0].content"; union members left out."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")
+             and not (isinstance(p, str) and UNION_MEMBER.fullmatch(p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))

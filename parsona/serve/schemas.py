@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, create_model, field_validator
 
 ID = "Opaque id, as returned by this server."
 
@@ -120,8 +120,10 @@ NEUTRAL: dict[str, tuple] = {
 def with_runtime_inputs(base: type[_Sampling], inputs, max_new_tokens: int | None = None) -> type[_Sampling]:
     """``base`` with one optional body field per ``RuntimeInput`` (its name, wire type and description),
     and its token fields bounded by the host's ``max_new_tokens`` (so the schema states the real limit)."""
-    fields = {spec.name: (Optional[spec.annotation], Field(None, description=spec.description + (
-        " Required unless the server has a default." if spec.required else ""))) for spec in inputs}
+    fields = {spec.name: (Optional[Union[spec.annotation, StrictBool]] if spec.stored else Optional[spec.annotation],
+                          Field(None, description=spec.description + (
+                              " Required unless the server has a default." if spec.required else "")))
+              for spec in inputs}   # a stored input also takes true: the caller's own, which the server keeps
     for name in ("max_tokens", "max_completion_tokens"):
         if max_new_tokens is not None and name in base.model_fields:
             description = base.model_fields[name].description
@@ -266,6 +268,14 @@ class HistoryAppend(_Strict):
 
 class HistoryAppended(BaseModel):
     item_ids: list[str] = Field(description="Ids of the appended items, in order.")
+
+
+class Profile(BaseModel):
+    object: Literal["profile"] = Field("profile", description="Always 'profile'.")
+    history_items: int = Field(description="Items in the caller's history.")
+    persona: bool = Field(description="Whether the caller has a stored persona (then `persona: true` works).")
+    persona_items: int = Field(description="History items the persona is pooled from (the newest, at most 1,000).")
+    updated_at: Optional[float] = Field(None, description="Unix time of the newest item the persona pools.")
 
 
 class TrainRequest(_Strict):

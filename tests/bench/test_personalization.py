@@ -38,6 +38,7 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
     printed = capsys.readouterr().out
     assert "author retrieval" in printed and "own LoRA lowest for" in printed and "command:" in printed
     assert "own − other" in printed and len(first["persona"]["nll_own"]) == 3
+    assert first["cold_start"]["items"] == 12 and len(first["cold_start"]["seconds"]) == 5   # 3 authors × 4 emails
     p = first["persona"]
     np.testing.assert_allclose(p["own_minus_none"]["mean"], np.mean(np.array(p["nll_own"]) - p["nll_none"]))
     r = first["lora"]

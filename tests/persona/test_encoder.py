@@ -14,7 +14,7 @@ def test_rows_are_the_models_own_cls_pooling_normalised(tiny_encoder_dir):
     from transformers import AutoModel, AutoTokenizer
 
     texts = ["the dog barks .", "call me monday", "the cat sleeps"]
-    X = HistoryEncoder(model=str(tiny_encoder_dir), progress=False).fit_transform(texts)
+    X = HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="fp32").fit_transform(texts)
     assert X.shape == (3, 16) and X.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-6)
     tokenizer, net = AutoTokenizer.from_pretrained(tiny_encoder_dir), AutoModel.from_pretrained(tiny_encoder_dir).eval()
@@ -80,3 +80,13 @@ def test_an_encoder_we_would_compute_differently_is_refused(tiny_encoder_dir, tm
     with pytest.raises(ConfigError) as err:
         HistoryEncoder(model=str(model), progress=False).fit()
     assert file.split("/")[-1] in err.value.field
+
+
+def test_bf16_vectors_stay_close_to_fp32_ones_and_a_bad_precision_is_named(tiny_encoder_dir):
+    texts = ["the dog barks .", "call me monday", "the cat sleeps"]
+    exact = HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="fp32").fit_transform(texts)
+    fast = HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="bf16").fit()
+    assert fast.bf16_ and (fast.transform(texts) * exact).sum(1).min() > 0.999
+    with pytest.raises(ConfigError) as err:
+        HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="fp8").fit()
+    assert err.value.field == "precision"
