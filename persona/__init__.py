@@ -8,9 +8,9 @@
 Steering rules and group predictors are open issues.
 """
 
-from parsona.persona.encoder import HistoryEncoder, check_texts
+from parsona.persona.encoder import HistoryEncoder, check_texts, save_tiny_encoder
 from parsona.persona.index import NeighborIndex, unit_rows
 from parsona.persona.pooling import TAU, input_aware_persona
 from parsona.persona.profile import UserProfile
 
-__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "unit_rows"]
+__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "save_tiny_encoder", "unit_rows"]

@@ -78,3 +78,34 @@ def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
             raise ConfigError(f"{field}[{i}]", "Leave out empty items.", problem="empty or whitespace only")
         out.append(text)
     return out
+
+
+def save_tiny_encoder(path, seed: int = 0, pooling: str = "mean"):
+    """Write a tiny random sentence encoder that ``HistoryEncoder(model=path)`` reads: a 1-layer BERT
+    (width 16) with a WordPiece vocabulary of letters, digits and punctuation (any lowercase ASCII text
+    tokenizes), pooled by ``pooling`` ("mean" or "cls"). For tests and notebooks' tiny mode: seconds."""
+    import json
+    import string
+    from pathlib import Path
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from parsona.io import atomic_dir
+
+    if pooling not in ("mean", "cls"):
+        raise ConfigError("pooling", 'Use "mean" or "cls".', problem=f"got {pooling!r}")
+    pieces = list(string.ascii_lowercase + string.digits) + list(".,!?'-:;()/@<>")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces, *(f"##{p}" for p in pieces)]
+    with atomic_dir(path) as tmp:
+        (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        BertTokenizerFast(vocab_file=str(tmp / "vocab.txt")).save_pretrained(tmp)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp)
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 16, "pooling_mode_cls_token": pooling == "cls",
+             "pooling_mode_mean_tokens": pooling == "mean"}))
+    return Path(path)

@@ -25,27 +25,12 @@ def tiny_dir(tmp_path_factory) -> str:
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
-ENCODER_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "dog", "cat", "barks", "sleeps", "meeting", "monday",
-         "gas", "price", "call", "me", "."]
-
-
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory):
-    """A random 1-layer BERT + WordPiece tokenizer saved offline, pooled by its [CLS] token."""
-    import json
+    """A random 1-layer BERT sentence encoder saved offline (width 16, 64 positions), pooled by [CLS]."""
+    from parsona.persona import save_tiny_encoder
 
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    path = tmp_path_factory.mktemp("bert")
-    (path / "vocab.txt").write_text("\n".join(ENCODER_WORDS) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(ENCODER_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(path)
-    (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 16, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
-    return path
+    return save_tiny_encoder(tmp_path_factory.mktemp("encoder") / "bert", pooling="cls")
 
 
 @pytest.fixture
