@@ -111,38 +111,16 @@ def cmd_eval_front(args) -> int:
     return 0
 
 
-def cmd_train_preference_lora(args) -> int:
-    from parsona.recipes.config_cli import config_from_args
-    from parsona.recipes.train_preference_lora import Config, main
+def recipe_command(module, says: str):
+    """A ``train`` subcommand: the recipe's Config from the flags, ``main(cfg)``, then one line saying what
+    it wrote (``says`` is formatted with ``out``, the path ``main`` returned)."""
+    def command(args) -> int:
+        from parsona.recipes.config_cli import config_from_args
 
-    out = main(config_from_args(Config, args))
-    print(f"adapter: {out}  (try: parsona generate --preference-adapter {out} --preference 0.2,0.8 \"your prompt\")")
-    return 0
+        print(says.format(out=module.main(config_from_args(module.Config, args))))
+        return 0
 
-
-def cmd_train_baselines(args) -> int:
-    from parsona.recipes.baselines import Config, main
-    from parsona.recipes.config_cli import config_from_args
-
-    print(f"LoRAs: {main(config_from_args(Config, args))}")
-    return 0
-
-
-def cmd_train_user_lora(args) -> int:
-    from parsona.recipes.config_cli import config_from_args
-    from parsona.recipes.train_user_lora import Config, main
-
-    out = main(config_from_args(Config, args))
-    print(f"LoRA: {out}  (try: parsona generate --lora {out} \"your prompt\")")
-    return 0
-
-
-def cmd_train_persona_prefix(args) -> int:
-    from parsona.recipes.config_cli import config_from_args
-    from parsona.recipes.train_persona_prefix import Config, main
-
-    print(f"persona prefix: {main(config_from_args(Config, args))}")
-    return 0
+    return command
 
 
 def add_train_parsers(sub) -> None:
@@ -151,13 +129,17 @@ def add_train_parsers(sub) -> None:
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
     recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
     add_recipe_parser(recipes, "preference-lora", "Panacea + DPO: one adapter for the whole trade-off front",
-                      train_preference_lora, cmd_train_preference_lora)
+                      train_preference_lora, recipe_command(train_preference_lora, "adapter: {out}  (try: parsona "
+                                                            "generate --preference-adapter {out} --preference 0.2,0.8 "
+                                                            '"your prompt")'))
     add_recipe_parser(recipes, "baselines", "Rewarded Soups / DPS-grid baselines for the front", baselines,
-                      cmd_train_baselines)
+                      recipe_command(baselines, "LoRAs: {out}"))
     add_recipe_parser(recipes, "user-lora", "one user's PEFT LoRA from their own texts (causal-LM loss, base frozen)",
-                      train_user_lora, cmd_train_user_lora)
+                      train_user_lora, recipe_command(train_user_lora, 'LoRA: {out}  (try: parsona generate --lora {out} '
+                                                                       '"your prompt")'))
     add_recipe_parser(recipes, "persona-prefix", "Persona-Plug: one projector from users' persona vectors to a soft "
-                      "token, trained on their own texts", train_persona_prefix, cmd_train_persona_prefix)
+                      "token, trained on their own texts", train_persona_prefix,
+                      recipe_command(train_persona_prefix, "persona prefix: {out}"))
 
 
 def add_recipe_parser(sub, name: str, help_text: str, module, func) -> None:

@@ -71,3 +71,13 @@ def test_a_malformed_line_is_named(tmp_path, tiny_encoder_dir):
     with pytest.raises(ConfigError) as err:
         main(Config(encoder=str(tiny_encoder_dir), texts=str(tmp_path / "users.jsonl"), output_dir=str(tmp_path / "r")))
     assert err.value.field.endswith("users.jsonl:2")
+
+
+def test_the_command_line_trains_it(tiny_dir, tiny_encoder_dir, tmp_path, capsys):
+    from parsona.cli import main as cli
+
+    assert cli(["train", "persona-prefix", "--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--texts",
+                write_users(tmp_path / "users.jsonl"), "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+                "--hidden", "8", "--max-length", "32"]) == 0
+    assert f"persona prefix: {tmp_path / 'run' / 'adapter'}" in capsys.readouterr().out
+    assert cli(["train", "persona-prefix", "--output-dir", str(tmp_path / "x")]) == 2        # no texts: a clear error
