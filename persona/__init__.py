@@ -4,13 +4,16 @@
 * :class:`NeighborIndex`: nearest neighbours by inner product on faiss (exact, IVF or HNSW).
 * :class:`UserProfile`: what is known about one user (history count, persona, updated time); no I/O.
 * :func:`input_aware_persona`: Persona-Plug's pooling of the history given the current input.
+* :func:`expert_weights`: SG-LoRA's top-K softmax weights over a bank of expert descriptions.
 
 Steering rules and group predictors are open issues.
 """
 
 from parsona.persona.encoder import HistoryEncoder, check_texts, save_tiny_encoder
+from parsona.persona.experts import expert_weights
 from parsona.persona.index import NeighborIndex, unit_rows
 from parsona.persona.pooling import TAU, input_aware_persona
 from parsona.persona.profile import UserProfile
 
-__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "input_aware_persona", "save_tiny_encoder", "unit_rows"]
+__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "expert_weights", "input_aware_persona",
+           "save_tiny_encoder", "unit_rows"]
