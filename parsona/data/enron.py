@@ -51,3 +51,15 @@ def texts_by_author(emails: list[Email]) -> dict[str, list[str]]:
     for email in emails:
         out.setdefault(email.author_id, []).append(email.text)
     return out
+
+
+def users_split(min_train_emails: int = 30, max_users: int = 0, max_emails: int = 0):
+    """Authors as users: (author ids, {author: train texts}, {author: test texts}) for the authors with at
+    least ``min_train_emails`` train emails and a test email (18 at 30), most train emails first.
+    ``max_users`` keeps the first n (0: all); ``max_emails`` cuts every list to n (0: all)."""
+    train = texts_by_author(read_enron("train"))
+    test = texts_by_author([e for e in read_enron("test") if e.author_in_train])
+    authors = sorted((a for a in train if len(train[a]) >= min_train_emails and test.get(a)),
+                     key=lambda a: (-len(train[a]), a))[: max_users or None]
+    cut = slice(None, max_emails or None)
+    return authors, {a: train[a][cut] for a in authors}, {a: test[a][cut] for a in authors}

@@ -152,6 +152,24 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
         bank.detach()
 
 
+def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: str | Path, *, model=None,
+                    tokenizer=None) -> dict[str, Path]:
+    """One LoRA per user (``main`` with ``Config(**settings)``), at out_root/<key>/<user>, where the key
+    hashes the settings and each user's texts: a LoRA already written with the same key is reused, never
+    one trained otherwise. Returns {user: LoRA directory}."""
+    import hashlib
+
+    dirs = {}
+    for n, (user, texts) in enumerate(users.items()):
+        blob = json.dumps({"settings": {k: v for k, v in sorted(settings.items()) if k != "output_dir"},
+                           "texts": hashlib.sha256("\x00".join(texts).encode()).hexdigest()})
+        dirs[user] = Path(out_root) / hashlib.sha256(blob.encode()).hexdigest()[:16] / user
+        if not (dirs[user] / "adapter_model.safetensors").is_file():
+            print(f"LoRA {n + 1}/{len(users)}: {user}, {len(texts)} texts")
+            main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer, texts=texts)
+    return dirs
+
+
 def run(settings: dict, **inputs) -> Path:
     """:func:`main` with the Config given as a dict of its fields: what the server's Trainer calls
     (``parsona.serve.training``), so the serving code never imports a recipe."""

@@ -38,3 +38,17 @@ def test_bad_split_names_file_and_line(tmp_path):
     path.write_text(json.dumps(row) + "\n\n" + json.dumps(dict(row, split="dev")) + "\n")
     with pytest.raises(ConfigError, match=r"e\.jsonl:3"):
         read_enron_file(path)
+
+
+def test_users_split_gives_the_authors_with_enough_train_emails_most_first():
+    from parsona.data.enron import read_enron, users_split
+
+    authors, train, test = users_split(30)
+    counts = {}
+    for e in read_enron("train"):
+        counts[e.author_id] = counts.get(e.author_id, 0) + 1
+    assert len(authors) == 18 and all(counts[a] >= 30 for a in authors)          # the README's 18
+    assert [len(train[a]) for a in authors] == sorted((len(train[a]) for a in authors), reverse=True)
+    assert all(test[a] for a in authors)
+    few, train2, _ = users_split(30, max_users=2, max_emails=3)
+    assert few == authors[:2] and all(len(t) == 3 for t in train2.values())

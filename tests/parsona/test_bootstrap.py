@@ -80,3 +80,14 @@ def test_reward_fronts_are_resampled_over_prompts_not_pairs():
     with pytest.raises(ConfigError) as err:
         bootstrap_interval([rewarded], lambda f: 0.0)
     assert err.value.field == "results"
+
+
+def test_t_interval_is_scipys_student_interval():
+    from scipy import stats
+
+    from parsona.bootstrap import t_interval
+
+    v = np.array([0.3, -0.1, 0.25, 0.4, 0.05])
+    low, high = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    got = t_interval(v)
+    assert (got["low"], got["mean"], got["high"]) == pytest.approx((low, v.mean(), high))

@@ -119,3 +119,18 @@ def test_pair_logprobs_rows_score_each_row_under_its_own_inputs(attention):
         alone = torch.stack([scorer(prompt, replies, preference=lam[None]) for lam in grid])     # (4, 2)
     torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
     assert (got[0] - got[-1]).abs().max() > 1e-3
+
+
+def test_mean_token_nll_is_transformers_own_loss_and_padding_changes_nothing():
+    from parsona.base_model import tiny_causal_lm
+    from parsona.logprobs import mean_token_nll
+
+    model = tiny_causal_lm().eval()
+    a, b = [5, 9, 30, 41, 7], [12, 13]
+    with torch.no_grad():
+        hf = [model(torch.tensor([x]), labels=torch.tensor([x])).loss.item() for x in (a, b)]
+    assert mean_token_nll(model, [a], pad=0) == pytest.approx(hf[0], rel=1e-5)
+    together = mean_token_nll(model, [a, b], pad=0, batch_size=2)                  # one padded batch
+    assert together == pytest.approx((4 * hf[0] + 1 * hf[1]) / 5, rel=1e-5)       # token-weighted
+    assert mean_token_nll(model, [a], pad=0, skip=3) == pytest.approx(
+        mean_token_nll(model, [a], pad=0, skip=3, batch_size=1), rel=0)

@@ -95,3 +95,17 @@ def test_an_unknown_author_or_two_sources_name_the_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         Config(author="965226", texts="notes.txt")
     assert err.value.field == "author"
+
+
+def test_loras_for_many_users_are_reused_only_with_the_same_settings_and_texts(tiny_dir, tmp_path):
+    from parsona.recipes.train_user_lora import train_for_users
+
+    settings = dict(model=tiny_dir, rank=2, alpha=4.0, max_steps=1, max_length=16)
+    users = {"ann": ["tea please", "short answers"], "ben": ["coffee"]}
+    dirs = train_for_users(settings, users, tmp_path)
+    stamps = {u: (d / "adapter_model.safetensors").stat().st_mtime_ns for u, d in dirs.items()}
+    assert train_for_users(settings, users, tmp_path) == dirs                      # reused, not retrained
+    assert {u: (d / "adapter_model.safetensors").stat().st_mtime_ns for u, d in dirs.items()} == stamps
+    changed = train_for_users(settings, {**users, "ben": ["coffee", "black"]}, tmp_path)
+    assert changed["ann"] == dirs["ann"] and changed["ben"] != dirs["ben"]          # new texts: a new LoRA
+    assert train_for_users({**settings, "rank": 4}, users, tmp_path)["ann"] != dirs["ann"]
