@@ -93,6 +93,7 @@ class Adapter:
       ``prompt_prefix(name, value) -> list[int]``  token ids the host puts before the prompt of a row
                                                    that gives input ``name`` (default none: a soft-token
                                                    type marks where its tokens go, as VLMs mark images)
+      ``reserved_ids() -> set[int]``               ids such a row's own prompt may not carry (default none)
       ``example_input_ids(input_ids, config)``     (classmethod) ids as the host would send them for rows
                                                    with every input given (tests; default: unchanged)
 
@@ -145,6 +146,10 @@ class Adapter:
     def prompt_prefix(self, name: str, value: Any) -> list[int]:
         """Token ids to put before the prompt of a row whose input ``name`` is ``value`` (checked)."""
         return []
+
+    def reserved_ids(self) -> set[int]:
+        """Token ids the prompt of a row this type conditions may not carry itself (its placeholders)."""
+        return set()
 
     @classmethod
     def example_input_ids(cls, input_ids: torch.Tensor, config: AdapterConfig) -> torch.Tensor:

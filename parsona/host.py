@@ -182,14 +182,24 @@ class Host:
         field_name, ids = self._tokenize(r)
         if not ids:
             raise ConfigError(field_name, "Send text that is not empty once tokenized.", problem="it is 0 tokens")
+        self._check_length(field_name, len(ids), 0)                       # before any stored value is resolved
         conditioning = self._row_conditioning(r)
         # a soft-token type marks where its tokens go (placeholders before the prompt), per row it conditions
-        ids = [t for name, value in conditioning.items() if value is not None
-               for t in self._specs[name][0].prompt_prefix(name, value)] + ids
-        if len(ids) > self.max_prompt_tokens:
-            raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens} tokens.",
-                              problem=f"it is {len(ids)} tokens")
-        return Prepared(r, ids, conditioning, stop)
+        conditioned = {self._specs[n][0] for n, v in conditioning.items() if v is not None}
+        reserved = sorted(set(ids) & {t for adapter in conditioned for t in adapter.reserved_ids()})
+        if reserved:
+            raise ConfigError(field_name, f"Leave out token {self.tokenizer.convert_ids_to_tokens(reserved[0])!r} "
+                              f"(id {reserved[0]}): it marks where an adapter's soft tokens go.",
+                              problem="the prompt carries a reserved token")
+        prefix = [t for name, value in conditioning.items() if value is not None
+                  for t in self._specs[name][0].prompt_prefix(name, value)]
+        self._check_length(field_name, len(ids), len(prefix))
+        return Prepared(r, prefix + ids, conditioning, stop)
+
+    def _check_length(self, field_name: str, n: int, added: int) -> None:
+        if n + added > self.max_prompt_tokens:
+            raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens - added} tokens"
+                              + (f" (the adapters add {added})." if added else "."), problem=f"it is {n} tokens")
 
     def _tokenize(self, r: Request) -> tuple[str, list[int]]:
         if (r.prompt is None) == (r.messages is None):

@@ -14,6 +14,8 @@ silent base-model answer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from parsona.errors import ConfigError
@@ -35,7 +37,10 @@ class Personas:
         """What the stored vectors depend on: the model and how texts are cut (another key re-embeds)."""
         if not hasattr(self.encoder, "encoder_"):
             self.encoder.fit()
-        return (f"{self.encoder.model or 'all-MiniLM-L6-v2'}|max_length={self.encoder.max_length}"
+        model = self.encoder.model or "all-MiniLM-L6-v2"
+        if Path(model).expanduser().exists():                     # a local folder: the same one from any directory
+            model = str(Path(model).expanduser().resolve())
+        return (f"{model}|d={self.encoder.dim_}|max_length={self.encoder.max_length}"
                 f"|{'bf16' if self.encoder.bf16_ else 'fp32'}")
 
     def refresh(self, user_id: str) -> int:
@@ -64,7 +69,7 @@ class Personas:
                               problem="this user has no history")
         text = request_text(request)
         if text is None:                                          # token ids: nothing to embed, the plain mean
-            return UserProfile.from_history(user_id, X).persona
+            return UserProfile.from_history(user_id, X).persona.copy()
         return input_aware_persona(X, self.encoder.transform([text])[0], self.tau)
 
 
@@ -87,6 +92,8 @@ def describe(encoder: HistoryEncoder, description: str | None = None, texts=None
         if not isinstance(description, str) or not description.strip():
             raise ConfigError("description", "Write a sentence or two about the user.", problem="empty")
         return encoder.transform([description])[0]
+    if isinstance(texts, str):
+        raise ConfigError("texts", "Pass a list of texts, not one string.", problem="got a string")
     texts = list(texts)[:max_texts]
     if not texts:
         raise ConfigError("texts", f"Give 1 to {max_texts} texts the user wrote.", problem="empty")
@@ -100,6 +107,9 @@ def generate_lora(experts, descriptions, query, *, k: int = 4, tau: float = 0.1,
     from parsona.adapters.lora_blend import blend_compact, blend_exact
     from parsona.persona import expert_weights
 
+    if len(experts) != len(descriptions):
+        raise ConfigError("descriptions", "Give one description per expert.",
+                          problem=f"{len(descriptions)} descriptions for {len(experts)} experts")
     rows, weights = expert_weights(descriptions, query, k=k, tau=tau)
     chosen = [experts[i] for i in rows]
     info = {"experts": rows.tolist(), "weights": weights.tolist()}

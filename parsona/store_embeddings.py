@@ -18,11 +18,12 @@ from parsona.errors import ConfigError
 
 
 def missing(conn: sqlite3.Connection, user_id: str, encoder: str, limit: int) -> list[tuple[str, str]]:
-    """(item_id, text) of the user's newest ``limit`` items that have no vector from ``encoder``, newest first."""
+    """(item_id, text) of the user's newest ``limit`` items that have no vector from ``encoder`` (blank ones have
+    nothing to embed and are left out), newest first."""
     rows = conn.execute(
         "SELECT h.item_id, h.text FROM (SELECT item_id, text, seq FROM history WHERE user_id = ?"
         " ORDER BY seq DESC LIMIT ?) h LEFT JOIN history_embeddings e ON e.item_id = h.item_id AND e.encoder = ?"
-        " WHERE e.item_id IS NULL ORDER BY h.seq DESC", (user_id, limit, encoder)).fetchall()
+        " WHERE e.item_id IS NULL AND trim(h.text) != '' ORDER BY h.seq DESC", (user_id, limit, encoder)).fetchall()
     return [(r["item_id"], r["text"]) for r in rows]
 
 

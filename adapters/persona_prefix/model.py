@@ -13,6 +13,8 @@ from ..base import Adapter, input_embedding
 from .config import PersonaPrefixConfig
 from .layer import PersonaPrefixLayer
 
+MIN_NORM, MAX_NORM = 0.5, 2.0
+
 
 class PersonaPrefix(Adapter):
     """Persona-Plug (arXiv 2409.11901): a user's pooled history embedding -> soft tokens before the
@@ -37,6 +39,9 @@ class PersonaPrefix(Adapter):
 
     def _make_layer(self, path: str, module: nn.Module) -> nn.Module:
         c = self.config
+        if c.placeholder_id >= module.num_embeddings:
+            raise ConfigError("placeholder_id", f"Pick a token id below the vocabulary size ({module.num_embeddings}).",
+                              problem=f"got {c.placeholder_id}")
         layer = PersonaPrefixLayer(c.persona_dim, module.embedding_dim, c.n_tokens, c.hidden, c.placeholder_id)
         return layer.to(module.weight.dtype)          # the embeddings' precision: fp64 tests, a bf16 base
 
@@ -49,7 +54,15 @@ class PersonaPrefix(Adapter):
         if vector.shape != (d,) or not torch.isfinite(vector).all():
             raise ConfigError(name, f"Pass {d} finite numbers (the pooled history embedding).",
                               problem=f"shape {tuple(vector.shape)}" + ("" if vector.shape != (d,) else ", not finite"))
+        norm = float(vector.norm())
+        if not MIN_NORM <= norm <= MAX_NORM:   # pooled embeddings are unit vectors; far off is not a persona
+            raise ConfigError(name, "Pass a vector of about unit length (a pooled, normalised embedding).",
+                              problem=f"its length is {norm:.3g}")
         return vector
+
+    def reserved_ids(self) -> set[int]:
+        """Token ids a conditioned row's own prompt may not carry: the placeholder marks the soft tokens."""
+        return {self.config.placeholder_id}
 
     def stack_rows(self, name: str, rows: list) -> torch.Tensor:
         zero = torch.zeros(self.config.persona_dim)                 # a row without a persona: the base model

@@ -13,6 +13,7 @@ malformed one all answer the same 404, so a caller cannot learn what others have
 import asyncio
 import hmac
 import json
+import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -33,6 +34,8 @@ from .batcher import Batcher
 from .guard import ApiError, Guard, RateLimiter, install_error_handlers, unauthorized
 from .metrics import Metrics
 from .training import Trainer
+
+log = logging.getLogger("parsona.serve")
 from .uploads import extract_archive
 
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413, 429)}
@@ -260,7 +263,10 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         items = [i.model_dump(exclude_none=True) for i in body.items]
         ids = store.add_history(user_id, items)
         if personas is not None:   # embedded as they arrive: a persona request later pools, never re-embeds
-            personas.refresh(user_id)
+            try:
+                personas.refresh(user_id)
+            except Exception:      # the items are stored (a retry would duplicate them); the next use embeds them
+                log.exception("embedding new history items failed; they are embedded when next needed")
         return S.HistoryAppended(item_ids=ids)
 
     @app.get("/v1/profile", response_model=S.Profile, responses=ERRORS, tags=["profile"],

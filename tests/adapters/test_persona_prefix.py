@@ -101,3 +101,11 @@ def test_one_batch_of_six_users_each_with_its_own_mix_equals_each_row_alone(worl
     assert batch[2].text != batch[3].text and batch[4].text != batch[5].text   # each pair differs only by persona
     no_persona = host.prepare(requests[0]).input_ids
     assert host.prepare(requests[1]).input_ids == [3] + no_persona               # one placeholder before the prompt
+
+
+def test_a_placeholder_outside_the_vocabulary_is_refused_at_attach():
+    from parsona.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        attach(tiny_causal_lm(), PersonaPrefixConfig(persona_dim=D, placeholder_id=256))      # vocab 256
+    assert err.value.field == "placeholder_id"

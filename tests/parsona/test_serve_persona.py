@@ -101,3 +101,72 @@ def test_a_server_that_keeps_no_personas_says_so(tmp_path, tiny_encoder_dir):
         assert r.status_code == 400 and "keeps no persona" in r.json()["error"]["message"]
         assert client.get("/v1/profile", headers={"Authorization": f"Bearer {key}"}).json()["persona"] is False
     store.close()
+
+
+def test_a_persona_rows_prompt_may_not_carry_the_placeholder_and_other_rows_may(world):
+    from parsona.errors import ConfigError
+
+    client, host, *_, (bob, b) = world
+    vector = (np.ones(16) / 4).tolist()
+    typed = "the dog!"                                            # the tiny tokenizer's id 3 is "!": the placeholder
+    with pytest.raises(ConfigError) as err:
+        host.prepare(Request(prompt=[3, 40, 41], user_id=bob, conditioning={"preference": [0.5, 0.5], "persona": vector}))
+    assert err.value.field == "prompt" and "id 3" in str(err.value)
+    r = client.post("/v1/completions", json={**BODY, "prompt": typed, "persona": vector}, headers=b)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert client.post("/v1/completions", json={**BODY, "prompt": typed}, headers=b).status_code == 200
+
+
+@pytest.mark.parametrize("scale", [1e30, 10.0, 0.01])
+def test_a_persona_far_from_unit_length_is_refused(world, scale):
+    client, *_, (_, b) = world
+    r = client.post("/v1/completions", json={**BODY, "persona": (np.ones(16) / 4 * scale).tolist()}, headers=b)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "persona" and "unit length" in r.json()["error"]["message"]
+
+
+def test_the_prompt_limit_counts_the_placeholders_and_is_checked_before_any_lookup(world):
+    _, host, store, personas, (alice, _), _ = world
+    from parsona.errors import ConfigError
+
+    host.max_prompt_tokens = 4
+    store.add_history(alice, ["the dog barks ."])
+    with pytest.raises(ConfigError, match="at most 3 tokens"):
+        host.prepare(Request(prompt=[40, 41, 42, 43], user_id=alice, conditioning={"preference": [0.5, 0.5],
+                                                                                   "persona": True}))
+    calls = []
+    host.stored["persona"] = lambda *a: calls.append(a)
+    with pytest.raises(ConfigError, match="at most 4 tokens"):
+        host.prepare(Request(prompt=[40] * 5, user_id=alice, conditioning={"preference": [0.5, 0.5], "persona": True}))
+    assert calls == []                                                         # too long: nothing was looked up
+
+
+def test_an_unknown_field_named_like_a_type_is_named_in_the_error(world):
+    client, *_, (_, b) = world
+    r = client.post("/v1/completions", json={**BODY, "list": 1}, headers=b)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "list"
+
+
+def test_a_chat_requests_persona_is_pooled_given_its_last_message(world):
+    client, host, store, personas, (alice, a), _ = world
+    client.put("/v1/profile/history", json={"items": ["the dog barks .", "call me monday", "gas price"]}, headers=a)
+    messages = [{"role": "user", "content": "gas price"}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "the dog"}]
+    asked = host.prepare(Request(messages=messages, user_id=alice, conditioning={"preference": [0.5, 0.5], "persona": True}))
+    expected = personas.resolve(alice, Request(prompt="the dog"))
+    torch.testing.assert_close(asked.conditioning["persona"], torch.from_numpy(expected))
+
+
+def test_serve_refuses_a_persona_prefix_whose_width_the_encoder_does_not_give(tiny_dir, tiny_encoder_dir, tmp_path):
+    from parsona.adapters import PersonaPrefixConfig, attach, save_adapter
+    from parsona.base_model import load_base_model
+    from parsona.cli import build_parser
+    from parsona.errors import ConfigError
+    from parsona.serve.cli import build_app
+
+    model, _ = load_base_model(tiny_dir)
+    save_adapter(attach(model, PersonaPrefixConfig(persona_dim=8)), tmp_path / "prefix")   # the encoder gives 16
+    args = build_parser().parse_args(["serve", "--persona-prefix", str(tmp_path / "prefix"), "--encoder",
+                                      str(tiny_encoder_dir), "--store", str(tmp_path / "store")])
+    with pytest.raises(ConfigError) as err:
+        build_app(args)
+    assert err.value.field == "--encoder" and "8" in str(err.value)
