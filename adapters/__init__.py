@@ -11,9 +11,10 @@ from .registry import get, names, register
 from .lora import LoRA, LoRAConfig  # noqa: E402  (registers "lora")
 from .preference_lora import PreferenceLoRA, PreferenceLoRAConfig  # noqa: E402  (registers "preference_lora")
 from .persona_prefix import PersonaPrefix, PersonaPrefixConfig  # noqa: E402  (registers "persona_prefix")
+from .generated_lora import GeneratedLoRA, GeneratedLoRAConfig  # noqa: E402  (registers "generated_lora")
 
 __all__ = [
-    "Adapter", "AdapterConfig", "LoRA", "LoRAConfig", "PersonaPrefix", "PersonaPrefixConfig", "PreferenceLoRA",
+    "Adapter", "AdapterConfig", "GeneratedLoRA", "GeneratedLoRAConfig", "LoRA", "LoRAConfig", "PersonaPrefix", "PersonaPrefixConfig", "PreferenceLoRA",
     "PreferenceLoRAConfig",
     "attach", "get", "load_adapter", "names", "register", "save_adapter",
 ]

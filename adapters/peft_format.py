@@ -40,12 +40,14 @@ NEUTRAL_OPTIONS = {"use_dora": (False, None), "rank_pattern": ({}, None), "alpha
 
 @dataclass
 class LoRAWeights:
-    """One LoRA: per module path, A (r, d_in) and B (d_out, r); ΔW = scale · B A."""
+    """One LoRA: per module path, A (r, d_in) and B (d_out, r); ΔW = scale · B A. ``base_model``: the
+    base it was trained on, as its config records it (PEFT's ``base_model_name_or_path``), if known."""
 
     rank: int
     alpha: float
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
     use_rslora: bool = False
+    base_model: str | None = None
 
     @property
     def scale(self) -> float:
@@ -70,7 +72,8 @@ def read_peft_lora(directory: str | Path) -> LoRAWeights:
         raise ConfigError(str(weights_file), "Save the LoRA again; the file is corrupt.", problem=str(exc)[:200]) from None
     factors = _factors(tensors, weights_file)
     _check_tensors(factors, rank, weights_file)
-    return LoRAWeights(rank, alpha, factors, rslora)
+    base = cfg.get("base_model_name_or_path")
+    return LoRAWeights(rank, alpha, factors, rslora, base if isinstance(base, str) and base else None)
 
 
 def _read_config(config_file: Path) -> dict:

@@ -72,7 +72,7 @@ class Config:
 
 def score_author(cfg: Config, a: str, bank, loras: dict, described: dict, encoder, examples, pad, model) -> dict:
     """a's NLL per token under every candidate, and the oracle's 95 % half-width over a's emails."""
-    from parsona.adapters.lora_blend import blend_exact
+    from parsona.adapters.generated_lora import blend_exact
     from parsona.personalize import describe, generate_lora
 
     others = [b for b in loras if b != a]

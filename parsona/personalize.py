@@ -104,7 +104,7 @@ def generate_lora(experts, descriptions, query, *, k: int = 4, tau: float = 0.1,
     """SG-LoRA's blend: the ``k`` experts whose descriptions (n, d) are nearest to ``query`` (d,), mixed by
     softmax(cos / τ). Returns (LoRAWeights, info): exact (rank Σ r_i of the chosen) or, with ``rank``, the
     best rank-``rank`` LoRA to it; info holds the chosen rows, their weights and the compact error."""
-    from parsona.adapters.lora_blend import blend_compact, blend_exact
+    from parsona.adapters.generated_lora import blend_compact, blend_exact
     from parsona.persona import expert_weights
 
     if len(experts) != len(descriptions):

@@ -63,7 +63,7 @@ def test_another_encoder_re_embeds_instead_of_mixing_spaces(personas, tiny_encod
 
 def test_a_generated_lora_blends_the_experts_nearest_the_description(tmp_path, tiny_encoder_dir):
     from conftest import peft_lora_dir
-    from parsona.adapters.lora_blend import blend_exact
+    from parsona.adapters.generated_lora import blend_exact
     from parsona.adapters.peft_format import read_peft_lora
     from parsona.errors import ConfigError
     from parsona.personalize import describe, generate_lora
