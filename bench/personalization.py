@@ -134,19 +134,9 @@ def retrieval(cfg: Config, authors: list[str], train: dict, test: dict) -> dict:
 
 def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[str, Path]:
     """Each author's LoRA (recipe ``train_user_lora``), under out/loras/<hash of settings and texts>/."""
-    from parsona.recipes.train_user_lora import train_for_users
+    from parsona.recipes.train_user_lora import settings_from, train_for_users
 
-    settings = dict(rank=cfg.rank, alpha=2.0 * cfg.rank, learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-                    batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, model=cfg.model)
-    return train_for_users(settings, train, out / "loras", model=model, tokenizer=tokenizer)
-
-
-def lora_nll(model, bank, lora: str | None, examples: list[list[int]], pad: int, batch_size: int) -> float:
-    """NLL per token of ``examples`` with every row under the bank's LoRA ``lora`` (None: the base)."""
-    from parsona.logprobs import mean_token_nll
-
-    return mean_token_nll(model, examples, pad, batch_size=batch_size,
-                          inputs=lambda start, stop: bank.inputs(adapter=[lora] * (stop - start)))
+    return train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer)
 
 
 def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
@@ -155,6 +145,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
     from parsona.io import write_json
+    from parsona.logprobs import lora_nll
     from parsona.recipes.train_user_lora import encode
 
     model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)

@@ -111,6 +111,36 @@ def cmd_eval_front(args) -> int:
     return 0
 
 
+def cmd_generate_lora(args) -> int:
+    """A new LoRA from the store's expert bank (SG-LoRA): for a user (stored as their adapter) or to a folder."""
+    from parsona.adapters.peft_format import write_peft_lora
+    from parsona.errors import ConfigError
+    from parsona.generate import GeneratedLoRAs
+    from parsona.persona import HistoryEncoder
+    from parsona.recipes.train_user_lora import read_texts
+    from parsona.store import Store
+
+    if (args.user is None) == (args.output is None):
+        raise ConfigError("--user", "Give --user USR (store it as their adapter) or --output DIR (write a PEFT LoRA).",
+                          problem="both given" if args.user else "neither given")
+    how = dict(description=args.description, texts=read_texts(args.texts)[:5] if args.texts else None,
+               experts=args.experts, weights=args.weights, k=args.k, tau=args.tau, rank=args.rank, method=args.method)
+    with Store(args.store) as store:
+        made = GeneratedLoRAs(store, HistoryEncoder(args.encoder, progress=False).fit())
+        if args.output:
+            lora, info = made.make(None, **how)
+            where = write_peft_lora(lora, args.output, list(lora.factors), lora.base_model)
+        else:
+            where, info = made.create(args.user, name=args.name, **how)
+        names = {e["expert_id"]: e["name"] for e in store.experts.list()}
+    print(f"LoRA: {where}")
+    for ident, w in zip(info["experts"], info["weights"]):
+        print(f"  {w:.3f}  {names.get(ident, ident)}")
+    if "max_relative_error" in info:
+        print(f"  compact to rank {args.rank}: largest relative error {info['max_relative_error']:.3f}")
+    return 0
+
+
 def recipe_command(module, says: str):
     """A ``train`` subcommand: the recipe's Config from the flags, ``main(cfg)``, then one line saying what
     it wrote (``says`` is formatted with ``out``, the path ``main`` returned)."""
@@ -140,6 +170,33 @@ def add_train_parsers(sub) -> None:
     add_recipe_parser(recipes, "persona-prefix", "Persona-Plug: one projector from users' persona vectors to a soft "
                       "token, trained on their own texts", train_persona_prefix,
                       recipe_command(train_persona_prefix, "persona prefix: {out}"))
+
+
+def add_generate_lora_parser(sub) -> None:
+    from parsona.recipes import build_expert_bank
+
+    add_recipe_parser(sub, "build-expert-bank", "put expert LoRAs with descriptions into the store's public bank "
+                      "(default: one per Enron author)", build_expert_bank, recipe_command(build_expert_bank, "store: {out}"))
+    p = sub.add_parser("generate-lora", help="a new user's LoRA blended from the expert bank, no training (SG-LoRA)",
+                       description=cmd_generate_lora.__doc__ + " Give a description, --texts, or --experts with --weights.")
+    p.add_argument("--store", default="parsona-store", help="the store holding the expert bank (default: parsona-store)")
+    p.add_argument("--user", default=None, help="store the LoRA as this user's adapter (usr_...) and print its id")
+    p.add_argument("--output", default=None, metavar="DIR", help="instead, write the LoRA as a PEFT directory")
+    p.add_argument("--description", default=None, help="what the user is like, in their words")
+    p.add_argument("--texts", default=None, metavar="FILE", help="instead: up to 5 of the user's texts (.txt lines or .jsonl)")
+    p.add_argument("--experts", type=lambda v: v.split(","), default=None, metavar="IDS",
+                   help="instead: comma-separated public expert ids (exp_...) or the user's adapter ids (adp_...)")
+    p.add_argument("--weights", type=lambda v: [float(x) for x in v.split(",")], default=None, metavar="W",
+                   help="with --experts: one weight each, summing to 1, e.g. 0.7,0.3")
+    p.add_argument("--k", type=positive_int, default=4, help="experts blended, the nearest the description (default: 4)")
+    p.add_argument("--tau", type=float, default=0.1, help="softmax temperature over cosine similarities (default: 0.1)")
+    p.add_argument("--rank", type=positive_int, default=None, help="compact the blend to this rank by SVD (default: exact)")
+    p.add_argument("--method", choices=("blend", "cvae"), default="blend",
+                   help="blend: the top-k softmax blend (default); cvae: SG-LoRA's generator conditioned on them")
+    p.add_argument("--name", default="generated", help="the adapter's name (with --user; default: generated)")
+    p.add_argument("--encoder", default=None, metavar="DIR",
+                   help="sentence encoder the bank was described with (default: all-MiniLM-L6-v2)")
+    p.set_defaults(func=cmd_generate_lora)
 
 
 def add_recipe_parser(sub, name: str, help_text: str, module, func) -> None:
@@ -195,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     add_train_parsers(sub)
+    add_generate_lora_parser(sub)
     evaluate = sub.add_parser("eval", help="evaluate adapters", description="Evaluate adapters.")
     what = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
     add_recipe_parser(what, "front", "score a preference LoRA over a λ grid; write front.csv/json/png", eval_front,

@@ -283,3 +283,9 @@ def mean_token_nll(model, examples: Sequence[Sequence[int]], pad: int, *, batch_
                                                    reduction="sum").item()
         count += int((target != -100).sum())
     return total / count
+
+
+def lora_nll(model, bank, lora: str | None, examples: Sequence[Sequence[int]], pad: int, batch_size: int = 8) -> float:
+    """:func:`mean_token_nll` with every row under the LoRA bank's LoRA ``lora`` (None: the base model)."""
+    return mean_token_nll(model, examples, pad, batch_size=batch_size,
+                          inputs=lambda start, stop: bank.inputs(adapter=[lora] * (stop - start)))

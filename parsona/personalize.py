@@ -1,4 +1,6 @@
-"""A user's persona from their stored history: each item embedded once, kept in the store, pooled.
+"""Personas and generated LoRAs: what the host builds for a user from what the user wrote.
+
+Personas: a user's stored history, each item embedded once, kept in the store, pooled.
 
     personas = Personas(store)                       # HistoryEncoder(): all-MiniLM-L6-v2
     personas.refresh(user_id)                        # embeds only the items added since the last call
@@ -10,11 +12,12 @@ history but no longer shape the persona (a persona follows the user's recent wri
 carry nothing to embed and are skipped. A user with no history has a profile with
 ``history_count == 0`` and no persona: callers turn that into an error naming the fix, never a
 silent base-model answer.
+
+Generated LoRAs (SG-LoRA: a new user's LoRA blended from a bank of experts) are built in
+:mod:`parsona.generate`; ``generate_lora`` and ``describe`` are importable from here too.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -34,14 +37,8 @@ class Personas:
 
     @property
     def encoder_key(self) -> str:
-        """What the stored vectors depend on: the model and how texts are cut (another key re-embeds)."""
-        if not hasattr(self.encoder, "encoder_"):
-            self.encoder.fit()
-        model = self.encoder.model or "all-MiniLM-L6-v2"
-        if Path(model).expanduser().exists():                     # a local folder: the same one from any directory
-            model = str(Path(model).expanduser().resolve())
-        return (f"{model}|d={self.encoder.dim_}|max_length={self.encoder.max_length}"
-                f"|{'bf16' if self.encoder.bf16_ else 'fp32'}")
+        """The key the stored vectors are kept under (``HistoryEncoder.key``)."""
+        return self.encoder.key
 
     def refresh(self, user_id: str) -> int:
         """Embed the user's newest items that have no vector yet; returns how many were embedded."""
@@ -80,40 +77,4 @@ def request_text(request) -> str | None:
     return request.prompt if isinstance(request.prompt, str) and request.prompt.strip() else None
 
 
-# -- generated LoRAs (SG-LoRA): a new user's adapter from a description, no gradient step ---------------
-
-def describe(encoder: HistoryEncoder, description: str | None = None, texts=None, max_texts: int = 5) -> np.ndarray:
-    """(d,) a new user's description vector: the embedding of what they wrote about themselves, or the
-    mean persona of at most ``max_texts`` of their texts."""
-    if (description is None) == (texts is None):
-        raise ConfigError("description", "Give a description or a few texts (one of them).",
-                          problem="both given" if description is not None else "neither given")
-    if description is not None:
-        if not isinstance(description, str) or not description.strip():
-            raise ConfigError("description", "Write a sentence or two about the user.", problem="empty")
-        return encoder.transform([description])[0]
-    if isinstance(texts, str):
-        raise ConfigError("texts", "Pass a list of texts, not one string.", problem="got a string")
-    texts = list(texts)[:max_texts]
-    if not texts:
-        raise ConfigError("texts", f"Give 1 to {max_texts} texts the user wrote.", problem="empty")
-    return UserProfile.from_history("new", encoder.transform(texts)).persona
-
-
-def generate_lora(experts, descriptions, query, *, k: int = 4, tau: float = 0.1, rank: int | None = None):
-    """SG-LoRA's blend: the ``k`` experts whose descriptions (n, d) are nearest to ``query`` (d,), mixed by
-    softmax(cos / τ). Returns (LoRAWeights, info): exact (rank Σ r_i of the chosen) or, with ``rank``, the
-    best rank-``rank`` LoRA to it; info holds the chosen rows, their weights and the compact error."""
-    from parsona.adapters.generated_lora import blend_compact, blend_exact
-    from parsona.persona import expert_weights
-
-    if len(experts) != len(descriptions):
-        raise ConfigError("descriptions", "Give one description per expert.",
-                          problem=f"{len(descriptions)} descriptions for {len(experts)} experts")
-    rows, weights = expert_weights(descriptions, query, k=k, tau=tau)
-    chosen = [experts[i] for i in rows]
-    info = {"experts": rows.tolist(), "weights": weights.tolist()}
-    if rank is None:
-        return blend_exact(chosen, weights), info
-    lora, errors = blend_compact(chosen, weights, rank)
-    return lora, {**info, "max_relative_error": max(errors.values())}
+from parsona.generate import GeneratedLoRAs, describe, generate_lora  # noqa: E402  (generated LoRAs, re-exported)

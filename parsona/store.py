@@ -37,6 +37,7 @@ from typing import Any
 
 from parsona import store_embeddings, store_sqlite
 from parsona.errors import ConfigError
+from parsona.store_experts import ExpertBank
 from parsona.store_checks import (VerifiedCache, adapter_digest, check_name, copy_adapter_files, history_row,
                                   job_changes, list_adapter_files, to_json, tree_signature)
 from parsona.store_ids import KEY_PREFIX, NotFound, check_id, hash_key, new_api_key, new_id
@@ -81,6 +82,7 @@ class Store:
         self._temp = TempSpace(self.tmp_root)
         self._claim_lock = threading.Lock()  # a job is never claimed under a token being released
         self._verified = VerifiedCache(4096)  # adapters whose checksum is remembered as checked
+        self.experts = ExpertBank(self)       # the public bank of expert LoRAs (generated LoRAs)
         conn = self._conn()
         # WAL is a property of the file; it persists, so setting it once at open is enough.
         conn.execute("PRAGMA journal_mode=WAL")
@@ -325,16 +327,19 @@ class Store:
         it before every load of the adapter's files, it hashes once. Thread-safe.
         """
         record = self.get_adapter(user_id, adapter_id)
-        path = self._adapter_dir(adapter_id)
+        return self._verified_dir(adapter_id, self._adapter_dir(adapter_id), record["sha256"])
+
+    def _verified_dir(self, record_id: str, path: Path, sha256: str) -> Path:
+        """``path`` if its files still hash to ``sha256`` (remembered per ``record_id``), else CorruptAdapter."""
         try:
-            seen = (record["sha256"], tree_signature(path))  # before hashing: a change mid-hash shows next time
-            if self._verified.hit(adapter_id, seen):
+            seen = (sha256, tree_signature(path))  # before hashing: a change mid-hash shows next time
+            if self._verified.hit(record_id, seen):
                 return path
-            if adapter_digest(path) != record["sha256"]:
-                raise CorruptAdapter(adapter_id, "its files no longer match the checksum recorded when it was stored")
+            if adapter_digest(path) != sha256:
+                raise CorruptAdapter(record_id, "its files no longer match the checksum recorded when it was stored")
         except OSError as exc:
-            raise CorruptAdapter(adapter_id, f"its files cannot be read ({exc.strerror or exc})") from None
-        self._verified.remember(adapter_id, seen)
+            raise CorruptAdapter(record_id, f"its files cannot be read ({exc.strerror or exc})") from None
+        self._verified.remember(record_id, seen)
         return path
 
     def list_adapters(self, user_id: str) -> list[dict]:

@@ -13,7 +13,7 @@ import secrets
 from typing import Any
 
 # fullmatch, never `$`: `$` also matches before a trailing newline.
-_ID_RE = re.compile(r"(usr|adp|job|itm)_[0-9a-f]{32}")
+_ID_RE = re.compile(r"(usr|adp|job|itm|exp)_[0-9a-f]{32}")
 KEY_PREFIX = "psk_"
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from parsona.errors import ConfigError
 
-SCHEMA_VERSION = 3  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings
+SCHEMA_VERSION = 4  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings; 4: experts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     adapter_id TEXT REFERENCES adapters(adapter_id) ON DELETE SET NULL,
     worker TEXT);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
+CREATE TABLE IF NOT EXISTS experts (
+    expert_id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+    encoder TEXT NOT NULL, vector BLOB NOT NULL,
+    size_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, created_at REAL NOT NULL);
 """
 
 # Columns added after version 1, and the indexes that need them (created after the migration).

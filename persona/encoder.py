@@ -56,6 +56,19 @@ class HistoryEncoder:
             return np.zeros((0, self.dim_), dtype=np.float32)
         return self.encoder_.encode(checked)
 
+    @property
+    def key(self) -> str:
+        """What vectors from this encoder depend on: the model and how texts are cut. Stored vectors are
+        kept under it, so another key re-embeds instead of mixing spaces."""
+        from pathlib import Path
+
+        if not hasattr(self, "encoder_"):
+            self.fit()
+        model = self.model or "all-MiniLM-L6-v2"
+        if Path(model).expanduser().exists():                     # a local folder: the same one from any directory
+            model = str(Path(model).expanduser().resolve())
+        return f"{model}|d={self.dim_}|max_length={self.max_length}|{'bf16' if self.bf16_ else 'fp32'}"
+
     def fit_transform(self, texts: Sequence[str]) -> np.ndarray:
         return self.fit().transform(texts)
 

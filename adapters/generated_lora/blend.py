@@ -32,7 +32,7 @@ from ..peft_format import LoRAWeights
 def blend_exact(experts: Sequence[LoRAWeights], weights) -> LoRAWeights:
     """One LoRA of rank Σ r_i whose update is exactly Σ w_i ΔW_i (w on the simplex)."""
     check_experts(experts)
-    return combine(experts, _simplex(experts, weights))
+    return combine(experts, check_weights(len(experts), weights))
 
 
 def blend_compact(experts: Sequence[LoRAWeights], weights, rank: int) -> tuple[LoRAWeights, dict[str, float]]:
@@ -95,17 +95,18 @@ def check_experts(experts: Sequence[LoRAWeights]) -> None:
                                   problem=f"{path} is {(B.shape[0], A.shape[1])}, experts[0]'s is {(B0.shape[0], A0.shape[1])}")
 
 
-def _simplex(experts: Sequence[LoRAWeights], weights) -> torch.Tensor:
-    """The weights in float64, one per expert, ≥ 0 and summing to 1, or a ConfigError naming ``weights``."""
-    if len(experts) == 1:                                    # the simplex check wants ≥ 2 entries
+def check_weights(n: int, weights) -> torch.Tensor:
+    """The weights in float64, one per each of ``n`` experts, ≥ 0 and summing to 1, or a ConfigError
+    naming ``weights``."""
+    if n == 1:                                    # the simplex check wants ≥ 2 entries
         w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
         if w.shape != (1,) or float(w[0]) != 1.0:
             raise ConfigError("weights", "Give the one expert the weight 1.", problem=f"got {weights!r:.80}")
         return w
-    if hasattr(weights, "__len__") and len(weights) != len(experts):
-        raise ConfigError("weights", f"Give {len(experts)} non-negative weights that sum to 1, one per expert.",
+    if hasattr(weights, "__len__") and len(weights) != n:
+        raise ConfigError("weights", f"Give {n} non-negative weights that sum to 1, one per expert.",
                           problem=f"got {len(weights)}")
-    return check_preference(weights, len(experts), field="weights").double()
+    return check_preference(weights, n, field="weights").double()
 
 
 def _base(experts: Sequence[LoRAWeights]) -> str | None:

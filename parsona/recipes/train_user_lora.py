@@ -152,6 +152,13 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
         bank.detach()
 
 
+def settings_from(cfg) -> dict:
+    """This recipe's settings from any config that has them (a benchmark's, the expert bank's): rank,
+    learning rate, steps, batch size, length, seed and base model, with alpha = 2 × rank."""
+    return dict(rank=cfg.rank, alpha=2.0 * cfg.rank, learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
+                batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, model=cfg.model)
+
+
 def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: str | Path, *, model=None,
                     tokenizer=None) -> dict[str, Path]:
     """One LoRA per user (``main`` with ``Config(**settings)``), at out_root/<key>/<user>, where the key

@@ -46,9 +46,10 @@ ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "ap
 def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None = None,
                trainer: Trainer | None = None, max_body_bytes: int = 1 << 20, max_upload_bytes: int = 64 << 20,
                max_batch_size: int = 16, batch_wait_s: float = 0.01, rate_limit: float = 20.0, rate_burst: int = 40,
-               body_timeout_s: float = 30.0, personas=None) -> FastAPI:
+               body_timeout_s: float = 30.0, personas=None, generated=None) -> FastAPI:
     """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training;
-    ``personas`` (``parsona.personalize.Personas``) embeds history as it arrives and reports personas.
+    ``personas`` (``parsona.personalize.Personas``) embeds history as it arrives and reports personas;
+    ``generated`` (``parsona.generate.GeneratedLoRAs``) makes LoRAs from descriptions (None: disabled).
     ``rate_limit`` requests per second per user (bursts of ``rate_burst``; 0: no limit); a body not
     received within ``body_timeout_s`` is a 408."""
     metrics = Metrics()
@@ -255,6 +256,25 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         store.delete_adapter(user_id, adapter_id)
         host.evict(adapter_id)
         return S.Deleted(id=adapter_id)
+
+    @app.post("/v1/adapters/generate", response_model=S.Generated, status_code=201,
+              responses={**ERRORS, 501: {"model": S.ErrorResponse}},
+              tags=["adapters"], summary="A new LoRA of the caller's, blended from experts (no training): "
+              "from a description, a few texts, or explicit weights")
+    def generate(body: S.GenerateRequest, user_id: str = Depends(caller)):
+        if generated is None:
+            raise ApiError(501, "not_implemented_error", "Generated LoRAs are not enabled on this server: build an "
+                           "expert bank (parsona build-expert-bank) and restart it.", None, "disabled")
+        adapter_id, made = generated.create(user_id, **body.model_dump())
+        experts = [S.GeneratedExpert(id=i, weight=w) for i, w in zip(made["experts"], made["weights"])]
+        return S.Generated(**info(store.get_adapter(user_id, adapter_id)).model_dump(), experts=experts,
+                           max_relative_error=made.get("max_relative_error"))
+
+    @app.get("/v1/experts", response_model=S.ExpertList, responses=ERRORS, tags=["adapters"],
+             summary="The public expert LoRAs a generated LoRA may blend")
+    def list_experts(user_id: str = Depends(caller)):
+        return S.ExpertList(data=[S.ExpertInfo(id=e["expert_id"], name=e["name"], description=e["description"])
+                                  for e in store.experts.list()])
 
     # -- profile and training -----------------------------------------------------------------
     @app.put("/v1/profile/history", response_model=S.HistoryAppended, responses=ERRORS, tags=["profile"],

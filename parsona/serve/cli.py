@@ -32,8 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="a persona prefix from `parsona train persona-prefix`: requests may send persona: true for "
                         "the caller's own, pooled from their history (default: none)")
     p.add_argument("--encoder", default=None, metavar="DIR",
-                   help="sentence encoder of the stored personas (default: the one the persona prefix was trained "
-                        "with, as its training_summary.json records; else all-MiniLM-L6-v2)")
+                   help="sentence encoder of the stored personas and of the expert bank's descriptions (default: the one "
+                        "the persona prefix was trained with, as its training_summary.json records; else all-MiniLM-L6-v2). "
+                        "POST /v1/adapters/generate is on when the store holds an expert bank (parsona build-expert-bank)")
     p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
@@ -116,9 +117,18 @@ def build_app(args):
             raise ConfigError("--encoder", "Serve the persona prefix with the encoder it was trained with.",
                               problem=f"the encoder gives {encoder.dim_} numbers, the prefix takes {persona.config.persona_dim}")
         personas = Personas(store, encoder)
+    generated = None
+    if store.experts.list():               # a public expert bank: new users' LoRAs from descriptions
+        from parsona.generate import GeneratedLoRAs
+        from parsona.persona import HistoryEncoder
+
+        encoder = personas.encoder if personas else HistoryEncoder(args.encoder, progress=False).fit()
+        generated = GeneratedLoRAs(store, encoder)
     defaults = {"preference": args.default_preference} if args.default_preference is not None else None
     host = Host(model, tokenizer, store, [preference, persona], max_resident_loras=args.max_resident_loras,
                 defaults=defaults, stored={"persona": personas.resolve} if personas else None)
+    if generated is not None:
+        generated.check = host.check_lora   # a generated LoRA is vetted as an uploaded one is
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
     trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer, train=train_user_lora.run)
     # a local directory is named by its folder; a hub id ("org/name") as given
@@ -127,7 +137,7 @@ def build_app(args):
     return create_app(host, store, model_id=model_id, admin_key=os.environ.get(ADMIN_ENV) or None, trainer=trainer,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_batch_size=args.max_batch_size,
                       batch_wait_s=args.batch_wait_ms / 1000, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                      body_timeout_s=args.body_timeout_s, personas=personas)
+                      body_timeout_s=args.body_timeout_s, personas=personas, generated=generated)
 
 
 def cmd_serve(args) -> int:

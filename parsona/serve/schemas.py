@@ -13,7 +13,7 @@ the output and is a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, create_model, field_validator
 
@@ -284,6 +284,48 @@ class TrainRequest(_Strict):
     learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate.")
     rank: int = Field(8, ge=1, le=64, description="LoRA rank.")
     max_items: int = Field(256, ge=1, le=10_000, description="Train on at most this many of the newest history items.")
+
+
+class GenerateRequest(_Strict):
+    name: str = Field("generated", min_length=1, max_length=200, description="Name of the resulting adapter.")
+    description: Optional[str] = Field(None, min_length=1, max_length=4000,
+                                       description="What the user is like, in their words: the experts nearest it are blended.")
+    texts: Optional[list[Annotated[str, Field(max_length=20_000)]]] = Field(
+        None, min_length=1, max_length=5, description="1 to 5 texts the user wrote (instead of a description).")
+    experts: Optional[list[str]] = Field(None, min_length=1, max_length=32,
+                                         description="Instead: ids to blend with `weights`, public experts (exp_…, "
+                                                     "GET /v1/experts) or the caller's own LoRA adapters (adp_…).")
+    weights: Optional[list[float]] = Field(None, min_length=1, max_length=32,
+                                           description="One weight per id in `experts`, ≥ 0 and summing to 1.")
+    k: int = Field(4, ge=1, le=32, description="Experts blended: the k nearest the description.")
+    tau: float = Field(0.1, gt=0, le=100, description="Softmax temperature over the cosine similarities.")
+    rank: Optional[int] = Field(None, ge=1, le=256, description="Compact the blend to this rank by SVD "
+                                "(omitted: exact, rank Σ r_i).")
+    method: Literal["blend", "cvae"] = Field("blend", description="'blend': the top-k softmax blend; 'cvae': "
+                                             "SG-LoRA's generator conditioned on those experts.")
+
+
+class GeneratedExpert(BaseModel):
+    id: str = Field(description="A public expert (exp_…) or one of the caller's adapters (adp_…).")
+    weight: float = Field(description="Its weight in the blend.")
+
+
+class Generated(AdapterInfo):
+    experts: list[GeneratedExpert] = Field(description="What was blended, most weight first for a description.")
+    max_relative_error: Optional[float] = Field(None, description="The compact blend's largest relative "
+                                                "Frobenius error over modules (with `rank`).")
+
+
+class ExpertInfo(BaseModel):
+    id: str = Field(description="The expert's id (exp_…).")
+    object: Literal["expert"] = Field("expert", description="Always 'expert'.")
+    name: str = Field(description="The expert's name.")
+    description: str = Field(description="What the expert's LoRA was trained on.")
+
+
+class ExpertList(BaseModel):
+    object: Literal["list"] = Field("list", description="Always 'list'.")
+    data: list[ExpertInfo] = Field(description="The public experts, oldest first.")
 
 
 class Job(BaseModel):

@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from parsona.recipes.config_cli import run_recipe
 
 ROOT = Path(__file__).resolve().parents[2] / "bench"
@@ -22,16 +24,18 @@ def load(name):
 
 def test_it_blends_the_other_authors_loras_and_its_oracle_is_the_lora_diagonal(tiny_dir, tiny_encoder_dir, tmp_path,
                                                                               capsys):
-    common = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
+    common = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "4",
               "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
     matrix = run_recipe(load("personalization").Config, load("personalization").main, [*common, "--parts", "lora"])["lora"]
     capsys.readouterr()
     r = run_recipe(load("generated_lora").Config, load("generated_lora").main, [*common, "--k", "2"])
     printed = capsys.readouterr().out
-    assert "LoRA 1/3" not in printed and "blend − uniform" in printed and "CVAE generator: not built" in printed
-    assert [r["rows"][a]["oracle"] for a in r["authors"]] == [matrix["nll"][i][1 + i] for i in range(3)]
+    assert "LoRA 1/4" not in printed and "blend − uniform" in printed and "cvae  − base" in printed
+    assert "servable adapter: median" in printed and r["seconds_to_adapter"]["max"] > 0
+    assert [r["rows"][a]["oracle"] for a in r["authors"]] == [matrix["nll"][i][1 + i] for i in range(4)]
     assert [r["rows"][a]["base"] for a in r["authors"]] == [row[0] for row in matrix["nll"]]
     for a in r["authors"]:
         assert a not in r["rows"][a]["chosen"] and len(r["rows"][a]["chosen"]) == 2     # never its own LoRA
         assert abs(sum(r["rows"][a]["weights"]) - 1) < 1e-9
+        assert np.isfinite(r["rows"][a]["cvae"]) and r["rows"][a]["cvae"] != r["rows"][a]["base"]
     assert (tmp_path / "results-generated.json").is_file()

@@ -59,29 +59,3 @@ def test_another_encoder_re_embeds_instead_of_mixing_spaces(personas, tiny_encod
     personas.refresh(user)
     other = Personas(personas.store, HistoryEncoder(model=str(tiny_encoder_dir), max_length=8, progress=False))
     assert other.encoder_key != personas.encoder_key and other.refresh(user) == 2
-
-
-def test_a_generated_lora_blends_the_experts_nearest_the_description(tmp_path, tiny_encoder_dir):
-    from conftest import peft_lora_dir
-    from parsona.adapters.generated_lora import blend_exact
-    from parsona.adapters.peft_format import read_peft_lora
-    from parsona.errors import ConfigError
-    from parsona.personalize import describe, generate_lora
-
-    encoder = HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="fp32").fit()
-    experts = [read_peft_lora(peft_lora_dir(tmp_path / f"e{n}", seed=n, r=2)) for n in range(3)]
-    descriptions = encoder.transform(["the dog barks .", "call me monday", "gas price"])
-    query = describe(encoder, description="the dog sleeps")
-    lora, info = generate_lora(experts, descriptions, query, k=2, tau=0.1)
-    assert info["experts"][0] == int(np.argmax(descriptions @ query)) and len(info["experts"]) == 2
-    expected = blend_exact([experts[i] for i in info["experts"]], info["weights"])
-    for path, (A, B) in expected.factors.items():
-        torch.testing.assert_close(lora.factors[path][1] @ lora.factors[path][0], B @ A)
-    small, info = generate_lora(experts, descriptions, query, k=3, rank=2)
-    assert small.rank == 2 and 0 < info["max_relative_error"] < 1
-    np.testing.assert_allclose(describe(encoder, texts=["the dog barks ."] * 7), encoder.transform(["the dog barks ."])[0],
-                               atol=1e-6)                                   # at most 5 texts, pooled
-    for kwargs, field in ((dict(description="  "), "description"), (dict(), "description"), (dict(texts=[]), "texts")):
-        with pytest.raises(ConfigError) as err:
-            describe(encoder, **kwargs)
-        assert err.value.field == field

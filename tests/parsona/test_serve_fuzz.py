@@ -40,6 +40,8 @@ from parsona.adapters import PreferenceLoRAConfig, attach  # noqa: E402
 from parsona.base_model import tiny_causal_lm  # noqa: E402
 from parsona.host import Host  # noqa: E402
 from parsona.serve.app import create_app  # noqa: E402
+from parsona.generate import GeneratedLoRAs  # noqa: E402
+from parsona.persona import HistoryEncoder  # noqa: E402
 from parsona.serve.training import Trainer  # noqa: E402
 from parsona.store import Store  # noqa: E402
 
@@ -81,7 +83,7 @@ def tar_of(path: Path) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(tmp_path_factory):
+def fuzz_target(tmp_path_factory, tiny_encoder_dir):
     """(app, user key, adapter id): the app, and one user who owns one LoRA and some history."""
     from schemathesis.python import asgi
 
@@ -96,7 +98,12 @@ def fuzz_target(tmp_path_factory):
                 defaults={"preference": [0.5, 0.5]})
     lora = peft_lora_dir(tmp / "lora", seed=0)
     trainer = Trainer(store, tiny_lm, tiny_tokenizer(), train=copying_train(lora))
+    encoder = HistoryEncoder(model=str(tiny_encoder_dir), progress=False).fit()
+    for n in range(3):                                  # a public bank, so generate answers beyond 501
+        store.experts.add(peft_lora_dir(tmp / f"expert{n}", seed=n), f"expert {n}", f"topic {n}",
+                          encoder.transform([f"topic {n}"])[0], encoder.key)
     app = create_app(host, store, model_id=MODEL, admin_key=ADMIN_KEY, trainer=trainer,
+                     generated=GeneratedLoRAs(store, encoder, check=host.check_lora),
                      max_upload_bytes=200_000, batch_wait_s=0.002,
                      rate_limit=0)   # the limiter's 429s depend on timing: the same cases must get the same answers
     # schemathesis's client, not TestClient: leaving a TestClient ends the app's lifespan, which

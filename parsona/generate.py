@@ -1,0 +1,217 @@
+"""Generated LoRAs (SG-LoRA, arXiv 2509.10535): a new user's adapter from a description, a few texts or
+explicit weights, blended from a bank of expert LoRAs with no gradient step.
+
+    experts = Experts.public(store, encoder.key)                 # the store's public bank (or Experts.of(...))
+    lora, info = generate_lora(experts, encoder, texts=emails[:5])          # top-K blend, exact
+    lora, info = generate_lora(experts, encoder, description="...", rank=8)  # compacted to rank 8
+    lora, info = generate_lora(experts, encoder, description="...", generator=fit_generator(experts))  # CVAE
+
+The description vector is the encoder's embedding of what the user wrote about themselves, or the mean
+of at most five of their texts; the top K experts by cosine similarity of their descriptions
+(``persona.NeighborIndex``, faiss) are weighted softmax(cos / τ) (``persona.expert_weights``). The result
+is a PEFT LoRA, so the per-user LoRA bank serves it unchanged. :class:`GeneratedLoRAs` makes it one of a
+user's adapters, blending only what that user may: the public bank and their own adapters.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from parsona.errors import ConfigError
+from parsona.persona import HistoryEncoder, UserProfile, expert_weights
+from parsona.persona.experts import K, TAU
+
+MAX_TEXTS = 5
+MAX_RANK = 256   # of a stored generated LoRA: the host keeps it resident like any user's LoRA
+
+
+@dataclass
+class Experts:
+    """The experts one generation may blend: ids, description vectors (n, d) and a loader by row (only
+    the chosen experts' files are read)."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    load: Callable[[int], object]
+
+    @classmethod
+    def of(cls, loras: Sequence, vectors, ids: Sequence[str] | None = None) -> "Experts":
+        """Experts held in memory (LoRAWeights), e.g. a benchmark's."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(loras) != len(vectors):
+            raise ConfigError("vectors", "Give one description vector per expert.",
+                              problem=f"{len(vectors)} vectors for {len(loras)} experts")
+        return cls(list(ids or map(str, range(len(loras)))), vectors, lambda i: loras[i])
+
+    @classmethod
+    def public(cls, store, encoder_key: str) -> "Experts":
+        """The store's public bank, described under ``encoder_key`` (``HistoryEncoder.key``)."""
+        from parsona.adapters.peft_format import read_peft_lora
+
+        ids, vectors = store.experts.vectors(encoder_key)
+        return cls(ids, vectors, lambda i: read_peft_lora(store.experts.path(ids[i])))
+
+
+def describe(encoder: HistoryEncoder, description: str | None = None, texts=None, max_texts: int = MAX_TEXTS) -> np.ndarray:
+    """(d,) a new user's description vector: the embedding of what they wrote about themselves, or the
+    mean persona of at most ``max_texts`` of their texts."""
+    if (description is None) == (texts is None):
+        raise ConfigError("description", "Give a description or a few texts (one of them).",
+                          problem="both given" if description is not None else "neither given")
+    if description is not None:
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError("description", "Write a sentence or two about the user.", problem="empty")
+        return encoder.transform([description])[0]
+    if isinstance(texts, str):
+        raise ConfigError("texts", "Pass a list of texts, not one string.", problem="got a string")
+    texts = [t for t in list(texts)[:max_texts] if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ConfigError("texts", f"Give 1 to {max_texts} non-empty texts the user wrote.", problem="none given")
+    return UserProfile.from_history("new", encoder.transform(texts)).persona
+
+
+def generate_lora(experts: Experts, encoder: HistoryEncoder, *, description: str | None = None, texts=None,
+                  k: int = K, tau: float = TAU, rank: int | None = None, generator=None):
+    """(LoRAWeights, info): SG-LoRA's LoRA for a new user described by ``description`` or ``texts``.
+
+    The top-``k`` experts' softmax(cos / τ) blend, exact (rank Σ r_i) or with ``rank`` its best rank-``rank``
+    approximation; with a fitted ``generator`` (:func:`fit_generator`) the CVAE's sample conditioned on
+    those experts instead. info: the chosen expert ids and weights (and the compact error)."""
+    from parsona.adapters.generated_lora import blend_exact
+    from parsona.adapters.generated_lora.blend import compact
+
+    if len(experts.ids) == 0:
+        raise ConfigError("experts", "Build the expert bank first (parsona build-expert-bank).", problem="empty bank")
+    query = describe(encoder, description, texts)
+    if query.shape != experts.vectors.shape[1:]:
+        raise ConfigError("encoder", "Describe users with the encoder the bank was described with.",
+                          problem=f"a {query.shape[0]}-number description, experts of {experts.vectors.shape[1]}")
+    rows, weights = expert_weights(experts.vectors, query, k=k, tau=tau)
+    info = {"experts": [experts.ids[i] for i in rows], "weights": weights.tolist()}
+    if generator is not None:
+        lora, extra = generator.generate(rows, weights, rank=rank)
+        return lora, {**info, **extra}
+    lora = blend_exact([experts.load(int(i)) for i in rows], weights)
+    if rank is None:
+        return lora, info
+    small, errors = compact(lora, rank)
+    return small, {**info, "max_relative_error": max(errors.values())}
+
+
+def fit_generator(experts: Experts, k: int = K, tau: float = TAU, **params):
+    """SG-LoRA's CVAE (``LoRAGenerator(**params)``) fitted on the bank, each expert conditioned on the
+    top-``k`` of the *other* experts nearest its description (as a new user's is)."""
+    from parsona.adapters.generated_lora import LoRAGenerator
+
+    n = len(experts.ids)
+    neighbours = []
+    for i in range(n):
+        others = np.array([j for j in range(n) if j != i])
+        rows, w = expert_weights(experts.vectors[others], experts.vectors[i], k=k, tau=tau)
+        neighbours.append((others[rows], w))
+    return LoRAGenerator(**params).fit([experts.load(i) for i in range(n)], neighbours)
+
+
+class GeneratedLoRAs:
+    """Generated LoRAs as a user's adapters (``POST /v1/adapters/generate``, ``parsona generate-lora``).
+
+    A user blends only what they may: from a description or texts, the public bank's top-K; from
+    explicit ``experts`` and ``weights``, public experts (``exp_…``) and their own LoRA adapters
+    (``adp_…``): another user's id is not found, exactly as a missing one. ``check`` (e.g.
+    ``host.check_lora``) vets the result before it is stored. CVAE generators are fitted once per bank
+    (the newest ``max_generators`` kept)."""
+
+    def __init__(self, store, encoder: HistoryEncoder, check: Callable | None = None, max_generators: int = 2):
+        self.store, self.encoder, self.check = store, encoder, check
+        self.max_generators = max_generators
+        self._generators: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()                                   # requests run on a thread pool
+
+    def create(self, user_id: str, *, name: str = "generated", **how) -> tuple[str, dict]:
+        """Make and store the user's new LoRA adapter (``how``: :meth:`make`'s keywords); (adapter_id, info)."""
+        self.store.require_adapter_slot(user_id)                        # QuotaExceeded before any work
+        lora, info = self.make(user_id, **how)
+        return self._store(user_id, lora, name), info
+
+    def make(self, user_id: str | None, *, description: str | None = None, texts=None,
+             experts: Sequence[str] | None = None, weights: Sequence[float] | None = None, k: int = K,
+             tau: float = TAU, rank: int | None = None, method: str = "blend") -> tuple:
+        """(LoRAWeights, info) from a description, texts, or ``experts`` with ``weights`` (public expert ids,
+        and with a ``user_id`` that user's own LoRA adapters)."""
+        if experts is not None or weights is not None:
+            if description is not None or texts is not None:
+                raise ConfigError("experts", "Give a description, texts, or experts with weights (one of them).",
+                                  problem="several given")
+            return self._explicit(user_id, experts, weights, rank)
+        if method not in ("blend", "cvae"):
+            raise ConfigError("method", 'Use "blend" (top-K softmax blend) or "cvae" (SG-LoRA\'s generator).',
+                              problem=f"got {method!r:.40}")
+        bank = Experts.public(self.store, self.encoder.key)
+        generator = self._generator(bank, k, tau) if method == "cvae" else None
+        return generate_lora(bank, self.encoder, description=description, texts=texts, k=k, tau=tau, rank=rank,
+                             generator=generator)
+
+    def _explicit(self, user_id: str | None, ids, weights, rank: int | None):
+        from parsona.adapters.generated_lora import blend_compact, blend_exact
+        from parsona.adapters.generated_lora.blend import check_weights
+        from parsona.adapters.peft_format import read_peft_lora
+
+        if not isinstance(ids, (list, tuple)) or not ids or weights is None:
+            raise ConfigError("experts", "Give expert or adapter ids together with one weight each.",
+                              problem="experts without weights" if weights is None else "no experts")
+        check_weights(len(ids), weights)                                # before any file is read
+        loras = [read_peft_lora(self._path(user_id, ident, f"experts[{n}]")) for n, ident in enumerate(ids)]
+        info = {"experts": list(ids), "weights": list(weights)}
+        if rank is None:
+            return blend_exact(loras, weights), info
+        lora, errors = blend_compact(loras, weights, rank)
+        return lora, {**info, "max_relative_error": max(errors.values())}
+
+    def _path(self, user_id: str | None, ident, field: str):
+        from parsona.store import NotFound
+
+        if user_id is None or (isinstance(ident, str) and ident.startswith("exp_")):
+            return self.store.experts.path(ident, field=field)
+        try:
+            record = self.store.get_adapter(user_id, ident)             # only the caller's own
+        except NotFound:
+            raise NotFound(field) from None
+        if record["adapter_type"] != "lora":
+            raise ConfigError(field, "Blend LoRA adapters (uploaded, trained or generated).",
+                              problem=f"it is a {record['adapter_type']} adapter")
+        return self.store.verified_adapter_path(user_id, ident)
+
+    def _generator(self, bank: Experts, k: int, tau: float):
+        key = (tuple(bank.ids), k, tau)
+        with self._lock:
+            return self._fitted(key, bank, k, tau)
+
+    def _fitted(self, key: tuple, bank: Experts, k: int, tau: float):
+        if key not in self._generators:
+            self._generators[key] = fit_generator(bank, k=k, tau=tau)
+            while len(self._generators) > self.max_generators:
+                self._generators.popitem(last=False)
+        self._generators.move_to_end(key)
+        return self._generators[key]
+
+    def _store(self, user_id: str, lora, name: str) -> str:
+        from parsona.adapters.peft_format import write_peft_lora
+
+        if lora.rank > MAX_RANK:
+            raise ConfigError("rank", f"Pass a rank ≤ {MAX_RANK} to compact the blend.",
+                              problem=f"the exact blend has rank {lora.rank}")
+        if self.check is not None:
+            try:
+                self.check(lora)
+            except ConfigError as exc:                                   # the experts are at fault, not a file
+                raise ConfigError("experts", "Blend experts trained for this server's base model.",
+                                  problem=exc.problem) from None
+        with self.store.temp_dir("generated-") as tmp:
+            write_peft_lora(lora, tmp / "lora", list(lora.factors), lora.base_model)
+            return self.store.put_adapter(user_id, tmp / "lora", "lora", name)
