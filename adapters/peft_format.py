@@ -76,6 +76,12 @@ def read_peft_lora(directory: str | Path) -> LoRAWeights:
     return LoRAWeights(rank, alpha, factors, rslora, base if isinstance(base, str) and base else None)
 
 
+def peft_lora_rank(directory: str | Path) -> int:
+    """A PEFT LoRA directory's rank ``r``, from its config alone (checked as :func:`read_peft_lora` checks it)."""
+    config_file = Path(directory) / PEFT_CONFIG
+    return _checked_fields(_read_config(config_file), config_file)[0]
+
+
 def _read_config(config_file: Path) -> dict:
     if not config_file.is_file():
         raise ConfigError(str(config_file), "Point to a PEFT LoRA directory.", problem="file is missing")

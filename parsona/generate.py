@@ -16,7 +16,6 @@ user's adapters, blending only what that user may: the public bank and their own
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -28,7 +27,8 @@ from parsona.persona import HistoryEncoder, UserProfile, expert_weights
 from parsona.persona.experts import K, TAU
 
 MAX_TEXTS = 5
-MAX_RANK = 256   # of a stored generated LoRA: the host keeps it resident like any user's LoRA
+MAX_RANK = 256         # of a stored generated LoRA: the host keeps it resident like any user's LoRA
+MAX_BLEND_RANK = 1024  # Σ r_i of an explicit blend, even when compacted (its QR and SVD cost grow with it)
 
 
 @dataclass
@@ -94,9 +94,10 @@ def generate_lora(experts: Experts, encoder: HistoryEncoder, *, description: str
                           problem=f"a {query.shape[0]}-number description, experts of {experts.vectors.shape[1]}")
     rows, weights = expert_weights(experts.vectors, query, k=k, tau=tau)
     info = {"experts": [experts.ids[i] for i in rows], "weights": weights.tolist()}
-    if generator is not None:
+    if generator is not None:                                   # Σ c_j ΔW_j over the whole bank, c_j may be < 0
         lora, extra = generator.generate(rows, weights, rank=rank)
-        return lora, {**info, **extra}
+        return lora, {**info, "chosen": info["experts"], "experts": list(experts.ids),
+                      "weights": extra.pop("coefficients"), **extra}
     lora = blend_exact([experts.load(int(i)) for i in rows], weights)
     if rank is None:
         return lora, info
@@ -124,13 +125,13 @@ class GeneratedLoRAs:
     A user blends only what they may: from a description or texts, the public bank's top-K; from
     explicit ``experts`` and ``weights``, public experts (``exp_…``) and their own LoRA adapters
     (``adp_…``): another user's id is not found, exactly as a missing one. ``check`` (e.g.
-    ``host.check_lora``) vets the result before it is stored. CVAE generators are fitted once per bank
-    (the newest ``max_generators`` kept)."""
+    ``host.check_lora``) vets the result before it is stored. The CVAE is fitted once per bank, with
+    this object's ``k`` and ``tau`` (a request's own k and τ only choose its condition), so no request
+    can make the server refit it."""
 
-    def __init__(self, store, encoder: HistoryEncoder, check: Callable | None = None, max_generators: int = 2):
-        self.store, self.encoder, self.check = store, encoder, check
-        self.max_generators = max_generators
-        self._generators: OrderedDict[tuple, object] = OrderedDict()
+    def __init__(self, store, encoder: HistoryEncoder, check: Callable | None = None, k: int = K, tau: float = TAU):
+        self.store, self.encoder, self.check, self.k, self.tau = store, encoder, check, k, tau
+        self._generator: tuple[tuple, object] | None = None             # (bank ids, fitted generator)
         self._lock = threading.Lock()                                   # requests run on a thread pool
 
     def create(self, user_id: str, *, name: str = "generated", **how) -> tuple[str, dict]:
@@ -140,33 +141,47 @@ class GeneratedLoRAs:
         return self._store(user_id, lora, name), info
 
     def make(self, user_id: str | None, *, description: str | None = None, texts=None,
-             experts: Sequence[str] | None = None, weights: Sequence[float] | None = None, k: int = K,
-             tau: float = TAU, rank: int | None = None, method: str = "blend") -> tuple:
+             experts: Sequence[str] | None = None, weights: Sequence[float] | None = None, k: int | None = None,
+             tau: float | None = None, rank: int | None = None, method: str | None = None) -> tuple:
         """(LoRAWeights, info) from a description, texts, or ``experts`` with ``weights`` (public expert ids,
-        and with a ``user_id`` that user's own LoRA adapters)."""
+        and with a ``user_id`` that user's own LoRA adapters). info: what was blended (expert ids and
+        weights; for the CVAE every bank expert and its coefficient) and the compact error."""
         if experts is not None or weights is not None:
-            if description is not None or texts is not None:
-                raise ConfigError("experts", "Give a description, texts, or experts with weights (one of them).",
-                                  problem="several given")
+            given = [f for f, v in (("description", description), ("texts", texts), ("k", k), ("tau", tau),
+                                    ("method", method)) if v is not None]
+            if given:
+                raise ConfigError(given[0], "Leave it out with explicit experts and weights (it chooses experts "
+                                  "from a description).", problem="both given")
             return self._explicit(user_id, experts, weights, rank)
+        method = method or "blend"
         if method not in ("blend", "cvae"):
             raise ConfigError("method", 'Use "blend" (top-K softmax blend) or "cvae" (SG-LoRA\'s generator).',
                               problem=f"got {method!r:.40}")
         bank = Experts.public(self.store, self.encoder.key)
-        generator = self._generator(bank, k, tau) if method == "cvae" else None
-        return generate_lora(bank, self.encoder, description=description, texts=texts, k=k, tau=tau, rank=rank,
-                             generator=generator)
+        generator = self._fitted(bank) if method == "cvae" else None
+        return generate_lora(bank, self.encoder, description=description, texts=texts, k=k or self.k,
+                             tau=tau or self.tau, rank=rank, generator=generator)
 
     def _explicit(self, user_id: str | None, ids, weights, rank: int | None):
         from parsona.adapters.generated_lora import blend_compact, blend_exact
         from parsona.adapters.generated_lora.blend import check_weights
-        from parsona.adapters.peft_format import read_peft_lora
+        from parsona.adapters.peft_format import peft_lora_rank, read_peft_lora
 
-        if not isinstance(ids, (list, tuple)) or not ids or weights is None:
-            raise ConfigError("experts", "Give expert or adapter ids together with one weight each.",
-                              problem="experts without weights" if weights is None else "no experts")
+        if weights is None:
+            raise ConfigError("weights", "Give one weight per id in experts, summing to 1.", problem="missing")
+        if not isinstance(ids, (list, tuple)) or not ids:
+            raise ConfigError("experts", "Give expert or adapter ids, one per weight.", problem="no experts")
+        if len(set(map(str, ids))) != len(ids):
+            raise ConfigError("experts", "Name each expert once (add up its weights instead).", problem="an id repeats")
         check_weights(len(ids), weights)                                # before any file is read
-        loras = [read_peft_lora(self._path(user_id, ident, f"experts[{n}]")) for n, ident in enumerate(ids)]
+        paths = [self._path(user_id, ident, f"experts[{n}]") for n, ident in enumerate(ids)]
+        total = sum(peft_lora_rank(path) for path in paths)             # from the configs: nothing loaded yet
+        if total > MAX_BLEND_RANK or (rank is None and total > MAX_RANK):
+            limit = MAX_BLEND_RANK if total > MAX_BLEND_RANK else MAX_RANK
+            raise ConfigError("rank" if total <= MAX_BLEND_RANK else "experts",
+                              f"Blend experts of total rank ≤ {limit}" + ("" if limit == MAX_BLEND_RANK else
+                              f", or pass a rank ≤ {MAX_RANK} to compact the blend."), problem=f"their ranks sum to {total}")
+        loras = [read_peft_lora(path) for path in paths]
         info = {"experts": list(ids), "weights": list(weights)}
         if rank is None:
             return blend_exact(loras, weights), info
@@ -187,18 +202,15 @@ class GeneratedLoRAs:
                               problem=f"it is a {record['adapter_type']} adapter")
         return self.store.verified_adapter_path(user_id, ident)
 
-    def _generator(self, bank: Experts, k: int, tau: float):
-        key = (tuple(bank.ids), k, tau)
+    def _fitted(self, bank: Experts):
+        """The CVAE of this bank, fitted on first use (once: a changed bank refits)."""
         with self._lock:
-            return self._fitted(key, bank, k, tau)
-
-    def _fitted(self, key: tuple, bank: Experts, k: int, tau: float):
-        if key not in self._generators:
-            self._generators[key] = fit_generator(bank, k=k, tau=tau)
-            while len(self._generators) > self.max_generators:
-                self._generators.popitem(last=False)
-        self._generators.move_to_end(key)
-        return self._generators[key]
+            if self._generator is None or self._generator[0] != tuple(bank.ids):
+                if len(bank.ids) < 3:
+                    raise ConfigError("method", 'Use "blend": this server\'s expert bank is too small for the CVAE.',
+                                      problem=f"{len(bank.ids)} experts")
+                self._generator = (tuple(bank.ids), fit_generator(bank, k=self.k, tau=self.tau))
+            return self._generator[1]
 
     def _store(self, user_id: str, lora, name: str) -> str:
         from parsona.adapters.peft_format import write_peft_lora

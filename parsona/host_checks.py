@@ -25,6 +25,7 @@ class Request:
     ``conditioning`` maps runtime-input names to this row's value (``{"preference": [0.2, 0.8],
     "adapter": "adp_..."}``); ``host.runtime_inputs`` lists what a host takes. temperature 0 is
     greedy; ``seed`` makes sampling reproducible; ``stop`` strings end the text (and are not part of it).
+    ``rules``: put the caller's stored steering rules before the prompt (in a system message for chat).
     """
 
     prompt: str | list[int] | None = None
@@ -36,6 +37,7 @@ class Request:
     top_p: float = 1.0
     stop: Sequence[str] = ()
     seed: int | None = None
+    rules: bool = False
 
 
 @dataclass
@@ -97,9 +99,39 @@ class RequestChecks:
             raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens - added} tokens"
                               + (f" (the adapters add {added})." if added else "."), problem=f"it is {n} tokens")
 
+    def _with_rules(self, r: Request) -> Request:
+        """``r`` with the caller's steering rules before its prompt, if it asks for them: a system message
+        ahead of a chat (merged into its own system message), or lines before a text prompt. Only ever
+        the caller's own: looked up by the request's ``user_id``."""
+        from dataclasses import replace
+
+        from parsona.persona.rules import render
+
+        if r.rules is not True:
+            if r.rules not in (False, None):
+                raise ConfigError("rules", "Send true (use your stored rules) or false.", problem=f"got {r.rules!r:.40}")
+            return r
+        if self.store is None or r.user_id is None:
+            raise ConfigError("rules", "Steering rules are a user's own: send the request as a user of a server.",
+                              problem="no user")
+        stored = self.store.get_rules(r.user_id)
+        if not stored or not stored["rules"]:
+            raise ConfigError("rules", "Add rules first (PUT /v1/profile/rules, or POST /v1/profile/rules/learn).",
+                              problem="this user has no rules")
+        if isinstance(r.prompt, list):
+            raise ConfigError("rules", "Send the prompt as text: rules are text put before it.", problem="got token ids")
+        if r.prompt is not None or not isinstance(r.messages, list):
+            return replace(r, prompt=render(stored["rules"], r.prompt) if isinstance(r.prompt, str) else r.prompt)
+        preface = render(stored["rules"], "").rstrip()
+        first = r.messages[0] if r.messages else None
+        if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
+            return replace(r, messages=[{**first, "content": f"{preface}\n\n{first['content']}"}, *r.messages[1:]])
+        return replace(r, messages=[{"role": "system", "content": preface}, *r.messages])
+
     def _tokenize(self, r: Request) -> tuple[str, list[int]]:
         if (r.prompt is None) == (r.messages is None):
             raise ConfigError("prompt", "Pass either `prompt` or `messages`.", problem="got both or neither")
+        r = self._with_rules(r)
         if isinstance(r.prompt, list):  # token ids, as given (no special tokens added)
             if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self._vocab for t in r.prompt):
                 raise ConfigError("prompt", f"Pass token ids from 0 to {self._vocab - 1}.", problem="a token id is out of range")

@@ -1,7 +1,9 @@
 """Atomic writes: a reader sees the old file or directory or the new one, never half of either.
 
 Everything is written under a temporary name next to its destination (same filesystem, so the
-final ``os.replace`` is atomic) and moved into place only once it is complete.
+final ``os.replace`` is atomic) and moved into place only once it is complete. What lands has the
+permissions ``open`` and ``mkdir`` would give it (the process umask), not the owner-only ones of
+``tempfile``'s private names.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         _fsync_tree(tmp)
         if path.exists():
@@ -48,6 +51,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.chmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -64,6 +68,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_file(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022                                            # no /proc (macOS): the usual default
 
 
 def _fsync_tree(root: Path) -> None:

@@ -1,4 +1,4 @@
-"""The embedded default store: users, API keys, history, adapters and training jobs.
+"""The embedded default store: users, API keys, history, steering rules, adapters and training jobs.
 
 One SQLite file (``<root>/parsona.sqlite3``) holds the records; adapter files live in
 ``<root>/adapters/<adapter_id>/``; ``<root>/tmp/`` is scratch space (uploads being unpacked, LoRAs
@@ -38,11 +38,11 @@ from typing import Any
 from parsona import store_embeddings, store_sqlite
 from parsona.errors import ConfigError
 from parsona.store_experts import ExpertBank
+from parsona.store_jobs import JobStore
 from parsona.store_checks import (VerifiedCache, adapter_digest, check_name, copy_adapter_files, history_row,
-                                  job_changes, list_adapter_files, to_json, tree_signature)
+                                  list_adapter_files, tree_signature)
 from parsona.store_ids import KEY_PREFIX, NotFound, check_id, hash_key, new_api_key, new_id
-from parsona.store_quotas import (Quotas, QuotaExceeded, check_adapter_quota, check_history_quota,
-                                  check_job_quota, usage_of)
+from parsona.store_quotas import Quotas, QuotaExceeded, check_adapter_quota, check_history_quota, usage_of
 from parsona.store_sqlite import SCHEMA_VERSION
 from parsona.store_temp import TempArea, TempSpace, sweep_legacy
 
@@ -63,7 +63,7 @@ class CorruptAdapter(ConfigError):
                          "(DELETE /v1/adapters/{id}).", problem=f"stored adapter {adapter_id} is corrupt: {problem}")
 
 
-class Store:
+class Store(JobStore):
     """Users, API keys, history, adapters and jobs under one directory ``root``.
 
     Safe to share between threads (each thread gets its own connection) and between processes
@@ -258,6 +258,25 @@ class Store:
         self._require_user(self._conn(), user_id)
         return store_embeddings.read(self._conn(), user_id, encoder, limit)
 
+    # ---- steering rules ---------------------------------------------------------------------
+
+    def put_rules(self, user_id: str, rules: list[str], source: str = "user") -> list[str]:
+        """Replace the user's steering rules (``source``: "user" wrote them, "mined" from their history)."""
+        from parsona.persona.rules import check_rules
+
+        rules = check_rules(rules)
+        with self._write() as conn:
+            self._require_user(conn, user_id)
+            conn.execute("INSERT OR REPLACE INTO rules VALUES (?, ?, ?, ?)", (user_id, json.dumps(rules), source, time.time()))
+        return rules
+
+    def get_rules(self, user_id: str) -> dict | None:
+        """The user's rules, their source and time ({"rules", "source", "updated_at"}), or None if they have none."""
+        self._require_user(self._conn(), user_id)
+        row = self._conn().execute("SELECT rules, source, updated_at FROM rules WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None else {"rules": json.loads(row["rules"]), "source": row["source"],
+                                          "updated_at": row["updated_at"]}
+
     # ---- adapters ---------------------------------------------------------------------------
 
     def put_adapter(self, user_id: str, src_dir: str | os.PathLike, adapter_type: str,
@@ -363,94 +382,3 @@ class Store:
                 raise NotFound("adapter_id")
         self._verified.forget(adapter_id)
         self._temp.discard(self._adapter_dir(adapter_id))
-
-    # ---- training jobs ----------------------------------------------------------------------
-
-    def create_job(self, user_id: str, kind: str, params: dict) -> str:
-        """Queue a job of ``kind`` (e.g. 'lora') with JSON-serialisable ``params``; return job_id.
-
-        QuotaExceeded if the user already has ``max_jobs_per_user`` jobs queued or running, or if its
-        adapters plus those jobs fill ``max_adapters_per_user`` (each job stores one adapter).
-        """
-        check_name("kind", kind)
-        if not isinstance(params, dict):
-            raise ConfigError("params", "pass a dict of JSON values", f"got {type(params).__name__}")
-        params_json = to_json("params", params)
-        job_id, now = new_id("job"), time.time()
-        with self._write() as conn:
-            self._require_user(conn, user_id)
-            check_job_quota(conn, self.quotas, user_id)
-            check_adapter_quota(conn, self.quotas, user_id)
-            conn.execute("INSERT INTO jobs (job_id, user_id, kind, params, status, progress, message, created_at,"
-                         " updated_at) VALUES (?, ?, ?, ?, 'queued', 0.0, '', ?, ?)",
-                         (job_id, user_id, kind, params_json, now, now))
-        return job_id
-
-    def queued_jobs(self) -> list[dict]:
-        """Internal (workers): every user's queued jobs, oldest first (to requeue them after a restart)."""
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid").fetchall()
-        return [_job_dict(r) for r in rows]
-
-    def claim_job(self, job_id: str, message: str = "") -> bool:
-        """Internal (workers): mark a queued job ``running`` by this process; False if it is not queued
-        (already claimed, e.g. queued twice, or finished), so a job never runs twice."""
-        check_id("job_id", job_id, "job")
-        with self._claim_lock, self._write() as conn:
-            worker = self._temp_area().token  # a job's owner is alive exactly while this lock is held
-            cur = conn.execute("UPDATE jobs SET status = 'running', worker = ?, progress = 0.0, message = ?,"
-                               " updated_at = ? WHERE job_id = ? AND status = 'queued'",
-                               (worker, message, time.time(), job_id))
-        return cur.rowcount == 1
-
-    def update_job(self, job_id: str, *, status: str | None = None,
-                   progress: float | None = None, message: str | None = None,
-                   adapter_id: str | None = None) -> dict:
-        """Internal (workers): change a job's fields; return the updated job.
-
-        A finished job (succeeded/failed) is final. ``adapter_id`` must belong to the job's user.
-        """
-        check_id("job_id", job_id, "job")
-        new = job_changes(status, progress, message)
-        with self._write() as conn:
-            job = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            if job is None:
-                raise NotFound("job_id")
-            if job["status"] in ("succeeded", "failed"):
-                raise ConfigError("status", "create a new job instead",
-                                  f"job {job_id} already {job['status']}")
-            if adapter_id is not None:
-                check_id("adapter_id", adapter_id, "adp")
-                if conn.execute("SELECT 1 FROM adapters WHERE adapter_id = ? AND user_id = ?",
-                                (adapter_id, job["user_id"])).fetchone() is None:
-                    raise NotFound("adapter_id")
-                new["adapter_id"] = adapter_id
-            sets = "".join(f"{k} = ?, " for k in new)  # keys come from job_changes, not callers
-            conn.execute(f"UPDATE jobs SET {sets}updated_at = ? WHERE job_id = ?",
-                         (*new.values(), time.time(), job_id))
-            row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return _job_dict(row)
-
-    def get_job(self, user_id: str, job_id: str) -> dict:
-        """The job, only if it belongs to ``user_id``; else NotFound."""
-        check_id("user_id", user_id, "usr")
-        check_id("job_id", job_id, "job")
-        row = self._conn().execute("SELECT * FROM jobs WHERE job_id = ? AND user_id = ?",
-                                   (job_id, user_id)).fetchone()
-        if row is None:
-            raise NotFound("job_id")
-        return _job_dict(row)
-
-    def list_jobs(self, user_id: str) -> list[dict]:
-        """The caller's jobs, oldest first."""
-        self._require_user(self._conn(), user_id)  # unknown user: an error, not []
-        rows = self._conn().execute(
-            "SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at, job_id",
-            (user_id,)).fetchall()
-        return [_job_dict(r) for r in rows]
-
-
-def _job_dict(row: sqlite3.Row) -> dict:
-    job = {**dict(row), "params": json.loads(row["params"])}
-    job.pop("worker", None)  # which process ran it: internal to recovery
-    return job

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from parsona.errors import ConfigError
 
-SCHEMA_VERSION = 4  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings; 4: experts
+SCHEMA_VERSION = 4  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings; 4: experts, rules
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     adapter_id TEXT REFERENCES adapters(adapter_id) ON DELETE SET NULL,
     worker TEXT);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
+CREATE TABLE IF NOT EXISTS rules (
+    user_id TEXT PRIMARY KEY REFERENCES users(user_id) ON DELETE CASCADE,
+    rules TEXT NOT NULL, source TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS experts (
     expert_id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
     encoder TEXT NOT NULL, vector BLOB NOT NULL,

@@ -5,8 +5,10 @@
 * :class:`UserProfile`: what is known about one user (history count, persona, updated time); no I/O.
 * :func:`input_aware_persona`: Persona-Plug's pooling of the history given the current input.
 * :func:`expert_weights`: SG-LoRA's top-K softmax weights over a bank of expert descriptions.
+* :class:`SteeringRules`: plain-language rules about how a user writes, mined from their texts against
+  a population (the preference agent's statistical learner).
 
-Steering rules and group predictors are open issues.
+Group predictors are an open issue.
 """
 
 from parsona.persona.encoder import HistoryEncoder, check_texts, save_tiny_encoder
@@ -14,6 +16,8 @@ from parsona.persona.experts import expert_weights
 from parsona.persona.index import NeighborIndex, unit_rows
 from parsona.persona.pooling import TAU, input_aware_persona
 from parsona.persona.profile import UserProfile
+from parsona.persona.rules import SteeringRules
 
-__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "UserProfile", "check_texts", "expert_weights", "input_aware_persona",
+__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "SteeringRules", "UserProfile", "check_texts", "expert_weights",
+           "input_aware_persona",
            "save_tiny_encoder", "unit_rows"]

@@ -28,5 +28,7 @@ def expert_weights(bank, query, k: int = K, tau: float = TAU) -> tuple[np.ndarra
     index = NeighborIndex().fit(bank)                                           # ids are the row numbers
     ids, cos = index.kneighbors(np.asarray(query, dtype=np.float32)[None], k=k)  # (1, k) each, best first
     logits = cos[0].astype(np.float64) / tau
+    if not np.isfinite(logits).all():
+        raise ConfigError("tau", "Use a temperature that keeps cos / τ finite (e.g. 0.01 or more).", problem=f"got {tau!r}")
     w = np.exp(logits - logits.max())
     return ids[0].astype(int), w / w.sum()

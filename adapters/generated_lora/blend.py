@@ -37,8 +37,6 @@ def blend_exact(experts: Sequence[LoRAWeights], weights) -> LoRAWeights:
 
 def blend_compact(experts: Sequence[LoRAWeights], weights, rank: int) -> tuple[LoRAWeights, dict[str, float]]:
     """The best rank-``rank`` LoRA to Σ w_i ΔW_i per module, and each module's relative Frobenius error."""
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise ConfigError("rank", "Use a whole number ≥ 1.", problem=f"got {rank!r}")
     return compact(blend_exact(experts, weights), rank)
 
 
@@ -56,21 +54,21 @@ def combine(experts: Sequence[LoRAWeights], coefficients: torch.Tensor) -> LoRAW
 
 
 def compact(lora: LoRAWeights, rank: int) -> tuple[LoRAWeights, dict[str, float]]:
-    """The best rank-``rank`` approximation of every module's ΔW, and each one's relative error."""
+    """The best rank-``rank`` approximation of every module's ΔW (never above the LoRA's own rank: padding
+    with zeros would only cost memory), and each module's relative error."""
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ConfigError("rank", "Use a whole number ≥ 1.", problem=f"got {rank!r}")
+    rank = min(rank, lora.rank)
     factors, errors = {}, {}
     for path, (A, B) in lora.factors.items():
         B = B.double() * lora.scale
         Q_b, R_b = torch.linalg.qr(B)                        # B = Q_b R_b     (d_out, R), (R, R)
         Q_a, R_a = torch.linalg.qr(A.double().T)             # Aᵀ = Q_a R_a    (d_in, R), (R, R)
         U, S, Vh = torch.linalg.svd(R_b @ R_a.T)             # ΔW = Q_b U S Vh Q_aᵀ
-        k = min(rank, len(S))
         total = S.square().sum()
-        errors[path] = float((S[k:].square().sum() / total).sqrt()) if total > 0 else 0.0
-        B_r = (Q_b @ U[:, :k]) * S[:k]                        # (d_out, k)
-        A_r = Vh[:k] @ Q_a.T                                  # (k, d_in)
-        if k < rank:                                          # fewer singular values than asked: pad with zeros
-            B_r = torch.cat([B_r, B_r.new_zeros(B_r.shape[0], rank - k)], 1)
-            A_r = torch.cat([A_r, A_r.new_zeros(rank - k, A_r.shape[1])], 0)
+        errors[path] = float((S[rank:].square().sum() / total).sqrt()) if total > 0 else 0.0
+        B_r = (Q_b @ U[:, :rank]) * S[:rank]                  # (d_out, rank)
+        A_r = Vh[:rank] @ Q_a.T                               # (rank, d_in)
         factors[path] = (A_r.float(), B_r.float())
     return LoRAWeights(rank=rank, alpha=float(rank), factors=factors, base_model=lora.base_model), errors
 
@@ -80,14 +78,15 @@ def check_experts(experts: Sequence[LoRAWeights]) -> None:
     if not experts:
         raise ConfigError("experts", "Give at least one expert LoRA to blend.", problem="empty bank")
     first = experts[0]
+    named = next(((n, e.base_model) for n, e in enumerate(experts) if e.base_model), None)
     for n, e in enumerate(experts):
         if set(e.factors) != set(first.factors):
             odd = sorted(set(e.factors) ^ set(first.factors))[0]
             raise ConfigError(f"experts[{n}]", "Blend LoRAs that adapt the same modules (train them with one "
                               "target_modules).", problem=f"{odd} is adapted by only one of experts[0] and experts[{n}]")
-        if e.base_model and first.base_model and e.base_model != first.base_model:
+        if e.base_model and e.base_model != named[1]:
             raise ConfigError(f"experts[{n}]", "Blend LoRAs of one base model.",
-                              problem=f"{e.base_model!r} vs experts[0]'s {first.base_model!r}")
+                              problem=f"{e.base_model!r} vs experts[{named[0]}]'s {named[1]!r}")
         for path, (A, B) in e.factors.items():
             A0, B0 = first.factors[path]
             if (B.shape[0], A.shape[1]) != (B0.shape[0], A0.shape[1]):

@@ -63,23 +63,24 @@ class LoRAGenerator:
         self.unit_ = float(np.sqrt((self.coords_ ** 2).sum(1).mean())) or 1.0     # coordinates in units of it
         X = torch.tensor(self.coords_ / self.unit_, dtype=torch.float32)           # (n, p)
         C = torch.stack([self._condition(rows, w) for rows, w in neighbours])      # (n, 2p)
-        with torch.random.fork_rng(devices=[]):                                  # seeded, the caller's RNG untouched
-            torch.manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):                                  # a seeded init; the CPU RNG restored
+            torch.default_generator.manual_seed(self.seed)
             self.net_ = _CVAE(X.shape[1], self.latent_dim, self.hidden)
-            self.loss_ = self._train(X, C)
+        self.losses_ = self._train(X, C, torch.Generator().manual_seed(self.seed))
         return self
 
-    def _train(self, X: torch.Tensor, C: torch.Tensor) -> float:
-        """Full-batch Adam on the bank (n rows); the last loss."""
+    def _train(self, X: torch.Tensor, C: torch.Tensor, generator: torch.Generator) -> list[float]:
+        """Full-batch Adam on the bank (n rows); the loss of every step."""
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.learning_rate)
-        loss = torch.tensor(float("nan"))
+        losses = []
         for _ in range(self.steps):
-            x_hat, kl = self.net_(X, C)
+            x_hat, kl = self.net_(X, C, generator)
             loss = (x_hat - X).square().sum(1).mean() + self.beta * kl.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        return float(loss.detach())
+            losses.append(float(loss.detach()))
+        return losses
 
     def coefficients(self, rows, weights, sample: bool = True, seed: int | None = None) -> np.ndarray:
         """(n,) c with Σ c = 1: the generated update Σ c_j ΔW_j for the chosen experts ``rows`` and ``weights``."""
@@ -91,6 +92,8 @@ class LoRAGenerator:
 
     def generate(self, rows, weights, rank: int | None = None, sample: bool = True, seed: int | None = None):
         """(LoRAWeights, info): the generated LoRA (rank Σ r_i, or its best rank-``rank`` approximation)."""
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise ConfigError("rank", "Use a whole number ≥ 1.", problem=f"got {rank!r}")
         c = self.coefficients(rows, weights, sample, seed)
         lora = combine(self.experts_, torch.as_tensor(c))
         info = {"coefficients": c.tolist()}
@@ -126,7 +129,7 @@ def gram(experts: Sequence[LoRAWeights]) -> np.ndarray:
     return (torch.triu(G) + torch.triu(G, 1).T).numpy()
 
 
-def _pca(G: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+def _pca(G: np.ndarray, rtol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Linear PCA from a Gram matrix: (coordinates (n, p), the map x -> c − 1/n as (n, p))."""
     n = len(G)
     H = np.eye(n) - 1.0 / n
@@ -146,10 +149,10 @@ class _CVAE(nn.Module):
         nn.init.zeros_(self.decoder[-1].bias)
         self.p = p
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         mu_q, logvar_q = self.encoder(torch.cat([x, c], 1)).chunk(2, 1)
         mu_p, logvar_p = self.prior(c).chunk(2, 1)
-        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()             # reparameterised sample of q
+        z = mu_q + torch.randn(mu_q.shape, generator=generator) * (0.5 * logvar_q).exp()   # reparameterised sample of q
         kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1).sum(1)
         return c[:, : self.p] + self.decoder(torch.cat([z, c], 1)), kl
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from parsona.errors import ConfigError
-from parsona.simplex import check_preference
+from parsona.simplex import SIMPLEX_ATOL, check_preference
 
 from ..base import Adapter, base_model_name
 from ..peft_format import LoRAWeights, write_peft_lora
@@ -52,6 +52,12 @@ class GeneratedLoRA(Adapter):
         if w.ndim != 2 or w.shape[1] != self.config.n_experts or not torch.isfinite(w).all() or (w < 0).any():
             raise ConfigError(INPUT, f"Pass (B, {self.config.n_experts}) finite weights ≥ 0, a row per sequence "
                               "(zeros: the base model).", problem=f"shape {tuple(w.shape)}")
+        sums = w.double().sum(1)
+        off = ((sums - 1).abs() > SIMPLEX_ATOL) & (sums != 0)
+        if off.any():
+            row = int(off.nonzero()[0])
+            raise ConfigError(INPUT, "Make each row's weights sum to 1 (or all 0: the base model).",
+                              problem=f"row {row} sums to {float(sums[row]):.8g}")
         return {INPUT: w.to(self.device)}
 
     def _merge_inputs(self, expert_weights: Any = None) -> dict[str, torch.Tensor]:

@@ -103,9 +103,11 @@ def main(cfg: Config) -> Path:
             texts = entry.get("texts")
             vector = UserProfile.from_history(entry["name"], encoder.transform(texts)).persona if texts \
                 else encoder.transform([entry["description"]])[0]
-            store.experts.add(entry["lora"], entry["name"], entry.get("description") or "", vector, encoder.key)
+            description = entry.get("description") or f"{entry['name']}: described by {len(texts)} of its texts"
+            added = store.experts.add(entry["lora"], entry["name"], description, vector, encoder.key)
             if entry["name"] in have:                            # the new one is in: only now drop the old
                 store.experts.delete(have[entry["name"]])
+            have[entry["name"]] = added                          # a name the manifest repeats is added once
         print(f"{len(store.experts.list())} experts in {cfg.store} (encoder {encoder.key})")
     return Path(cfg.store)
 

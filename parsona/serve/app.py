@@ -40,16 +40,19 @@ from .uploads import extract_archive
 
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413, 429)}
 DISCONNECT_POLL_S = 0.5  # how often a waiting handler checks that its client is still there
+MAX_RULE_TEXTS = 1000   # the newest history items rules are mined from: the work per request is bounded
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "application/octet-stream")
 
 
 def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None = None,
                trainer: Trainer | None = None, max_body_bytes: int = 1 << 20, max_upload_bytes: int = 64 << 20,
                max_batch_size: int = 16, batch_wait_s: float = 0.01, rate_limit: float = 20.0, rate_burst: int = 40,
-               body_timeout_s: float = 30.0, personas=None, generated=None) -> FastAPI:
+               body_timeout_s: float = 30.0, personas=None, generated=None, rules_population=None) -> FastAPI:
     """The ASGI app. ``admin_key`` None disables ``POST /v1/users``; ``trainer`` None disables training;
     ``personas`` (``parsona.personalize.Personas``) embeds history as it arrives and reports personas;
-    ``generated`` (``parsona.generate.GeneratedLoRAs``) makes LoRAs from descriptions (None: disabled).
+    ``generated`` (``parsona.generate.GeneratedLoRAs``) makes LoRAs from descriptions (None: disabled);
+    ``rules_population`` (texts) is the contrast the steering-rule miner learns a user's rules against
+    (None: learning is disabled; users may still write their own).
     ``rate_limit`` requests per second per user (bursts of ``rate_burst``; 0: no limit); a body not
     received within ``body_timeout_s`` is a 408."""
     metrics = Metrics()
@@ -114,7 +117,7 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         conditioning = {spec.name: getattr(body, spec.name) for spec in host.runtime_inputs}
         return HostRequest(**text, user_id=user_id, conditioning={k: v for k, v in conditioning.items() if v is not None},
                            max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                           stop=stop, seed=body.seed)
+                           stop=stop, seed=body.seed, rules=body.rules)
 
     @app.post("/v1/chat/completions", response_model=S.ChatCompletion, responses=ERRORS, tags=["generation"],
               summary="Chat completion (OpenAI-compatible; SSE when stream is true)")
@@ -265,7 +268,7 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         if generated is None:
             raise ApiError(501, "not_implemented_error", "Generated LoRAs are not enabled on this server: build an "
                            "expert bank (parsona build-expert-bank) and restart it.", None, "disabled")
-        adapter_id, made = generated.create(user_id, **body.model_dump())
+        adapter_id, made = generated.create(user_id, **body.model_dump(exclude_unset=True))
         experts = [S.GeneratedExpert(id=i, weight=w) for i, w in zip(made["experts"], made["weights"])]
         return S.Generated(**info(store.get_adapter(user_id, adapter_id)).model_dump(), experts=experts,
                            max_relative_error=made.get("max_relative_error"))
@@ -273,8 +276,9 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
     @app.get("/v1/experts", response_model=S.ExpertList, responses=ERRORS, tags=["adapters"],
              summary="The public expert LoRAs a generated LoRA may blend")
     def list_experts(user_id: str = Depends(caller)):
+        encoder = generated.encoder.key if generated is not None else None   # the ones this server blends
         return S.ExpertList(data=[S.ExpertInfo(id=e["expert_id"], name=e["name"], description=e["description"])
-                                  for e in store.experts.list()])
+                                  for e in store.experts.list(encoder)] if encoder else [])
 
     # -- profile and training -----------------------------------------------------------------
     @app.put("/v1/profile/history", response_model=S.HistoryAppended, responses=ERRORS, tags=["profile"],
@@ -298,6 +302,33 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         p = personas.profile(user_id, refresh=False)
         return S.Profile(history_items=items, persona=p.persona is not None, persona_items=p.history_count,
                          updated_at=p.updated_at)
+
+    @app.get("/v1/profile/rules", response_model=S.Rules, responses=ERRORS, tags=["profile"],
+             summary="The caller's own steering rules")
+    def get_rules(user_id: str = Depends(caller)):
+        return S.Rules(**(store.get_rules(user_id) or {"rules": []}))
+
+    @app.put("/v1/profile/rules", response_model=S.Rules, responses=ERRORS, tags=["profile"],
+             summary="Replace the caller's steering rules with their own")
+    def put_rules(body: S.RulesPut, user_id: str = Depends(caller)):
+        store.put_rules(user_id, body.rules, source="user")
+        return S.Rules(**store.get_rules(user_id))
+
+    @app.post("/v1/profile/rules/learn", response_model=S.Rules, responses={**ERRORS, 501: {"model": S.ErrorResponse}},
+              tags=["profile"], summary="Mine the caller's steering rules from their history (replaces the stored ones)")
+    def learn_rules(user_id: str = Depends(caller)):
+        from parsona.persona import SteeringRules
+
+        if rules_population is None:
+            raise ApiError(501, "not_implemented_error", "Learning rules is not enabled on this server (start it "
+                           "with --rules-population FILE); write your own with PUT /v1/profile/rules.", None, "disabled")
+        texts = [item["text"] for item in store.history(user_id, limit=MAX_RULE_TEXTS)]
+        try:
+            mined = SteeringRules(population=rules_population, tokenizer=host.tokenizer).fit(texts)
+        except ConfigError as exc:                  # too little history: say so about the caller's history
+            raise ConfigError("history", "Add more history first (PUT /v1/profile/history).", problem=exc.problem) from None
+        store.put_rules(user_id, mined.rules_, source="mined")
+        return S.Rules(**store.get_rules(user_id))
 
     @app.post("/v1/adapters/train", response_model=S.Job, status_code=202, responses=ERRORS, tags=["adapters"],
               summary="Start a LoRA fine-tune on the caller's history (a background job)")

@@ -14,6 +14,7 @@ from parsona.cli_types import DeprecatedAlias, port_arg, positive_int, preferenc
 
 ADMIN_ENV = "PARSONA_ADMIN_KEY"
 KEEP_ALIVE_S = 60  # uvicorn's 5 s default dropped requests under 1,000 concurrent loopback clients
+MAX_POPULATION = 5000  # texts of --rules-population kept: the miner's work per request stays bounded
 
 
 
@@ -35,6 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="sentence encoder of the stored personas and of the expert bank's descriptions (default: the one "
                         "the persona prefix was trained with, as its training_summary.json records; else all-MiniLM-L6-v2). "
                         "POST /v1/adapters/generate is on when the store holds an expert bank (parsona build-expert-bank)")
+    p.add_argument("--rules-population", default=None, metavar="FILE",
+                   help="texts (one per line, or .jsonl with \"text\") the steering-rule miner contrasts a user's history "
+                        "with: enables POST /v1/profile/rules/learn (default: off; users may still PUT their own rules)")
     p.add_argument("--store", default="parsona-store", help="store directory, created if missing (default: parsona-store)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=port_arg, default=8000, help="port (default: 8000)")
@@ -65,6 +69,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def check_expert_bank(store, encoder, host) -> None:
+    """Refuse to start with an expert bank this server cannot use: described by another encoder (every
+    request would find it empty), or with an expert that does not fit the served base model."""
+    from parsona.adapters.peft_format import read_peft_lora
+    from parsona.errors import ConfigError
+
+    ids, _ = store.experts.vectors(encoder.key)
+    if not ids:
+        keys = sorted({e["encoder"] for e in store.experts.list()})
+        raise ConfigError("--encoder", "Serve with the encoder (and precision) the bank was built with, or rebuild it "
+                          "with parsona build-expert-bank --replace.", problem=f"the bank is described by {keys}, "
+                          f"this server's encoder is {encoder.key!r}")
+    for expert_id in ids:
+        try:
+            host.check_lora(read_peft_lora(store.experts.path(expert_id)))
+        except ConfigError as exc:
+            raise ConfigError("--store", "Rebuild the expert bank for this base model (parsona build-expert-bank).",
+                              problem=f"expert {expert_id}: {exc.problem}") from None
 
 
 def trained_encoder(prefix_dir: str) -> str | None:
@@ -128,8 +152,10 @@ def build_app(args):
     host = Host(model, tokenizer, store, [preference, persona], max_resident_loras=args.max_resident_loras,
                 defaults=defaults, stored={"persona": personas.resolve} if personas else None)
     if generated is not None:
+        check_expert_bank(store, generated.encoder, host)
         generated.check = host.check_lora   # a generated LoRA is vetted as an uploaded one is
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
+    population = train_user_lora.read_texts(args.rules_population)[:MAX_POPULATION] if args.rules_population else None
     trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer, train=train_user_lora.run)
     # a local directory is named by its folder; a hub id ("org/name") as given
     model_id = (Path(args.model).expanduser().resolve().name if Path(args.model).expanduser().exists() else args.model) \
@@ -137,7 +163,8 @@ def build_app(args):
     return create_app(host, store, model_id=model_id, admin_key=os.environ.get(ADMIN_ENV) or None, trainer=trainer,
                       max_upload_bytes=int(args.max_upload_mb * (1 << 20)), max_batch_size=args.max_batch_size,
                       batch_wait_s=args.batch_wait_ms / 1000, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                      body_timeout_s=args.body_timeout_s, personas=personas, generated=generated)
+                      body_timeout_s=args.body_timeout_s, personas=personas, generated=generated,
+                      rules_population=population)
 
 
 def cmd_serve(args) -> int:

@@ -68,6 +68,7 @@ class _Sampling(_Strict):
     seed: Optional[int] = Field(None, ge=-(2**63), lt=2**64, description="Makes sampling reproducible: the same seed gives the same text, "
                                 "alone or in any batch.")
     stream: bool = Field(False, description="Send the text as server-sent events while it is generated.")
+    rules: bool = Field(False, description="Put the caller's steering rules (GET /v1/profile/rules) before the prompt.")
     stream_options: Optional[StreamOptions] = Field(None, description="Options for streaming.")
     user: Optional[str] = Field(None, description="OpenAI's end-user tag; not used (the API key identifies the caller).")
     # OpenAI fields accepted at their neutral value only (NEUTRAL): anything else would change the output
@@ -278,6 +279,19 @@ class Profile(BaseModel):
     updated_at: Optional[float] = Field(None, description="Unix time of the newest item the persona pools.")
 
 
+class RulesPut(_Strict):
+    rules: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        max_length=20, description="The caller's steering rules, one line each (replaces the stored ones; [] clears).")
+
+
+class Rules(BaseModel):
+    object: Literal["rules"] = Field("rules", description="Always 'rules'.")
+    rules: list[str] = Field(description="The caller's steering rules, in order.")
+    source: Optional[Literal["user", "mined"]] = Field(None, description="Who wrote them: the user, or the miner "
+                                                       "from the user's history.")
+    updated_at: Optional[float] = Field(None, description="Unix time they were last replaced.")
+
+
 class TrainRequest(_Strict):
     name: str = Field("trained", min_length=1, max_length=200, description="Name of the resulting adapter.")
     steps: int = Field(8, ge=1, le=200, description="AdamW steps.")
@@ -298,7 +312,7 @@ class GenerateRequest(_Strict):
     weights: Optional[list[float]] = Field(None, min_length=1, max_length=32,
                                            description="One weight per id in `experts`, ≥ 0 and summing to 1.")
     k: int = Field(4, ge=1, le=32, description="Experts blended: the k nearest the description.")
-    tau: float = Field(0.1, gt=0, le=100, description="Softmax temperature over the cosine similarities.")
+    tau: float = Field(0.1, ge=0.001, le=100, description="Softmax temperature over the cosine similarities.")
     rank: Optional[int] = Field(None, ge=1, le=256, description="Compact the blend to this rank by SVD "
                                 "(omitted: exact, rank Σ r_i).")
     method: Literal["blend", "cvae"] = Field("blend", description="'blend': the top-k softmax blend; 'cvae': "
@@ -311,7 +325,9 @@ class GeneratedExpert(BaseModel):
 
 
 class Generated(AdapterInfo):
-    experts: list[GeneratedExpert] = Field(description="What was blended, most weight first for a description.")
+    experts: list[GeneratedExpert] = Field(description="What was blended: the chosen experts, most weight first, or "
+                                           "with method 'cvae' every expert of the bank and its coefficient (which may "
+                                           "be negative: the generated update is Σ c_i ΔW_i with Σ c_i = 1).")
     max_relative_error: Optional[float] = Field(None, description="The compact blend's largest relative "
                                                 "Frobenius error over modules (with `rank`).")
 

@@ -209,3 +209,24 @@ def test_the_generator_refuses_a_tiny_bank_or_an_expert_conditioned_on_itself(ex
         with pytest.raises(ConfigError) as err:
             gen.coefficients(rows, w)
         assert err.value.field == name
+
+
+def test_compacting_never_pads_and_any_named_base_counts(experts):
+    loras = [read_peft_lora(d) for d in experts]
+    small, _ = blend_compact(loras[:2], [0.5, 0.5], rank=50)                     # Σ r = 6
+    assert small.rank == 6 and all(A.shape[0] == 6 for A, _ in small.factors.values())
+    mixed = [loras[0], dataclasses.replace(loras[1], base_model="org/a"), dataclasses.replace(loras[2], base_model="org/b")]
+    with pytest.raises(ConfigError) as err:
+        blend_exact(mixed, [0.2, 0.3, 0.5])
+    assert err.value.field == "experts[2]" and "org/a" in str(err.value)
+
+
+def test_a_batch_row_off_the_simplex_is_refused_and_a_zero_row_is_the_base(experts):
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0)
+    adapter = attach_experts(model, [read_peft_lora(d) for d in experts])
+    with pytest.raises(ConfigError) as err:
+        with adapter.inputs(expert_weights=torch.tensor([[0.2, 0.2, 0.2], [0.0, 0.0, 0.0]])):
+            pass
+    assert err.value.field == "expert_weights" and "row 0" in str(err.value)
+    with adapter.inputs(expert_weights=torch.tensor([[0.2, 0.3, 0.5], [0.0, 0.0, 0.0]])):
+        pass

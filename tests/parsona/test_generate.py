@@ -76,9 +76,13 @@ def test_a_generated_lora_blends_the_experts_nearest_the_description(lora_dirs, 
 def test_the_cvae_generator_fits_the_bank_and_samples_in_its_span(lora_dirs, encoder):
     loras = [read_peft_lora(d) for d in lora_dirs]
     experts = Experts.of(loras, encoder.transform(TOPICS))
-    generator = fit_generator(experts, k=2, steps=50)
+    generator = fit_generator(experts, k=2, steps=300)
+    assert np.mean(generator.losses_[-20:]) < 0.5 * np.mean(generator.losses_[:20])   # it learns the bank
+    a = generator.coefficients([0, 1], [0.5, 0.5], sample=False)
+    b = generator.coefficients([2, 3], [0.5, 0.5], sample=False)
+    assert np.abs(a - b).max() > 0.1                              # the condition steers what comes out
     lora, info = generate_lora(experts, encoder, texts=["the cat sleeps ."], k=2, generator=generator)
-    c = np.array(info["coefficients"])
+    c = np.array(info["weights"])
     assert c.sum() == pytest.approx(1.0, abs=1e-9) and lora.rank == sum(e.rank for e in loras)
     for path in lora.factors:
         torch.testing.assert_close(dense(lora, path), sum(float(ci) * dense(e, path) for ci, e in zip(c, loras)),
@@ -120,7 +124,11 @@ def test_a_description_becomes_an_adapter_of_the_callers_own(store, lora_dirs, e
     chosen = [read_peft_lora(lora_dirs[ids.index(e)]) for e in info["experts"]]
     same_update(read_peft_lora(store.adapter_path(alice, adapter_id)), blend_exact(chosen, info["weights"]))
     cvae_id, info = made.create(alice, texts=["gas is dear"], method="cvae", k=2, rank=2)
-    assert read_peft_lora(store.adapter_path(alice, cvae_id)).rank == 2 and "coefficients" in info
+    assert read_peft_lora(store.adapter_path(alice, cvae_id)).rank == 2
+    assert info["experts"] == ids and len(info["chosen"]) == 2 and sum(info["weights"]) == pytest.approx(1.0)
+    fitted = made._generator[1]
+    made.create(alice, texts=["gas is dear"], method="cvae", k=3, tau=0.5)
+    assert made._generator[1] is fitted                           # a request's k and τ never refit the CVAE
 
 
 def test_explicit_weights_blend_public_experts_and_the_callers_own_adapters_only(store, lora_dirs, encoder):
@@ -140,8 +148,11 @@ def test_explicit_weights_blend_public_experts_and_the_callers_own_adapters_only
         made.create(alice, experts=[public[0], "adp_" + "0" * 32], weights=[0.5, 0.5])
     assert str(missing.value) == str(err.value)
     for kwargs, field in ((dict(experts=[own, public[1]], weights=[0.5, 0.6]), "weights"),
-                          (dict(experts=[own], weights=None), "experts"),
-                          (dict(experts=[own, public[1]], weights=[0.5, 0.5], description="x"), "experts"),
+                          (dict(experts=[own], weights=None), "weights"),
+                          (dict(experts=[own, own], weights=[0.5, 0.5]), "experts"),
+                          (dict(experts=[own, public[1]], weights=[0.5, 0.5], k=2), "k"),
+                          (dict(experts=[own, public[1]], weights=[0.5, 0.5], method="cvae"), "method"),
+                          (dict(experts=[own, public[1]], weights=[0.5, 0.5], description="x"), "description"),
                           (dict(description="x", method="magic"), "method")):
         with pytest.raises(ConfigError) as err:
             made.create(alice, **kwargs)

@@ -31,3 +31,23 @@ def test_atomic_file_keeps_the_old_content_on_failure(tmp_path):
             raise ValueError("boom")
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_what_lands_has_the_permissions_open_and_mkdir_give(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)                  # not the default, so a hard-coded mode would show
+    try:
+        with open(tmp_path / "plain", "w"):
+            pass
+        (tmp_path / "plain_dir").mkdir()
+        with atomic_file(tmp_path / "f") as f:
+            f.write("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "inner").write_text("y")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)   # noqa: E731
+    assert mode(tmp_path / "f") == mode(tmp_path / "plain") == 0o640
+    assert mode(tmp_path / "d") == mode(tmp_path / "plain_dir") == 0o750

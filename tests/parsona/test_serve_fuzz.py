@@ -104,6 +104,7 @@ def fuzz_target(tmp_path_factory, tiny_encoder_dir):
                           encoder.transform([f"topic {n}"])[0], encoder.key)
     app = create_app(host, store, model_id=MODEL, admin_key=ADMIN_KEY, trainer=trainer,
                      generated=GeneratedLoRAs(store, encoder, check=host.check_lora),
+                     rules_population=[f"Hello team, the {w} report is due." for w in "abcdefgh"],  # learning on: no 501
                      max_upload_bytes=200_000, batch_wait_s=0.002,
                      rate_limit=0)   # the limiter's 429s depend on timing: the same cases must get the same answers
     # schemathesis's client, not TestClient: leaving a TestClient ends the app's lifespan, which
@@ -156,6 +157,9 @@ def as_served(app):
 def fuzz_schema(app, key: str, adapter_id: str):
     config = schemathesis.Config.from_dict({
         "seed": SEED,
+        # Hypothesis's filter health check stopped the archive upload's generation on a loaded machine (the
+        # whole suite beside two benchmarks) and never alone; every operation must still be exercised (below)
+        "suppress-health-check": ["filter_too_much"],
         "headers": {"Authorization": f"Bearer {key}"},
         "request-timeout": 60,
         "continue-on-failure": True,   # every failing case is reported, not only each operation's first

@@ -98,7 +98,10 @@ def test_explicit_weights_blend_public_experts_and_the_callers_own_adapters_only
     ({"description": "x", "adapter": "../../etc/passwd"}, "adapter"),
     ({"experts": ["exp_" + "0" * 32, "exp_" + "1" * 32], "weights": [0.5, 0.6]}, "weights"),
     ({"experts": ["../../secrets", "exp_" + "1" * 32], "weights": [0.5, 0.5]}, "experts[0]"),
-    ({"experts": ["exp_" + "0" * 32]}, "experts"),
+    ({"experts": ["exp_" + "0" * 32]}, "weights"),
+    ({"experts": ["exp_" + "0" * 32, "exp_" + "0" * 32], "weights": [0.5, 0.5]}, "experts"),
+    ({"experts": ["exp_" + "0" * 32, "exp_" + "1" * 32], "weights": [0.5, 0.5], "k": 2}, "k"),
+    ({"description": "x", "tau": 1e-300}, "tau"),
     (b'{"description": "\\ud800"}', "description"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(world, body, param):
@@ -106,8 +109,26 @@ def test_bad_input_is_a_4xx_naming_the_field(world, body, param):
     r = client.post(URL, content=body, headers={**a, "Content-Type": "application/json"}) if isinstance(body, bytes) \
         else client.post(URL, json=body, headers=a)
     assert 400 <= r.status_code < 500 and r.status_code != 422, r.text
-    assert param in (r.json()["error"]["param"] or ""), r.json()
+    assert r.json()["error"]["param"] == param, r.json()
     assert store.list_adapters(alice) == []                                       # nothing half-made is kept
+
+
+def test_the_cvae_is_fitted_once_and_reports_every_coefficient(world):
+    client, _, store, (alice, a), _ = world
+    r = client.post(URL, json={"texts": ["my dog sleeps"], "method": "cvae", "rank": 2}, headers=a)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert [e["id"] for e in made["experts"]] == [e["id"] for e in client.get("/v1/experts", headers=a).json()["data"]]
+    assert sum(e["weight"] for e in made["experts"]) == pytest.approx(1.0) and made["max_relative_error"] is not None
+
+
+def test_a_blend_past_the_rank_limit_is_refused_before_anything_is_loaded(world, tmp_path):
+    client, _, store, (alice, a), _ = world
+    big = [store.put_adapter(alice, peft_lora_dir(tmp_path / f"big{n}", seed=n, r=130), "lora", "big") for n in range(2)]
+    r = client.post(URL, json={"experts": big, "weights": [0.5, 0.5]}, headers=a)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "rank" and "260" in r.json()["error"]["message"]
+    r = client.post(URL, json={"experts": big, "weights": [0.5, 0.5], "rank": 4}, headers=a)
+    assert r.status_code == 201 and read_peft_lora(store.adapter_path(alice, r.json()["id"])).rank == 4
 
 
 def test_without_a_key_or_an_expert_bank_nothing_is_generated(world, tmp_path):
@@ -128,3 +149,22 @@ def test_generating_counts_against_the_adapter_quota(world, tmp_path, tiny_encod
     assert client.post(URL, json={"description": "the dog"}, headers=a).status_code == 201
     r = client.post(URL, json={"description": "the dog"}, headers=a)
     assert r.status_code == 429 and len(store.list_adapters(alice)) == 1
+
+
+def test_serve_refuses_to_start_with_a_bank_it_cannot_use(tmp_path, tiny_encoder_dir, lora_dirs):
+    from parsona.errors import ConfigError
+    from parsona.serve.cli import check_expert_bank
+
+    encoder = HistoryEncoder(model=str(tiny_encoder_dir), progress=False).fit()
+    with Store(tmp_path / "store") as store:
+        store.experts.add(lora_dirs[0], "e0", "dogs", encoder.transform(["dogs"])[0], "another-encoder|d=16")
+        host = Host(tiny_causal_lm(vocab_size=259, pad_token_id=0), tiny_tokenizer(), store, [])
+        with pytest.raises(ConfigError) as err:
+            check_expert_bank(store, encoder, host)
+        assert err.value.field == "--encoder" and "another-encoder" in str(err.value)
+        store.experts.add(lora_dirs[1], "e1", "dogs", encoder.transform(["dogs"])[0], encoder.key)
+        check_expert_bank(store, encoder, host)                                  # fits: starts
+        wide = Host(tiny_causal_lm(hidden_size=64, vocab_size=259, pad_token_id=0), tiny_tokenizer(), store, [])
+        with pytest.raises(ConfigError) as err:
+            check_expert_bank(store, encoder, wide)
+        assert err.value.field == "--store"

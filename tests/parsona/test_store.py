@@ -521,3 +521,24 @@ def test_import_stays_light():
     code = "import sys, parsona.store; print('torch' in sys.modules, 'safetensors' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_rules_are_kept_per_user_replaced_whole_and_checked(tmp_path):
+    with Store(tmp_path / "s") as store:
+        alice, _ = store.create_user()
+        bob, _ = store.create_user()
+        assert store.get_rules(alice) is None
+        store.put_rules(alice, ["Keep it short.", "  Sign off with 'Thanks,'.  "])
+        assert store.get_rules(alice)["rules"] == ["Keep it short.", "Sign off with 'Thanks,'."]
+        assert store.get_rules(alice)["source"] == "user" and store.get_rules(bob) is None
+        store.put_rules(alice, ["Be brief."], source="mined")
+        assert store.get_rules(alice)["rules"] == ["Be brief."] and store.get_rules(alice)["source"] == "mined"
+        for bad, field in ((["x"] * 21, "rules"), (["a\nb"], "rules[0]"), ([""], "rules[0]"), ("text", "rules")):
+            with pytest.raises(ConfigError) as err:
+                store.put_rules(alice, bad)
+            assert err.value.field == field
+        assert store.get_rules(alice)["rules"] == ["Be brief."]
+        with pytest.raises(NotFound):
+            store.put_rules("usr_" + "0" * 32, ["x"])
+    with Store(tmp_path / "s") as again:
+        assert again.get_rules(alice)["rules"] == ["Be brief."]

@@ -1,0 +1,41 @@
+"""bench/steering_rules.py end to end on a tiny model: every condition and the author × rules matrix are
+scored by the judge, the mined condition adds exactly the rendered rules' tokens, nothing is quoted long."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from parsona.recipes.config_cli import run_recipe
+
+ROOT = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_it_scores_every_condition_and_the_matrix(tiny_dir, tmp_path, capsys):
+    bench = load("steering_rules")
+    r = run_recipe(bench.Config, bench.main, ["--model", tiny_dir, "--authors", "4", "--intents-per-author", "2",
+                                              "--max-new-tokens", "3", "--population", "200", "--matrix-authors", "3",
+                                              "--output-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "mined_minus_zero_shot" in printed and "the diagonal wins" in printed and "agent learner: not built" in printed
+    assert set(r["conditions"]) == {"zero_shot", "few_shot", "mined"} and len(r["matrix"]) == 3
+    assert r["conditions"]["zero_shot"]["tokens_added"]["mean"] == 0
+    assert r["conditions"]["few_shot"]["tokens_added"]["mean"] > 0
+    assert all(0 <= v <= 1 for row in r["matrix"] for v in row)
+    assert 0 < r["judge_accuracy_on_real_test_emails"] <= 1 and all(r["rules"][a] for a in r["authors"])
+    assert (tmp_path / "results-rules.json").is_file()
+
+
+def test_an_intent_is_the_first_sentence_cut_to_its_words():
+    bench = load("steering_rules")
+    assert bench.intent_of("Call me  on\nMonday. Then we talk!", 25) == "Call me on Monday."
+    assert bench.intent_of("one two three four", 2) == "one two"
