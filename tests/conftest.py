@@ -102,3 +102,22 @@ def start_serve(args: list[str], admin_key: str, seconds: float = 90):
             time.sleep(0.1)
     proc.kill()
     pytest.fail(f"parsona serve did not answer /healthz within {seconds} s")
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module named ``name``, as when it runs as a script: bench/ on the path (a
+    bench may import another), and in ``sys.modules`` (config_cli reads a Config's field docs and type
+    hints through its module). Loaded once per session."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -7,15 +7,13 @@ import argparse
 import dataclasses
 import importlib.util
 import shlex
-import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
 from parsona.errors import ConfigError
 from parsona.recipes.config_cli import add_config_arguments, config_from_args, run_recipe
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 F = "--max-steps 120 --max-length 128 --eval-pairs 200 --warmup-steps 5 --learning-rate 2e-4 --output-dir runs/fq11"
 DOCUMENTED = {
     "front_quality": ["", f"{F} --seeds 1 --methods pref_linear,dps", f"{F} --seeds 1 --methods soups_linear,soups_cat,pref_tcheb",
@@ -35,17 +33,6 @@ BAD = {"front_quality": ("--methods pref_linear,nope", "methods"), "adapter_over
        "scale": ("--requests 0", "requests")}
 
 
-def load(name: str):
-    if str(BENCH) not in sys.path:   # as when run as a script: bench/ first (train_speed imports step_clock)
-        sys.path.insert(0, str(BENCH))
-    if name not in sys.modules:   # config_cli reads a Config's field docs and type hints through its module
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def parse(bench, line: str):
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, bench.Config)
@@ -54,12 +41,12 @@ def parse(bench, line: str):
 
 @pytest.mark.parametrize("name,line", [(n, line) for n, lines in DOCUMENTED.items() for line in lines])
 def test_documented_commands_parse(name, line):
-    assert isinstance(parse(load(name), line), load(name).Config)
+    assert isinstance(parse(load_bench(name), line), load_bench(name).Config)
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
 def test_defaults_are_the_configs_and_help_lists_every_field(name, capsys):
-    bench = load(name)
+    bench = load_bench(name)
     assert parse(bench, "") == bench.Config()
     with pytest.raises(SystemExit) as done:
         run_recipe(bench.Config, bench.main, ["--help"])
@@ -71,7 +58,7 @@ def test_defaults_are_the_configs_and_help_lists_every_field(name, capsys):
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_a_bad_value_is_a_config_error_naming_the_field(name, capsys):
-    bench, (line, field) = load(name), BAD[name]
+    bench, (line, field) = load_bench(name), BAD[name]
     with pytest.raises(ConfigError) as err:
         parse(bench, line)
     assert err.value.field == field
@@ -87,15 +74,15 @@ def test_train_speed_recipe_flags_follow_the_recipes_defaults_and_types():
 
     from parsona.recipes.train_preference_lora import Config as Recipe
 
-    bench, recipe = load("train_speed").Config, Recipe()
+    bench, recipe = load_bench("train_speed").Config, Recipe()
     ours, theirs = typing.get_type_hints(bench), typing.get_type_hints(Recipe)
-    for name in load("train_speed").RECIPE_FLAGS:
+    for name in load_bench("train_speed").RECIPE_FLAGS:
         assert getattr(bench(), name) == getattr(recipe, name) and ours[name] == theirs[name], name
 
 
 def test_train_speed_commands_parse_back_to_their_config():
     """command(cfg) is printed for people to rerun; the worker's argv is what each subprocess parses."""
-    bench = load("train_speed")
+    bench = load_bench("train_speed")
     cfg = parse(bench, "--tiny --contenders parsona --learning-rate 1e-3 --no-all-labels-only --model ''")
     assert parse(bench, shlex.join(shlex.split(bench.command(cfg))[2:])) == cfg
     assert "--worker" not in bench.command(cfg) and "--result-file" not in bench.command(cfg)
@@ -104,7 +91,7 @@ def test_train_speed_commands_parse_back_to_their_config():
 
 
 def test_train_speed_refuses_through_the_recipes_own_checks_and_a_missing_trl(capsys):
-    bench = load("train_speed")
+    bench = load_bench("train_speed")
     with pytest.raises(ConfigError) as err:                  # checked by the recipe's Config, same field name
         parse(bench, "--loss nope")
     assert err.value.field == "loss"
@@ -119,5 +106,5 @@ def test_train_speed_refuses_through_the_recipes_own_checks_and_a_missing_trl(ca
 
 def test_run_recipe_returns_what_main_returns():
     """A bench turns it into its exit status: sys.exit(0 if run_recipe(Config, main) else 1)."""
-    bench = load("train_speed")
+    bench = load_bench("train_speed")
     assert run_recipe(bench.Config, lambda cfg: ("ran", cfg.seed), ["--seed", "3"]) == ("ran", 3)

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
+from conftest import load_bench
 from parsona.evaluate import FrontResult
 from parsona.recipes.config_cli import add_config_arguments, config_from_args, run_recipe
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "front_quality.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("front_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["front_quality"] = module      # config_cli reads Config's field docs and type hints through it
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse(bench, argv):
@@ -32,7 +20,7 @@ def parse(bench, argv):
 
 
 def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
-    bench = load_bench()
+    bench = load_bench("front_quality")
     rng = np.random.default_rng(0)
     correct = rng.integers(0, 2, size=(3, 5, 2)).astype(float)
     correct[0, 1, 0] = np.nan                                           # an unlabelled pair survives as NaN
@@ -75,7 +63,7 @@ def test_a_scored_front_is_reused_only_under_the_same_settings(tmp_path):
 
 
 def test_reward_fronts_share_one_reference_point_across_processes(tmp_path):
-    bench = load_bench()
+    bench = load_bench("front_quality")
     calls = []
 
     def fix():
@@ -98,7 +86,7 @@ def test_reward_fronts_share_one_reference_point_across_processes(tmp_path):
 
 
 def test_a_reward_refit_in_the_same_directory_is_another_eval(tmp_path):
-    bench = load_bench()
+    bench = load_bench("front_quality")
     for name in ("helpful", "harmless"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "reward.safetensors").write_bytes(b"w1")
@@ -112,7 +100,7 @@ def test_a_reward_refit_in_the_same_directory_is_another_eval(tmp_path):
 
 
 def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
-    bench = load_bench()
+    bench = load_bench("front_quality")
 
     def row(hv, rho, steps):
         return dict(hypervolume=hv, igd_plus=0.01, spearman_helpful=rho, spearman_harmless=rho, train_s=10.0,
@@ -128,7 +116,7 @@ def test_several_seeds_are_judged_on_the_ratio_of_mean_hypervolumes():
 
 
 def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(tiny_dir, tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("front_quality")
     argv = ["--model", tiny_dir, "--max-steps", "2", "--eval-pairs", "4", "--n-partitions", "2", "--dps-partitions", "1",
             "--max-length", "64", "--seeds", "0,1", "--methods", "pref_linear,soups_linear,dps", "--output-dir", str(tmp_path)]
     run_recipe(bench.Config, bench.main, argv)
@@ -148,7 +136,7 @@ def test_the_bench_runs_end_to_end_and_a_rerun_trains_and_scores_nothing_again(t
 
 
 def test_the_interval_on_the_means_over_seeds_brackets_the_ratio_of_mean_hypervolumes():
-    bench = load_bench()
+    bench = load_bench("front_quality")
     rng = np.random.default_rng(0)
 
     def front(method, level):       # one λ point, 40 pairs scored 1 (right) with probability level

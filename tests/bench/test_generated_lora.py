@@ -3,32 +3,19 @@ its expert bank, and its oracle is exactly that bench's diagonal."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
+from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
-
-ROOT = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_it_blends_the_other_authors_loras_and_its_oracle_is_the_lora_diagonal(tiny_dir, tiny_encoder_dir, tmp_path,
                                                                               capsys):
     common = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "4",
               "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
-    matrix = run_recipe(load("personalization").Config, load("personalization").main, [*common, "--parts", "lora"])["lora"]
+    matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main, [*common, "--parts", "lora"])["lora"]
     capsys.readouterr()
-    r = run_recipe(load("generated_lora").Config, load("generated_lora").main, [*common, "--k", "2"])
+    r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main, [*common, "--k", "2"])
     printed = capsys.readouterr().out
     assert "LoRA 1/4" not in printed and "blend − uniform" in printed and "cvae  − base" in printed
     assert "servable adapter: median" in printed and r["seconds_to_adapter"]["max"] > 0

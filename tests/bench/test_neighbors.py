@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
+from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "neighbors.py"
 
 
 def test_it_times_every_method_against_exact_search(capsys):
-    spec = importlib.util.spec_from_file_location("neighbors", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["neighbors"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_bench("neighbors")
     results = run_recipe(bench.Config, bench.main, ["--vectors", "3000", "--dim", "16", "--queries", "20", "--clusters", "10"])
     assert set(results) == {"exact", "ivf", "hnsw"} and results["exact"]["recall@4"] == 1.0
     assert all(r["p50_ms"] > 0 and 0 <= r["recall@4"] <= 1 for r in results.values())

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "personalization.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("personalization", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["personalization"] = module      # config_cli reads Config's field docs through it
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_ranks_count_ties_against_the_true_author():
-    bench = load_bench()
+    bench = load_bench("personalization")
     scores = np.array([[0.9, 0.1, 0.3], [0.5, 0.5, 0.2], [0.1, 0.2, 0.3]])
     np.testing.assert_array_equal(bench.ranks_of(scores, np.array([0, 1, 0])), [1, 2, 3])
 
 
 def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(tiny_dir, tiny_encoder_dir, tmp_path,
                                                                               capsys):
-    bench = load_bench()
+    bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
             "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
     first = run_recipe(bench.Config, bench.main, [*argv, "--persona-steps", "2"])
@@ -59,13 +47,13 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights
     assert again["lora"]["nll"] == r["nll"]
     assert json.loads((tmp_path / "results.json").read_text())["lora"]["nll"] == r["nll"]
-    other = run_recipe(bench.Config, load_bench().main, [*argv, "--parts", "lora", "--max-steps", "3"])
+    other = run_recipe(bench.Config, load_bench("personalization").main, [*argv, "--parts", "lora", "--max-steps", "3"])
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 * 3     # new settings: new LoRAs
     assert other["lora"]["nll"] != r["nll"] and len(json.loads((tmp_path / "nll.json").read_text())) == 2
 
 
 def test_unknown_parts_are_refused(tmp_path):
-    bench = load_bench()
+    bench = load_bench("personalization")
     with pytest.raises(SystemExit) as exit_:
         run_recipe(bench.Config, bench.main, ["--parts", "lora,vibes", "--output-dir", str(tmp_path)])
     assert exit_.value.code == 2

@@ -3,25 +3,13 @@ scored by the judge, the mined condition adds exactly the rendered rules' tokens
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
+from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
-
-ROOT = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_it_scores_every_condition_and_the_matrix(tiny_dir, tmp_path, capsys):
-    bench = load("steering_rules")
+    bench = load_bench("steering_rules")
     r = run_recipe(bench.Config, bench.main, ["--model", tiny_dir, "--authors", "4", "--intents-per-author", "2",
                                               "--max-new-tokens", "3", "--population", "200", "--matrix-authors", "3",
                                               "--output-dir", str(tmp_path)])
@@ -36,6 +24,6 @@ def test_it_scores_every_condition_and_the_matrix(tiny_dir, tmp_path, capsys):
 
 
 def test_an_intent_is_the_first_sentence_cut_to_its_words():
-    bench = load("steering_rules")
+    bench = load_bench("steering_rules")
     assert bench.intent_of("Call me  on\nMonday. Then we talk!", 25) == "Call me on Monday."
     assert bench.intent_of("one two three four", 2) == "one two"
