@@ -9,14 +9,15 @@ are written up greedily under
 
   zero_shot   "Write an email. What it says: <intent>"
   few_shot    the same after ``few_shot`` of the author's train emails (each cut to ``example_words`` words)
-  mined       the same after the author's rules (``persona.SteeringRules``, mined from the train emails
-              against the other authors' train emails)
+  mined       the same with the author's rules as the server puts them (a system message;
+              ``persona.SteeringRules``, mined from the train emails against the other authors')
 
 and the judge scores each reply: its probability of the true author and top-1 attribution, with the
 prompt tokens each condition adds to the zero-shot prompt. Per-author means, and paired differences with
 95 % t intervals over authors. Goal (the paper's direction): mined beats zero_shot, and mined beats
 few_shot at fewer prompt tokens. The agent learner (rules written by the large model from its own
-zero-shot vs the user's text, a small model fine-tuned on them) is not built: reported so.
+zero-shot vs the user's text, a small model fine-tuned on them) is not built: reported so. Caveat: the
+character n-gram judge also rewards a quoted phrase that is a signature (a name in a sign-off).
 
 Then the author × rules matrix over the first ``matrix_authors`` authors: author a's intents under author
 b's rules, the judge's mean probability of a; the diagonal should win each row.
@@ -84,17 +85,24 @@ def few_shot_prompt(examples: list[str], intent: str, words: int) -> str:
     return f"Emails this user wrote:\n\n{shown}\n\nIn the same style: {ASK.format(intent=intent)}"
 
 
-def generate(host, prompts: list[str], cfg: Config) -> list[str]:
+def generate(host, chats: list[list[dict]], cfg: Config) -> list[str]:
     from tqdm.auto import tqdm
 
     from parsona.host import Request
 
     out = []
-    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generating", leave=False):
-        batch = [Request(messages=[{"role": "user", "content": p}], max_new_tokens=cfg.max_new_tokens)
-                 for p in prompts[start:start + cfg.batch_size]]
+    for start in tqdm(range(0, len(chats), cfg.batch_size), desc="generating", leave=False):
+        batch = [Request(messages=m, max_new_tokens=cfg.max_new_tokens) for m in chats[start:start + cfg.batch_size]]
         out += [c.text for c in host.generate(batch)]
     return out
+
+
+def chat(text: str, rules: list[str] | None = None) -> list[dict]:
+    """The chat a condition sends: the ask as the user's message, rules (if any) as the server puts them."""
+    from parsona.persona.rules import rules_messages
+
+    messages = [{"role": "user", "content": text}]
+    return rules_messages(rules, messages) if rules else messages
 
 
 def main(cfg: Config) -> dict:
@@ -107,8 +115,8 @@ def main(cfg: Config) -> dict:
     from parsona.data.enron import users_split
     from parsona.host import Host
     from parsona.io import write_json
+    from parsona.host import Request
     from parsona.persona import SteeringRules
-    from parsona.persona.rules import render
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     began, out = time.perf_counter(), Path(cfg.output_dir)
@@ -128,11 +136,11 @@ def main(cfg: Config) -> dict:
         rules[a] = SteeringRules(population=population, max_tokens=cfg.max_rule_tokens, tokenizer=tokenizer).fit(train[a]).rules_
     intents = {a: [intent_of(t, cfg.intent_words) for t in test[a][: cfg.intents_per_author]] for a in authors}
     prompts = {(a, c, i): p for a in authors for i, intent in enumerate(intents[a]) for c, p in (
-        ("zero_shot", ASK.format(intent=intent)),
-        ("few_shot", few_shot_prompt(train[a][: cfg.few_shot], intent, cfg.example_words)),
-        ("mined", render(rules[a], ASK.format(intent=intent))))}
+        ("zero_shot", chat(ASK.format(intent=intent))),
+        ("few_shot", chat(few_shot_prompt(train[a][: cfg.few_shot], intent, cfg.example_words))),
+        ("mined", chat(ASK.format(intent=intent), rules[a])))}
     matrix_authors = authors[: cfg.matrix_authors]
-    prompts |= {(a, f"rules_of:{b}", i): render(rules[b], ASK.format(intent=intent))
+    prompts |= {(a, f"rules_of:{b}", i): chat(ASK.format(intent=intent), rules[b])
                 for a in matrix_authors for b in matrix_authors if b != a for i, intent in enumerate(intents[a])}
     keys = list(prompts)
     texts = dict(zip(keys, generate(host, [prompts[k] for k in keys], cfg)))
@@ -140,8 +148,8 @@ def main(cfg: Config) -> dict:
     proba = dict(zip(keys, judge.predict_proba([texts[k] for k in keys])))
     p_true = {k: float(proba[k][classes.index(k[0])]) for k in keys}
     top1 = {k: float(classes[int(np.argmax(proba[k]))] == k[0]) for k in keys}
-    added = {k: len(tokenizer(prompts[k]).input_ids) - len(tokenizer(prompts[(k[0], "zero_shot", k[2])]).input_ids)
-             for k in keys}
+    tokens = {k: len(host.prepare(Request(messages=prompts[k])).input_ids) for k in keys}
+    added = {k: tokens[k] - tokens[(k[0], "zero_shot", k[2])] for k in keys}
 
     def per_author(values: dict, condition: str) -> np.ndarray:
         return np.array([np.mean([values[(a, condition, i)] for i in range(len(intents[a]))]) for a in authors])
@@ -173,7 +181,7 @@ def report(r: dict) -> list[str]:
     for key, d in r["differences"].items():
         lines.append(f"  {key:22s} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]  (target > 0: "
                      f"{'PASS' if d['low'] > 0 else 'FAIL'})")
-    lines.append(f"  author × rules matrix (rows: whose intents; columns: whose rules; the judge's p of the row's author):")
+    lines.append("  author × rules matrix (rows: whose intents; columns: whose rules; the judge's p of the row's author):")
     for a, row in zip(r["matrix_authors"], r["matrix"]):
         lines.append(f"  {a[-6:]:>8s}  " + "  ".join(f"{v:.4f}{'*' if v == max(row) else ' '}" for v in row))
     lines.append(f"  the diagonal wins {r['diagonal_wins']} of {len(r['matrix'])} rows; the agent learner: {r['agent']}")

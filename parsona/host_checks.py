@@ -80,7 +80,7 @@ class RequestChecks:
         field_name, ids = self._tokenize(r)
         if not ids:
             raise ConfigError(field_name, "Send text that is not empty once tokenized.", problem="it is 0 tokens")
-        self._check_length(field_name, len(ids), 0)                       # before any stored value is resolved
+        self._check_length(field_name, len(ids), 0, r.rules is True)       # before any stored value is resolved
         conditioning = self._row_conditioning(r)
         # a soft-token type marks where its tokens go (placeholders before the prompt), per row it conditions
         conditioned = {self._specs[n][0] for n, v in conditioning.items() if v is not None}
@@ -91,26 +91,23 @@ class RequestChecks:
                               problem="the prompt carries a reserved token")
         prefix = [t for name, value in conditioning.items() if value is not None
                   for t in self._specs[name][0].prompt_prefix(name, value)]
-        self._check_length(field_name, len(ids), len(prefix))
+        self._check_length(field_name, len(ids), len(prefix), r.rules is True)
         return Prepared(r, prefix + ids, conditioning, stop)
 
-    def _check_length(self, field_name: str, n: int, added: int) -> None:
+    def _check_length(self, field_name: str, n: int, added: int, rules: bool = False) -> None:
         if n + added > self.max_prompt_tokens:
             raise ConfigError(field_name, f"Shorten it to at most {self.max_prompt_tokens - added} tokens"
-                              + (f" (the adapters add {added})." if added else "."), problem=f"it is {n} tokens")
+                              + (f" (the adapters add {added})." if added else ".")
+                              + (" Your steering rules count: shorten them too, or send rules: false." if rules else ""),
+                              problem=f"it is {n} tokens" + (" with your rules" if rules else ""))
 
-    def _with_rules(self, r: Request) -> Request:
-        """``r`` with the caller's steering rules before its prompt, if it asks for them: a system message
-        ahead of a chat (merged into its own system message), or lines before a text prompt. Only ever
+    def _caller_rules(self, r: Request) -> list[str] | None:
+        """The caller's steering rules if the request asks for them (``rules`` true), else None. Only ever
         the caller's own: looked up by the request's ``user_id``."""
-        from dataclasses import replace
-
-        from parsona.persona.rules import render
-
         if r.rules is not True:
             if r.rules not in (False, None):
                 raise ConfigError("rules", "Send true (use your stored rules) or false.", problem=f"got {r.rules!r:.40}")
-            return r
+            return None
         if self.store is None or r.user_id is None:
             raise ConfigError("rules", "Steering rules are a user's own: send the request as a user of a server.",
                               problem="no user")
@@ -118,35 +115,38 @@ class RequestChecks:
         if not stored or not stored["rules"]:
             raise ConfigError("rules", "Add rules first (PUT /v1/profile/rules, or POST /v1/profile/rules/learn).",
                               problem="this user has no rules")
-        if isinstance(r.prompt, list):
-            raise ConfigError("rules", "Send the prompt as text: rules are text put before it.", problem="got token ids")
-        if r.prompt is not None or not isinstance(r.messages, list):
-            return replace(r, prompt=render(stored["rules"], r.prompt) if isinstance(r.prompt, str) else r.prompt)
-        preface = render(stored["rules"], "").rstrip()
-        first = r.messages[0] if r.messages else None
-        if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
-            return replace(r, messages=[{**first, "content": f"{preface}\n\n{first['content']}"}, *r.messages[1:]])
-        return replace(r, messages=[{"role": "system", "content": preface}, *r.messages])
+        return stored["rules"]
 
     def _tokenize(self, r: Request) -> tuple[str, list[int]]:
+        """(the field the prompt came in, its token ids), the caller's rules before it if asked for:
+        lines before a text prompt, a system message ahead of a chat."""
+        from parsona.persona.rules import render, rules_messages
+
         if (r.prompt is None) == (r.messages is None):
             raise ConfigError("prompt", "Pass either `prompt` or `messages`.", problem="got both or neither")
-        r = self._with_rules(r)
+        rules = self._caller_rules(r)
         if isinstance(r.prompt, list):  # token ids, as given (no special tokens added)
             if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self._vocab for t in r.prompt):
                 raise ConfigError("prompt", f"Pass token ids from 0 to {self._vocab - 1}.", problem="a token id is out of range")
+            if rules is not None:
+                raise ConfigError("rules", "Send the prompt as text: rules are text put before it.", problem="got token ids")
             return "prompt", list(r.prompt)
         if r.prompt is not None:
             if not isinstance(r.prompt, str) or not r.prompt:
                 raise ConfigError("prompt", "Pass a non-empty string.", problem=f"got {r.prompt!r:.40}")
-            return "prompt", self.tokenizer(r.prompt).input_ids
+            return "prompt", self.tokenizer(render(rules or [], r.prompt)).input_ids
         if not r.messages or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in r.messages):
             raise ConfigError("messages", "Pass a non-empty list of {'role', 'content'} with string content.")
+        messages = rules_messages(rules, r.messages) if rules else r.messages
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
+            try:
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:   # a template that refuses these roles (e.g. no system role): the caller's to fix
+                raise ConfigError("messages", "Send messages this model's chat template accepts.",
+                                  problem=f"{type(exc).__name__}: {str(exc)[:160]}") from None
             return "messages", self.tokenizer(text, add_special_tokens=False).input_ids
         # No chat template (test tokenizers): one "role: content" line per message, then the cue.
-        text = "".join(f"{m.get('role', 'user')}: {m['content']}\n" for m in r.messages) + "assistant:"
+        text = "".join(f"{m.get('role', 'user')}: {m['content']}\n" for m in messages) + "assistant:"
         return "messages", self.tokenizer(text).input_ids
 
     def _row_conditioning(self, r: Request) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Everything is written under a temporary name next to its destination (same filesystem, so the
 final ``os.replace`` is atomic) and moved into place only once it is complete. What lands has the
-permissions ``open`` and ``mkdir`` would give it (the process umask), not the owner-only ones of
-``tempfile``'s private names.
+permissions ``open`` and ``mkdir`` would give it (the process umask, read from /proc), not the owner-only
+ones of ``tempfile``'s private names; where the umask cannot be read, those owner-only ones stay.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        _open_up(tmp, 0o777)
         yield tmp
         _fsync_tree(tmp)
         if path.exists():
@@ -51,7 +51,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.chmod(fd, 0o666 & ~_umask())
+        _open_up(fd, 0o666)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -70,7 +70,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
-def _umask() -> int:
+def _open_up(target, mode: int) -> None:
+    """Give ``target`` (a path or an fd) ``mode`` less the process umask, as open/mkdir would; where the
+    umask cannot be read without changing it (no /proc), leave tempfile's owner-only mode: never looser."""
+    umask = _umask()
+    if umask is not None:
+        os.chmod(target, mode & ~umask)
+
+
+def _umask() -> int | None:
     """The process umask, read without changing it (``os.umask`` sets it, racing other threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -78,7 +86,7 @@ def _umask() -> int:
                 return int(line.split()[1], 8)
     except OSError:
         pass
-    return 0o022                                            # no /proc (macOS): the usual default
+    return None
 
 
 def _fsync_tree(root: Path) -> None:

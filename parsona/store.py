@@ -264,6 +264,8 @@ class Store(JobStore):
         """Replace the user's steering rules (``source``: "user" wrote them, "mined" from their history)."""
         from parsona.persona.rules import check_rules
 
+        if source not in ("user", "mined"):
+            raise ConfigError("source", 'Use "user" or "mined".', problem=f"got {source!r:.40}")
         rules = check_rules(rules)
         with self._write() as conn:
             self._require_user(conn, user_id)

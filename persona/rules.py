@@ -12,28 +12,29 @@ compared with a two-sided Mann-Whitney U test (scipy), Bonferroni-corrected over
 ``alpha``; characteristic phrases (word 1-3-grams) by their log-odds ratio with an informative
 Dirichlet prior (Monroe, Colaresi & Quinn 2008), kept at z ≥ ``phrase_z``. Deterministic and fast.
 
-Privacy: a rule quotes at most ``max_quote_words`` consecutive words of the user's texts, and only a
-phrase found in at least ``min_phrase_texts`` different texts, so no sentence of theirs is carried
-into a prompt verbatim. Rules are ordered by effect size and kept while they fit in ``max_tokens``
+Privacy: a quoted phrase is at most ``max_quote_words`` words the user wrote together (within one line
+and sentence), found in at least ``min_phrase_texts`` distinct texts of theirs, and no two quoted
+phrases share a word (so quotes cannot be chained into a longer run); phrases are tested against the
+population with a Bonferroni threshold over the user's whole vocabulary. Rules are ordered by effect size and kept while they fit in ``max_tokens``
 (counted with ``tokenizer`` if given, else words and punctuation marks).
 
-Greetings and sign-offs are matched against English word lists: in another language those two rules
-are simply not found (the other features and the phrases still are).
+Greetings and sign-offs are matched against English word lists, and in any language a short first or
+last line ending in a comma counts as one ("Guten Tag,"); a greeting without a comma in another
+language ("Guten Tag Anna") is not recognised, so the miner may then write "Do not open with a greeting".
 """
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from parsona.errors import ConfigError
 
 GREETINGS = ("hi", "hello", "hey", "dear", "good morning", "good afternoon", "greetings")
-SIGN_OFFS = ("thanks", "thank you", "regards", "best", "cheers", "sincerely", "thx", "talk soon", "take care")
-PLACEHOLDER = re.compile(r"<[A-Z]+/>")   # the corpus's redactions (<NAME/>)
+SIGN_OFFS = ("thanks", "thank you", "many thanks", "regards", "kind regards", "best regards", "warm regards", "best",
+             "all the best", "cheers", "sincerely", "thx", "talk soon", "take care")
 TOKEN = re.compile(r"<[A-Z]+/>|\w+(?:'\w+)?|[^\w\s]")
 WORD = re.compile(r"<[A-Z]+/>|[A-Za-z0-9]+(?:'[A-Za-z]+)?")
 SENTENCE = re.compile(r"[.!?]+(?:\s|$)")
@@ -61,6 +62,15 @@ def render(rules: Sequence[str], prompt: str) -> str:
     return "\n".join([HEADER, *(f"- {r}" for r in rules), "", prompt])
 
 
+def rules_messages(rules: Sequence[str], messages: list[dict]) -> list[dict]:
+    """A chat with ``rules`` as its system message (put before the chat's own system message, if any)."""
+    preface = render(rules, "").rstrip()
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") == "system" and isinstance(first.get("content"), str):
+        return [{**first, "content": f"{preface}\n\n{first['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": preface}, *messages]
+
+
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.strip().splitlines() if line.strip()]
 
@@ -71,15 +81,27 @@ def _starts_with(line: str, words: Sequence[str]) -> bool:
                for w in words)
 
 
+def _short_comma_line(line: str) -> bool:
+    """A line of at most 4 words ending in a comma ("Guten Tag,", "Hi Bob,"): a greeting or sign-off in any language."""
+    return line.endswith(",") and len(line.split()) <= 4
+
+
+def _sentences(text: str) -> int:
+    """Sentences: ends of . ! ? (closing quotes allowed), plus lines that end without one (an email's lines)."""
+    marks = len(re.findall(r"[.!?]+[\"')\]]*(?=\s|$)", text))
+    unmarked = sum(not re.search(r"[.!?][\"')\]]*$", line) for line in _lines(text))
+    return max(1, marks + unmarked)
+
+
 def features(text: str) -> dict[str, float]:
     """The style features of one text (numbers; booleans as 0/1)."""
-    words, lines = WORD.findall(text), _lines(text)
-    sentences = max(1, len(SENTENCE.findall(text)) + (0 if SENTENCE.search(text.strip()[-1:] or ".") else 1))
+    words, lines, sentences = WORD.findall(text), _lines(text), _sentences(text)
     return {
         "words": float(len(words)),
         "sentence_words": len(words) / sentences,
-        "greeting": float(bool(lines) and _starts_with(lines[0], GREETINGS)),
-        "sign_off": float(any(_starts_with(line, SIGN_OFFS) and len(line.split()) <= 4 for line in lines[-3:])),
+        "greeting": float(bool(lines) and (_starts_with(lines[0], GREETINGS) or _short_comma_line(lines[0]))),
+        "sign_off": float(any((_starts_with(line, SIGN_OFFS) and len(line.split()) <= 4) or _short_comma_line(line)
+                              for line in lines[1:][-3:])),
         "exclamations": text.count("!") / sentences,
         "questions": text.count("?") / sentences,
         "contractions": sum("'" in w for w in words) / max(1, len(words)),
@@ -88,9 +110,9 @@ def features(text: str) -> dict[str, float]:
     }
 
 
-def _rule(name: str, mine: np.ndarray, theirs: np.ndarray) -> str:
-    """The plain-language rule for a feature on which the user differs (mine vs theirs: per-text values)."""
-    more = np.median(mine) > np.median(theirs) if np.median(mine) != np.median(theirs) else mine.mean() > theirs.mean()
+def _rule(name: str, mine: np.ndarray, more: bool) -> str:
+    """The plain-language rule for a feature on which the user differs (``mine``: their per-text values;
+    ``more``: they rank higher than the population, the sign of the Mann-Whitney effect)."""
     if name == "words":
         return f"Keep it {'long' if more else 'short'}: about {int(round(np.median(mine), -1)) or int(np.median(mine))} words."
     if name == "sentence_words":
@@ -133,13 +155,11 @@ class SteeringRules:
         mine, theirs = self._texts(user_texts, "user_texts", self.min_texts), self._texts(self.population, "population", 5)
         found = self._style_rules(mine, theirs) + self._phrase_rule(mine, theirs)
         found.sort(key=lambda r: -r[0])                                      # the largest effects first
-        self.rules_, used = [], self._count(HEADER)
+        self.rules_ = []
         for _, text in found:
-            cost = self._count(f"- {text}")
-            if used + cost <= self.max_tokens:
+            if self._count(render([*self.rules_, text], "")) <= self.max_tokens:   # exactly what goes in the prompt
                 self.rules_.append(text)
-                used += cost
-        self.tokens_ = used if self.rules_ else 0
+        self.tokens_ = self._count(render(self.rules_, "")) if self.rules_ else 0
         return self
 
     def render(self, prompt: str) -> str:
@@ -162,36 +182,46 @@ class SteeringRules:
             if np.ptp(np.concatenate([a, b])) == 0:
                 continue
             u, p = mannwhitneyu(a, b, alternative="two-sided")
-            effect = abs(2 * u / (len(a) * len(b)) - 1)                       # rank-biserial correlation, 0..1
+            effect = 2 * u / (len(a) * len(b)) - 1                           # rank-biserial correlation, -1..1
             self.tests_[name] = {"p": float(p), "effect": float(effect)}
             if p * len(names) < self.alpha:
-                rules.append((effect, _rule(name, a, b)))
+                rules.append((abs(effect), _rule(name, a, effect > 0)))
         return rules
 
     def _phrase_rule(self, mine: list[str], theirs: list[str]) -> list[tuple[float, str]]:
+        from scipy.stats import norm
         from sklearn.feature_extraction.text import CountVectorizer
 
-        n = min(3, self.max_quote_words)
-        vec = CountVectorizer(ngram_range=(1, n), lowercase=True, token_pattern=r"[a-z0-9]+(?:'[a-z]+)?")
-        plain = [PLACEHOLDER.sub(" ", t) for t in (*mine, *theirs)]          # <NAME/> marks a redaction, not a word
-        X = vec.fit_transform(plain)                                         # (texts, phrases) counts
-        y_mine = np.asarray(X[: len(mine)].sum(0)).ravel()
-        y_theirs = np.asarray(X[len(mine):].sum(0)).ravel()
-        in_texts = np.asarray((X[: len(mine)] > 0).sum(0)).ravel()
-        z = log_odds_z(y_mine, y_theirs)
-        vocab = vec.get_feature_names_out()
+        if not isinstance(self.max_quote_words, int) or self.max_quote_words < 1:
+            raise ConfigError("max_quote_words", "Use a whole number ≥ 1.", problem=f"got {self.max_quote_words!r}")
+        grams = lambda text: segment_ngrams(text, min(3, self.max_quote_words))      # noqa: E731
+        distinct = list(dict.fromkeys(mine))                               # a text sent twice counts once
+        if len(distinct) < self.min_phrase_texts:
+            return []
+        # the vocabulary: only phrases in enough of the user's own texts (nothing rarer can be quoted)
+        users = CountVectorizer(analyzer=grams, min_df=self.min_phrase_texts)
+        try:
+            X = users.fit_transform(distinct)                              # (texts, phrases) counts
+        except ValueError:                                                 # no phrase is in enough texts
+            return []
+        vocab = users.get_feature_names_out()
+        Y = CountVectorizer(analyzer=grams, vocabulary=vocab).transform(theirs)
+        z = log_odds_z(np.asarray(X.sum(0)).ravel().astype(float), np.asarray(Y.sum(0)).ravel().astype(float))
+        threshold = max(self.phrase_z, float(norm.isf(self.alpha / len(vocab))))   # Bonferroni over the phrases
         keep: list[int] = []
         for i in np.argsort(-z, kind="stable"):
-            if z[i] < self.phrase_z or len(keep) == self.max_phrases:
+            if z[i] < threshold or len(keep) == self.max_phrases:
                 break
-            if in_texts[i] < self.min_phrase_texts or any(f" {vocab[i]} " in f" {vocab[j]} " for j in keep):
-                continue                                                     # rare, or part of a phrase kept
-            keep = [j for j in keep if f" {vocab[j]} " not in f" {vocab[i]} "] + [i]   # 'let me know' over 'let me'
+            if any(set(vocab[i].split()) & set(vocab[j].split()) for j in keep):
+                continue                                                   # sharing a word could chain quotes
+            keep.append(i)
         self.phrases_ = [str(vocab[i]) for i in keep]
         if not keep:
             return []
-        quoted = ", ".join(f"'{p}'" for p in self.phrases_)
-        return [(min(1.0, float(z[keep[0]]) / 10), f"Use phrases such as {quoted}.")]
+        rule = f"Use phrases such as {', '.join(repr(p) for p in self.phrases_)}."
+        if len(rule) > MAX_RULE_CHARS:                                     # a very long token: not a usable rule
+            return []
+        return [(min(1.0, float(z[keep[0]]) / 10), rule)]
 
     # -- input and counting ------------------------------------------------------------------------
     @staticmethod
@@ -207,8 +237,19 @@ class SteeringRules:
     def _count(self, text: str) -> int:
         if self.tokenizer is None:
             return len(TOKEN.findall(text))
-        out = self.tokenizer(text)
-        return len(out.input_ids if hasattr(out, "input_ids") else out)
+        if hasattr(self.tokenizer, "convert_tokens_to_ids"):               # a Hugging Face tokenizer
+            return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return len(self.tokenizer(text))
+
+
+def segment_ngrams(text: str, n: int) -> list[str]:
+    """Lower-cased word 1..n-grams of ``text`` within each line and sentence (never across a break, so a
+    phrase is a run of words the user wrote together); the corpus's <NAME/> redactions break runs too."""
+    grams = []
+    for segment in re.split(r"[\n.!?;:]+|<[A-Z]+/>", text):
+        words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?", segment.lower())
+        grams += [" ".join(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1)]
+    return grams
 
 
 def log_odds_z(y_a: np.ndarray, y_b: np.ndarray, prior: float = 0.01) -> np.ndarray:

@@ -15,9 +15,9 @@ import hmac
 import json
 import logging
 import secrets
+import threading
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Optional
 
 from fastapi import Depends, FastAPI, Query, Request, Security
@@ -40,7 +40,21 @@ from .uploads import extract_archive
 
 ERRORS = {code: {"model": S.ErrorResponse} for code in (400, 401, 404, 408, 413, 429)}
 DISCONNECT_POLL_S = 0.5  # how often a waiting handler checks that its client is still there
-MAX_RULE_TEXTS = 1000   # the newest history items rules are mined from: the work per request is bounded
+MAX_RULE_TEXTS = 1000         # the newest history items rules are mined from ...
+MAX_RULE_TEXT_CHARS = 4000    # ... each cut to this many characters ...
+MAX_RULE_CHARS_TOTAL = 1 << 20  # ... and at most this many in all: the work per request is bounded
+
+
+def bounded_texts(items: list[dict]) -> list[str]:
+    """The newest history texts, each cut, until the total budget is spent (the newest kept first)."""
+    texts, total = [], 0
+    for item in reversed(items):                # store.history is oldest first
+        text = item["text"][:MAX_RULE_TEXT_CHARS]
+        if total + len(text) > MAX_RULE_CHARS_TOTAL:
+            break
+        texts.append(text)
+        total += len(text)
+    return texts[::-1]
 ARCHIVE_TYPES = ("application/x-tar", "application/gzip", "application/zip", "application/octet-stream")
 
 
@@ -314,6 +328,8 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         store.put_rules(user_id, body.rules, source="user")
         return S.Rules(**store.get_rules(user_id))
 
+    learning = threading.Semaphore(1)   # one mining at a time: it is CPU work in the request thread pool
+
     @app.post("/v1/profile/rules/learn", response_model=S.Rules, responses={**ERRORS, 501: {"model": S.ErrorResponse}},
               tags=["profile"], summary="Mine the caller's steering rules from their history (replaces the stored ones)")
     def learn_rules(user_id: str = Depends(caller)):
@@ -322,11 +338,19 @@ def create_app(host: Host, store: Store, *, model_id: str, admin_key: str | None
         if rules_population is None:
             raise ApiError(501, "not_implemented_error", "Learning rules is not enabled on this server (start it "
                            "with --rules-population FILE); write your own with PUT /v1/profile/rules.", None, "disabled")
-        texts = [item["text"] for item in store.history(user_id, limit=MAX_RULE_TEXTS)]
+        texts = bounded_texts(store.history(user_id, limit=MAX_RULE_TEXTS))
+        if not learning.acquire(blocking=False):
+            raise ApiError(429, "rate_limit_error", "Rules are being learned for another request; retry in a few "
+                           "seconds.", None, "busy")
         try:
             mined = SteeringRules(population=rules_population, tokenizer=host.tokenizer).fit(texts)
         except ConfigError as exc:                  # too little history: say so about the caller's history
             raise ConfigError("history", "Add more history first (PUT /v1/profile/history).", problem=exc.problem) from None
+        finally:
+            learning.release()
+        if not mined.rules_:                        # nothing stands out: keep what the user has
+            raise ConfigError("history", "Add more, or more varied, history: nothing in it differs from the "
+                              "population enough to make a rule.", problem="no rule found")
         store.put_rules(user_id, mined.rules_, source="mined")
         return S.Rules(**store.get_rules(user_id))
 

@@ -155,7 +155,12 @@ def build_app(args):
         check_expert_bank(store, generated.encoder, host)
         generated.check = host.check_lora   # a generated LoRA is vetted as an uploaded one is
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
-    population = train_user_lora.read_texts(args.rules_population)[:MAX_POPULATION] if args.rules_population else None
+    population = None
+    if args.rules_population:                     # checked now: a bad file would fail every learn request
+        from parsona.persona import SteeringRules
+
+        population = SteeringRules._texts(train_user_lora.read_texts(args.rules_population)[:MAX_POPULATION],
+                                          "--rules-population", 5)
     trainer = Trainer(store, lambda: load_base_model(args.model)[0], tokenizer, train=train_user_lora.run)
     # a local directory is named by its folder; a hub id ("org/name") as given
     model_id = (Path(args.model).expanduser().resolve().name if Path(args.model).expanduser().exists() else args.model) \

@@ -130,3 +130,35 @@ def test_without_a_key_nothing_is_read_or_written(world):
     assert client.get(URL).status_code == 401
     assert client.put(URL, json={"rules": ["x"]}).status_code == 401
     assert client.post(f"{URL}/learn").status_code == 401
+
+
+def test_learning_that_finds_nothing_keeps_the_users_own_rules(world):
+    client, _, store, (alice, a), _ = world
+    client.put(URL, json={"rules": ["Mine."]}, headers=a)
+    client.put("/v1/profile/history", json={"items": population(n=30, seed=5)}, headers=a)   # like everyone else
+    r = client.post(f"{URL}/learn", headers=a)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "history" and "no rule" in r.json()["error"]["message"]
+    assert client.get(URL, headers=a).json()["rules"] == ["Mine."]
+
+
+def test_mining_reads_a_bounded_share_of_the_history():
+    from parsona.serve.app import MAX_RULE_CHARS_TOTAL, MAX_RULE_TEXT_CHARS, bounded_texts
+
+    items = [{"text": f"{n} " + "x" * 10_000} for n in range(400)]          # oldest first, as store.history gives
+    texts = bounded_texts(items)
+    assert all(len(t) <= MAX_RULE_TEXT_CHARS for t in texts) and sum(map(len, texts)) <= MAX_RULE_CHARS_TOTAL
+    assert texts[-1].startswith("399 ") and len(texts) == MAX_RULE_CHARS_TOTAL // MAX_RULE_TEXT_CHARS
+
+
+def test_a_chat_template_that_refuses_the_rules_system_message_is_a_400(world):
+    client, host, store, (alice, a), _ = world
+    store.put_rules(alice, ["Be brief."])
+    host.tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                                    "{{ raise_exception('no system role') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    try:
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                "preference": [0.5, 0.5], "rules": True}
+        r = client.post("/v1/chat/completions", json=chat, headers=a)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    finally:
+        host.tokenizer.chat_template = None

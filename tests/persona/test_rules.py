@@ -42,20 +42,23 @@ def test_a_planted_habit_is_found():
     assert rules.tests_["sign_off"]["p"] < 1e-6 and rules.tests_["sign_off"]["effect"] > 0.9
 
 
-def test_the_same_population_gives_no_rules_about_a_user_like_it():
-    rules = SteeringRules(population=population(seed=0)).fit(population(n=40, seed=7))
-    assert not any("sign-off" in r or "greeting" in r for r in rules.rules_)
+@pytest.mark.parametrize("seed", range(5))
+def test_a_user_drawn_like_the_population_gets_no_rules(seed):
+    rules = SteeringRules(population=population(seed=0)).fit(population(n=40, seed=100 + seed))
+    assert rules.rules_ == [] and rules.phrases_ == []
 
 
-@pytest.mark.parametrize("budget", [12, 25, 150])
+@pytest.mark.parametrize("budget", [60, 120, 600])                 # the tiny tokenizer: one token per byte
 def test_rules_stay_within_the_token_budget(budget):
-    count = lambda text: text.split()   # noqa: E731  (a tokenizer: text -> tokens)
-    rules = SteeringRules(population=population(), max_tokens=budget, tokenizer=count).fit(habitual_user())
-    rendered = rules.render("PROMPT")
-    added = rendered[: -len("PROMPT")]
-    assert len(added.split()) <= budget and rules.tokens_ <= budget
-    if budget == 12:
-        assert 1 <= len(rules.rules_) < len(SteeringRules(population=population()).fit(habitual_user()).rules_)
+    from conftest import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    rules = SteeringRules(population=population(), max_tokens=budget, tokenizer=tokenizer).fit(habitual_user())
+    added = rules.render("PROMPT")[: -len("PROMPT")]
+    assert len(tokenizer(added, add_special_tokens=False).input_ids) == rules.tokens_ <= budget
+    if budget == 60:
+        everything = SteeringRules(population=population(), max_tokens=600, tokenizer=tokenizer).fit(habitual_user())
+        assert 1 <= len(rules.rules_) < len(everything.rules_)
 
 
 def test_render_is_deterministic_and_puts_the_rules_before_the_prompt():
@@ -73,11 +76,15 @@ def test_no_rule_quotes_more_of_the_users_words_than_allowed():
     secret = "the purple walrus dances at midnight"          # in every text: the strongest phrase there is
     rules = SteeringRules(population=population(), max_quote_words=3).fit(habitual_user(secret=secret))
     rendered = rules.render("hi").lower()
-    assert secret not in rendered
-    words = secret.split()
-    runs = [" ".join(words[i:i + 4]) for i in range(len(words) - 3)]
-    assert not any(run in rendered for run in runs)          # no 4 consecutive words of it
-    assert rules.phrases_ and all(len(p.split()) <= 3 for p in rules.phrases_)
+    assert secret not in rendered and rules.phrases_
+    quoted = [p.split() for p in rules.phrases_]
+    assert all(len(q) <= 3 for q in quoted)
+    words = [w for q in quoted for w in q]
+    assert len(words) == len(set(words))                     # no shared word: quotes cannot be chained
+    run = secret.split()
+    fours = {" ".join(run[i:i + 4]) for i in range(len(run) - 3)}
+    joined = {" ".join(a + b) for a in quoted for b in quoted if a is not b}
+    assert not any(f in j for f in fours for j in joined)    # not even two quotes put side by side rebuild 4 words
     once = SteeringRules(population=population()).fit(habitual_user() + ["Zebra quokka narwhal ibex!"])
     assert "quokka" not in once.render("hi")                  # in one text only: never quoted
 
@@ -93,16 +100,21 @@ def test_too_little_to_learn_from_is_an_error_naming_it(texts, field):
     assert err.value.field == "population"
 
 
-def test_another_language_finds_no_english_greeting_or_sign_off_but_still_fits():
-    german = [f"Guten Tag, {w}!\nIch schicke den Bericht morgen.\nViele Grüße\nAnna" for w in WORDS * 2]
+def test_another_language_keeps_its_comma_greeting_and_still_fits():
+    german = [f"Guten Tag,\n{w} kommt morgen.\nViele Grüße,\nAnna" for w in WORDS * 2]
     rules = SteeringRules(population=population()).fit(german)
-    assert not any("sign-off" in r and "End" in r for r in rules.rules_) and rules.rules_
+    assert rules.rules_ and "Do not open with a greeting: start with the point." not in rules.rules_
+    assert "End with a short sign-off." in rules.rules_      # the population signs off less
+    assert not any("bericht" in p or "grüße anna" in p for p in rules.phrases_)   # never across a line break
 
 
 def test_features_of_one_text():
     f = features("Hi Bob,\nDon't worry! Is it late?\n- one\n- two\nThanks,\nZed")
     assert f["greeting"] == 1 and f["sign_off"] == 1 and f["contractions"] > 0
     assert f["bullets"] == pytest.approx(2 / 6) and f["exclamations"] > 0 and f["questions"] > 0
+    g = features("Hi Bob,\n\nSee attached\n\nKind regards\nAlice")
+    assert g["sign_off"] == 1 and g["sentence_words"] == pytest.approx(7 / 4)   # four lines, none ends in a stop
+    assert features('He said "go."\nOk.')["sentence_words"] == pytest.approx(4 / 2)
 
 
 def test_log_odds_z_is_antisymmetric_and_zero_for_equal_counts():
