@@ -370,3 +370,6 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody = Field(description="The error.")
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 429)}   # what every route may answer

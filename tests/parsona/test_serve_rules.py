@@ -142,7 +142,7 @@ def test_learning_that_finds_nothing_keeps_the_users_own_rules(world):
 
 
 def test_mining_reads_a_bounded_share_of_the_history():
-    from parsona.serve.app import MAX_RULE_CHARS_TOTAL, MAX_RULE_TEXT_CHARS, bounded_texts
+    from parsona.serve.profile import MAX_RULE_CHARS_TOTAL, MAX_RULE_TEXT_CHARS, bounded_texts
 
     items = [{"text": f"{n} " + "x" * 10_000} for n in range(400)]          # oldest first, as store.history gives
     texts = bounded_texts(items)
