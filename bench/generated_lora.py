@@ -79,6 +79,7 @@ def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: 
     """a's NLL per token under every candidate, the oracle's 95 % half-width over a's emails, and how long
     a's description took to become a served adapter."""
     from parsona.adapters.generated_lora import blend_exact
+    from parsona.adapters.generated_lora.blend import compact as compact_lora
     from parsona.adapters.peft_format import read_peft_lora
     from parsona.generate import Experts, describe, fit_generator, generate_lora
     from parsona.logprobs import lora_nll
@@ -93,7 +94,7 @@ def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: 
     seconds = time.perf_counter() - began
     bank.remove("candidate")
     experts = Experts.of([loras[b] for b in others], D, others)
-    compact, _ = generate_lora(experts, encoder, texts=texts, k=cfg.k, tau=cfg.tau, rank=cfg.rank)
+    compact, _ = compact_lora(blend, cfg.rank)                                 # the same experts, compacted
     cvae, _ = generate_lora(experts, encoder, texts=texts, k=cfg.k, tau=cfg.tau,
                             generator=fit_generator(experts, k=cfg.k, tau=cfg.tau, seed=cfg.seed))
     query = describe(encoder, texts=texts)

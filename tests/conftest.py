@@ -73,6 +73,13 @@ def peft_lora_dir(path, seed, r=4, targets=("q_proj", "v_proj", "down_proj")):
     return path
 
 
+@pytest.fixture(scope="session")
+def expert_lora_dirs(tmp_path_factory):
+    """Four rank-2 PEFT LoRAs of the tiny model (seeds 0-3): an expert bank for generated LoRAs."""
+    root = tmp_path_factory.mktemp("experts")
+    return [peft_lora_dir(root / f"e{n}", seed=n, r=2) for n in range(4)]
+
+
 def start_serve(args: list[str], admin_key: str, seconds: float = 90):
     """A real ``parsona serve ARGS`` on a free loopback port, once /healthz answers: (process, base url).
     One torch thread (tiny models); stdout and stderr together in ``process.stdout``."""

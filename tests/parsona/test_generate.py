@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import peft_lora_dir
 from parsona.adapters.generated_lora import blend_compact, blend_exact
 from parsona.adapters.peft_format import read_peft_lora
 from parsona.errors import ConfigError
@@ -35,10 +34,9 @@ def encoder(tiny_encoder_dir):
     return HistoryEncoder(model=str(tiny_encoder_dir), progress=False, precision="fp32").fit()
 
 
-@pytest.fixture(scope="module")
-def lora_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experts")
-    return [peft_lora_dir(root / f"e{n}", seed=n, r=2) for n in range(len(TOPICS))]
+@pytest.fixture
+def lora_dirs(expert_lora_dirs):
+    return expert_lora_dirs[: len(TOPICS)]
 
 
 @pytest.fixture

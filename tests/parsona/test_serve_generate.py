@@ -25,10 +25,9 @@ TOPICS = ["the dog barks at the cat .", "call me on monday", "gas prices rose ag
 URL = "/v1/adapters/generate"
 
 
-@pytest.fixture(scope="module")
-def lora_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experts")
-    return [peft_lora_dir(root / f"e{n}", seed=n, r=2) for n in range(len(TOPICS))]
+@pytest.fixture
+def lora_dirs(expert_lora_dirs):
+    return expert_lora_dirs[: len(TOPICS)]
 
 
 @pytest.fixture
