@@ -29,4 +29,5 @@ from .pareto import (
 )
 from .preferences import PreferenceVector, sample_simplex, simplex_grid, validate_preferences
 from .scalarization import augmented_tchebycheff, linear, tchebycheff
-from .rewards import BradleyTerryReward, BrevityReward, LengthReward, Reward, pairwise_accuracy
+from .rewards import (BradleyTerryReward, BrevityReward, GroupPreferenceReward, LengthReward, Reward,
+                      pairwise_accuracy)

@@ -5,6 +5,8 @@
   they are cheap signals and baselines, not judgements of quality.
 * :class:`BradleyTerryReward` is a trained reward model: a linear Bradley-Terry head on frozen
   features (a sentence encoder or a causal LM's hidden state, see ``features.py``).
+* :class:`GroupPreferenceReward` scores responses by a group's predicted preference among the responses to
+  the same prompt (a group predictor's output), so best-of-n reranking answers as that group would prefer.
 * :func:`pairwise_accuracy` is the standard reward-model metric.
 """
 
@@ -80,6 +82,37 @@ def _as_triples(pairs: Iterable[Any]) -> tuple[list[str], list[str], list[str]]:
         chosen.append(c)
         rejected.append(r)
     return prompts, chosen, rejected
+
+
+class GroupPreferenceReward:
+    """A group's predicted preference among the responses to one prompt: higher is what the group prefers.
+
+    The responses given for one prompt are the options of one question; ``shares(prompt, responses)``
+    returns the group's predicted shares of them, (K,) summing to 1 (e.g. ``functools.partial(
+    predictor.shares_for, encoder, context)`` of a ``parsona.persona.GroupPreferencePredictor``), and a
+    response scores K × its share: 1 where the group is indifferent among the K, above 1 where it prefers
+    it. A prompt with a single response scores it 1. Scores compare responses to the same prompt only.
+    """
+
+    def __init__(self, shares):
+        if not callable(shares):
+            raise ConfigError("shares", "Pass a function (prompt, responses) -> the group's shares of them.",
+                              problem=f"got {type(shares).__name__}")
+        self.shares = shares
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        _check_lengths(prompts, responses)
+        out = np.ones(len(responses))
+        rows: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            rows.setdefault(p, []).append(i)
+        for prompt, idx in rows.items():
+            if len(idx) > 1:
+                shares = np.asarray(self.shares(prompt, [responses[i] for i in idx]), dtype=np.float64)
+                if shares.shape != (len(idx),) or not np.isfinite(shares).all():
+                    raise ConfigError("shares", "Return one finite share per response.", problem=f"shape {shares.shape}")
+                out[idx] = len(idx) * shares
+        return out
 
 
 def pairwise_accuracy(reward: Reward, pairs: Iterable[Any]) -> float:

@@ -8,16 +8,19 @@
 * :class:`SteeringRules`: plain-language rules about how a user writes, mined from their texts against
   a population (the preference agent's statistical learner).
 
-Group predictors are an open issue.
+* :class:`GroupPreferencePredictor`: GPO, a group's answers to new questions from its answers to a few, with
+  no gradient step (a transformer meta-trained across groups).
 """
 
 from parsona.persona.encoder import HistoryEncoder, check_texts, save_tiny_encoder
 from parsona.persona.experts import expert_weights
+from parsona.persona.group_predictor import (GroupPreferencePredictor, Question, alignment, option_text,
+                                             preference_from_answers)
 from parsona.persona.index import NeighborIndex, unit_rows
 from parsona.persona.pooling import TAU, input_aware_persona
 from parsona.persona.profile import UserProfile
 from parsona.persona.rules import SteeringRules
 
-__all__ = ["TAU", "HistoryEncoder", "NeighborIndex", "SteeringRules", "UserProfile", "check_texts", "expert_weights",
+__all__ = ["TAU", "GroupPreferencePredictor", "HistoryEncoder", "Question", "alignment", "option_text", "preference_from_answers", "NeighborIndex", "SteeringRules", "UserProfile", "check_texts", "expert_weights",
            "input_aware_persona",
            "save_tiny_encoder", "unit_rows"]

@@ -13,6 +13,7 @@ batches are sorted by length, so the work scales with the tokens, not with the l
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -71,6 +72,27 @@ class HistoryEncoder:
 
     def fit_transform(self, texts: Sequence[str]) -> np.ndarray:
         return self.fit().transform(texts)
+
+    def transform_cached(self, texts: Sequence[str], cache_dir: str | os.PathLike) -> np.ndarray:
+        """:meth:`transform`, kept in ``cache_dir/<sha256 of key and texts>.safetensors`` (written atomically)
+        and read back on a later call with the same encoder and texts: any change is a miss, never a stale hit."""
+        import hashlib
+        import json
+        from pathlib import Path
+
+        from safetensors.numpy import load_file, save
+
+        from parsona.io import atomic_file
+
+        checked = check_texts(texts)
+        digest = hashlib.sha256(json.dumps([self.key, checked]).encode()).hexdigest()[:32]
+        path = Path(cache_dir) / f"{digest}.safetensors"
+        if path.is_file():
+            return load_file(path)["vectors"]
+        X = self.transform(checked)
+        with atomic_file(path, "wb") as f:
+            f.write(save({"vectors": np.ascontiguousarray(X)}))
+        return X
 
 
 def check_texts(texts: Sequence[str], field: str = "texts") -> list[str]:
