@@ -6,8 +6,7 @@
 
 ends each type's ``__init__.py``. What a type needs per row is declared here, once, as
 :class:`RuntimeInput`: the host stacks the rows of a batch for every attached type by these names,
-the HTTP API takes its extra request fields from them (and the planned ONNX exporter will make
-them graph inputs).
+the HTTP API takes its extra request fields from them and the ONNX exporter makes them graph inputs.
 None of them reads a type's name. The conformance suite parametrizes over :func:`names`, so a new
 type is checked against the adapter contract without touching any test.
 """
@@ -35,6 +34,8 @@ class RuntimeInput:
                  this type (exactly the model without the adapter, for that row).
     stored:      the host may keep this value for each user (e.g. ``"persona"``): a request then
                  sends ``true`` for the caller's own (the host resolves it; ``false`` is no value).
+    domain:      what a row's values must satisfy beyond their shape, for checks outside torch (the
+                 ONNX runtime): ``"simplex"`` (weights ≥ 0 summing to 1) or None.
     """
 
     name: str
@@ -42,6 +43,7 @@ class RuntimeInput:
     description: str = ""
     required: bool = False
     stored: str | None = None
+    domain: str | None = None
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,47 @@ def chat_request(args, prompt: str, preference=None):
 
 
 def cmd_generate(args) -> int:
+    if args.onnx:
+        return _generate_onnx(args)
     host = generation_host(args)
     print(host.generate([chat_request(args, args.prompt, args.preference)])[0].text)
+    return 0
+
+
+def _generate_onnx(args) -> int:
+    """``parsona generate --onnx DIR``: the same chat request, answered by onnxruntime (no torch in the loop)."""
+    from parsona.errors import ConfigError
+    from parsona.export.runtime import OnnxGenerator
+
+    if args.preference_adapter or args.lora or args.model:
+        raise ConfigError("--onnx", "Pass --onnx alone: the export holds its model and adapters.",
+                          problem="--model, --preference-adapter or --lora given too")
+    gen = OnnxGenerator(args.onnx)
+    runtime = {}
+    for spec in gen.meta_["inputs"]:
+        if spec.get("domain") == "simplex":                     # --preference, or equal weights as the host's default
+            width = spec["shape"][-1]
+            runtime[spec["name"]] = args.preference if args.preference is not None else [1.0 / width] * width
+    messages = [{"role": "user", "content": args.prompt}]
+    kwargs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed, **runtime}
+    print(gen.chat([messages], **kwargs)[0])
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    """Export the base model with a preference LoRA as ONNX: the preference stays a graph input, with a KV cache.
+    Writes model.onnx, the tokenizer files and parsona_onnx.json into --out (new or empty; --overwrite to replace)."""
+    import torch
+
+    from parsona.adapters import load_adapter
+    from parsona.base_model import load_base_model, model_for
+    from parsona.export.onnx import export, objectives_of
+
+    model, tokenizer = load_base_model(model_for(args.model, *args.adapter), dtype=torch.float32)   # parity in fp32
+    adapters = [load_adapter(model, a) for a in args.adapter]
+    out = export(model, tokenizer, args.out, adapters, objectives=objectives_of(args.adapter[0]) if args.adapter else None,
+                 overwrite=args.overwrite)
+    print(f"ONNX export: {out}  (try: parsona generate --onnx {out} --preference 0.3,0.7 \"your prompt\")")
     return 0
 
 
@@ -253,7 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated weights summing to 1, one per objective, e.g. 0.2,0.8 (default: equal; "
                           "needs --preference-adapter)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
+    gen.add_argument("--onnx", default=None, metavar="DIR",
+                     help="answer with an ONNX export (parsona export onnx) in onnxruntime instead of torch")
     gen.set_defaults(func=cmd_generate)
+
+    exp = sub.add_parser("export", help="export for other runtimes", description="Export for other runtimes.")
+    kinds = exp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    onnx = kinds.add_parser("onnx", help="the model with its adapters as ONNX, runtime inputs live, KV cache",
+                            description=cmd_export_onnx.__doc__)
+    onnx.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                      help="an adapter to attach (repeatable); each of its runtime inputs becomes a graph input")
+    onnx.add_argument("--out", required=True, metavar="DIR", help="where the export goes (new or empty)")
+    onnx.add_argument("--model", default=None, help="base model (default: the one the adapter was trained on)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    onnx.set_defaults(func=cmd_export_onnx)
 
     add_train_parsers(sub)
     add_generate_lora_parser(sub)

@@ -42,6 +42,8 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
     if m < 2:
         raise ConfigError(field, "Use at least 2 objectives; one objective needs no preference.",
                           problem=f"has {m} weight(s)")
+    if tracing():           # λ is a graph input now: the runtime that feeds it checks its values (OnnxGenerator)
+        return lam
     checked = exact.detach().to("cpu", torch.float64).reshape(-1, m)   # (B, m); MPS has no float64
     _refuse_first(field, ~torch.isfinite(checked).all(1), checked, "has non-finite values", "Replace NaN/inf with finite weights.",
                   batched)
@@ -53,6 +55,11 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
         where = f"row {row} sums to {float(sums[row]):.8g}" if batched else f"sums to {float(sums[row]):.8g}"
         raise ConfigError(field, "Make the weights sum to 1 (divide by their sum).", problem=where)
     return lam
+
+
+def tracing() -> bool:
+    """Whether torch is exporting or tracing a graph: values are symbols then, and a check of them cannot run."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
 
 
 def _as_tensor(values: Any, field: str) -> tuple[torch.Tensor, torch.Tensor]:

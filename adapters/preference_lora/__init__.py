@@ -8,4 +8,4 @@ __all__ = ["PreferenceLoRA", "PreferenceLoRAConfig"]
 
 register("preference_lora", PreferenceLoRAConfig, PreferenceLoRA, runtime_inputs=(RuntimeInput(
     "preference", list[float], "Preference vector λ over the objectives: n_objectives weights ≥ 0 that sum to 1.",
-    required=True),))
+    required=True, domain="simplex"),))

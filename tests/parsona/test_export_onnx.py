@@ -1,0 +1,179 @@
+"""ONNX export on a tiny model: the preference stays a live graph input, ORT matches torch, decoding with the
+KV cache gives the host's tokens, and the runtime needs no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import perturb, tiny_tokenizer
+from parsona.adapters import PreferenceLoRAConfig, attach
+from parsona.base_model import tiny_causal_lm
+from parsona.errors import ConfigError
+from parsona.host import Host, Request
+
+pytest.importorskip("onnxruntime")
+from parsona.export.onnx import export  # noqa: E402
+from parsona.export.runtime import OnnxGenerator  # noqa: E402
+
+GRID = [[i / 10, 1 - i / 10] for i in range(11)]                 # 11 preferences on the simplex
+
+
+def tiny(n_objectives=2, seed=0):
+    torch.manual_seed(seed)
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0, bos_token_id=1, eos_token_id=2).eval()
+    pref = attach(model, PreferenceLoRAConfig(rank=2, n_objectives=n_objectives))
+    perturb(pref, std=1.0)
+    return model, pref
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model, pref = tiny()
+    out = export(model, tiny_tokenizer(), tmp_path_factory.mktemp("onnx") / "export", [pref],
+                 objectives=["helpful", "harmless"])
+    return model, pref, out
+
+
+def torch_logits(model, pref, ids, mask, lam):
+    with torch.no_grad(), pref.inputs(preference=torch.tensor(lam, dtype=torch.float32)):
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.numpy()
+
+
+def test_ort_logits_match_torch_for_every_row_preference(exported):
+    model, pref, out = exported
+    gen = OnnxGenerator(out)
+    prompts = [f"prompt number {i}" + "!" * i for i in range(11)]           # lengths differ: left padding
+    ids, mask = gen.encode(prompts)
+    meta = gen.meta_
+    empty = np.zeros((11, meta["num_key_value_heads"], 0, meta["head_dim"]), dtype=np.float32)
+    feeds = {"input_ids": ids, "attention_mask": mask, "preference": np.array(GRID, dtype=np.float32),
+             **{f"past_key_values.{i}.{kv}": empty for i in range(meta["num_hidden_layers"]) for kv in ("key", "value")}}
+    ort_logits = gen.session_.run(["logits"], feeds)[0]
+    ref = torch_logits(model, pref, torch.from_numpy(ids), torch.from_numpy(mask), GRID)
+    valid = mask.astype(bool)
+    assert np.abs(ort_logits[valid] - ref[valid]).max() <= 1e-4
+    assert meta["inputs"][0]["name"] == "preference" and meta["inputs"][0]["shape"] == [2]
+    assert meta["objectives"] == ["helpful", "harmless"] and meta["eos_token_ids"] == [2]
+
+
+def test_greedy_decoding_with_the_cache_gives_the_hosts_tokens(exported):
+    model, pref, out = exported
+    gen = OnnxGenerator(out)
+    prompts = ["hello there", "a much longer prompt than that", "hi"]
+    lams = [[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]]
+    texts = gen.generate(prompts, preference=lams, max_new_tokens=20)
+    host = Host(model, tiny_tokenizer(), adapters=[pref])
+    expected = host.generate([Request(prompt=p, conditioning={"preference": lam}, max_new_tokens=20)
+                              for p, lam in zip(prompts, lams)])
+    assert texts == [c.text for c in expected]
+    assert max(len(gen.tokenizer_.encode(t, add_special_tokens=False).ids) for t in texts) > 5
+
+
+def test_the_preference_is_live_in_the_graph(exported):
+    gen = OnnxGenerator(exported[2])
+    a = gen.generate_ids(["same prompt"] * 2, preference=[[1.0, 0.0], [0.0, 1.0]], max_new_tokens=12)
+    assert a[0] != a[1]
+    again = gen.generate_ids(["same prompt"], preference=[1.0, 0.0], max_new_tokens=12)   # one row for all
+    assert again[0] == a[0]
+    s1 = gen.generate_ids(["x"], preference=[0.5, 0.5], max_new_tokens=8, temperature=1.0, seed=3)
+    assert s1 == gen.generate_ids(["x"], preference=[0.5, 0.5], max_new_tokens=8, temperature=1.0, seed=3)
+
+
+def test_three_objectives_export_with_no_code_change(tmp_path):
+    model, pref = tiny(n_objectives=3, seed=1)
+    gen = OnnxGenerator(export(model, tiny_tokenizer(), tmp_path / "m3", [pref]))
+    assert gen.meta_["inputs"][0]["shape"] == [3]
+    assert len(gen.generate(["hi"], preference=[[0.2, 0.3, 0.5]], max_new_tokens=3)) == 1
+
+
+def test_bad_runtime_inputs_name_the_field_and_the_expected_width(exported):
+    gen = OnnxGenerator(exported[2])
+    with pytest.raises(ConfigError, match=r"preference.*\(1, 2\)") as e:
+        gen.generate(["hi"], preference=[[0.2, 0.3, 0.5]])
+    assert e.value.field == "preference"
+    for bad in ([0.7, 0.7], [-0.5, 1.5], [float("nan"), 1.0]):
+        with pytest.raises(ConfigError, match="^preference"):
+            gen.generate(["hi"], preference=bad)
+    with pytest.raises(ConfigError, match="^preference.*missing"):
+        gen.generate(["hi"])
+    with pytest.raises(ConfigError, match="^persona"):
+        gen.generate(["hi"], preference=[0.5, 0.5], persona=[1.0])
+
+
+def test_an_export_refuses_a_non_empty_directory_and_leaves_nothing_when_it_fails(tmp_path, monkeypatch):
+    model, pref = tiny()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="^out"):
+        export(model, tiny_tokenizer(), tmp_path / "full", [pref])
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="crashed"):
+        export(model, tiny_tokenizer(), tmp_path / "new", [pref])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_the_runtime_imports_and_generates_where_torch_cannot_be_imported(exported, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    code = textwrap.dedent(f"""
+        import sys
+        from parsona.export.runtime import OnnxGenerator
+        print(OnnxGenerator({str(exported[2])!r}).generate(["hi"], preference=[0.4, 0.6], max_new_tokens=4))
+        assert "torch" not in sys.modules or sys.modules["torch"] is None
+    """)
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0                                 # the block is real
+
+
+def test_the_cli_exports_and_generates_with_the_hosts_text(tmp_path, tiny_dir, capsys):
+    from parsona.adapters import save_adapter
+    from parsona.base_model import load_base_model
+    from parsona.cli import main
+
+    model, _ = load_base_model(tiny_dir)
+    pref = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(pref, std=1.0)
+    save_adapter(pref, tmp_path / "pref")
+    assert main(["export", "onnx", "--adapter", str(tmp_path / "pref"), "--out", str(tmp_path / "onnx")]) == 0
+    assert "ONNX export" in capsys.readouterr().out
+    assert main(["generate", "--onnx", str(tmp_path / "onnx"), "--preference", "0.3,0.7", "--max-new-tokens", "8",
+                 "hello"]) == 0
+    from_onnx = capsys.readouterr().out
+    assert main(["generate", "--preference-adapter", str(tmp_path / "pref"), "--preference", "0.3,0.7",
+                 "--max-new-tokens", "8", "hello"]) == 0
+    assert capsys.readouterr().out == from_onnx
+    assert main(["export", "onnx", "--adapter", str(tmp_path / "pref"), "--out", str(tmp_path / "onnx")]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_the_runtime_renders_smollm2s_chat_template_as_transformers_does():
+    from transformers import AutoTokenizer
+
+    from parsona.base_model import _resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(_resolve(None))
+    gen = OnnxGenerator.__new__(OnnxGenerator)
+    gen.meta_ = {"chat_template": tokenizer.chat_template, "bos_token": tokenizer.bos_token,
+                 "eos_token": tokenizer.eos_token}
+    for messages in ([{"role": "user", "content": "Hi there"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"},
+                      {"role": "assistant", "content": "Because."}, {"role": "user", "content": "Really?"}]):
+        assert gen.chat_prompt(messages) == tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                          add_generation_prompt=True)
