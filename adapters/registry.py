@@ -35,7 +35,8 @@ class RuntimeInput:
     stored:      the host may keep this value for each user (e.g. ``"persona"``): a request then
                  sends ``true`` for the caller's own (the host resolves it; ``false`` is no value).
     domain:      what a row's values must satisfy beyond their shape, for checks outside torch (the
-                 ONNX runtime): ``"simplex"`` (weights ≥ 0 summing to 1) or None.
+                 ONNX runtime): ``"simplex"`` (weights ≥ 0 summing to 1), ``"simplex_or_zero"`` (that,
+                 or all 0: the row is not conditioned) or None.
     """
 
     name: str

@@ -102,7 +102,8 @@ def fit_cached(model, groups: list, out: Path, key: dict):
     """``model.fit(groups)``, or the predictor a run with the same settings and data saved."""
     from parsona.persona import GroupPreferencePredictor
 
-    digest = hashlib.sha256(json.dumps({**key, **model.get_params()}, sort_keys=True, default=str).encode())
+    settings = {**key, **model.get_params(), "loss": getattr(model.loss, "__name__", str(model.loss))}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     path = out / "models" / digest.hexdigest()[:16]
     if (path / "group_predictor.json").is_file():
         return GroupPreferencePredictor.load(path)

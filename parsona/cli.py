@@ -68,10 +68,12 @@ def _generate_onnx(args) -> int:
                           problem="--model, --preference-adapter or --lora given too")
     gen = OnnxGenerator(args.onnx)
     runtime = {}
-    for spec in gen.meta_["inputs"]:
-        if spec.get("domain") == "simplex":                     # --preference, or equal weights as the host's default
-            width = spec["shape"][-1]
-            runtime[spec["name"]] = args.preference if args.preference is not None else [1.0 / width] * width
+    if "preference" in gen.inputs_:                    # --preference, or equal weights (the host's default)
+        width = gen.inputs_["preference"]["shape"][-1]
+        runtime["preference"] = args.preference if args.preference is not None else [1.0 / width] * width
+    elif args.preference is not None:
+        raise ConfigError("--preference", "Leave it out: this export takes no preference.",
+                          problem=f"its inputs are {sorted(gen.inputs_) or 'none'}")
     messages = [{"role": "user", "content": args.prompt}]
     kwargs = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed, **runtime}
     print(gen.chat([messages], **kwargs)[0])
@@ -92,6 +94,17 @@ def cmd_export_onnx(args) -> int:
     out = export(model, tokenizer, args.out, adapters, objectives=objectives_of(args.adapter[0]) if args.adapter else None,
                  overwrite=args.overwrite)
     print(f"ONNX export: {out}  (try: parsona generate --onnx {out} --preference 0.3,0.7 \"your prompt\")")
+    return 0
+
+
+def cmd_export_peft(args) -> int:
+    """Write a PEFT LoRA that vLLM, LoRAX or TGI serve: a preference LoRA at one fixed --preference (rank k + m·p),
+    or a PEFT LoRA cleaned for them; base_model_name_or_path is the public hub id, the config has only the keys
+    older PEFT releases accept. Continuous per-request λ needs Parsona's host; a snapshot serves one λ."""
+    from parsona.export.peft import export_peft
+
+    out = export_peft(args.adapter, args.out, args.preference, base_model_id=args.base_model_id, overwrite=args.overwrite)
+    print(f"PEFT LoRA: {out}  (vLLM: --enable-lora --lora-modules name={out} --max-lora-rank ≥ its r)")
     return 0
 
 
@@ -306,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--model", default=None, help="base model (default: the one the adapter was trained on)")
     onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     onnx.set_defaults(func=cmd_export_onnx)
+    peft = kinds.add_parser("peft", help="a PEFT LoRA for multi-LoRA servers (vLLM, LoRAX): one λ per snapshot",
+                            description=cmd_export_peft.__doc__)
+    peft.add_argument("--adapter", required=True, metavar="DIR", help="a preference LoRA, or a PEFT LoRA directory")
+    peft.add_argument("--preference", type=preference_arg, default=None, help="λ of the snapshot, e.g. 0.3,0.7")
+    peft.add_argument("--out", required=True, metavar="DIR", help="where the LoRA goes (new or empty)")
+    peft.add_argument("--base-model-id", default=None,
+                      help="the base's public hub id, when it was loaded from a local directory")
+    peft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    peft.set_defaults(func=cmd_export_peft)
 
     add_train_parsers(sub)
     add_generate_lora_parser(sub)

@@ -118,7 +118,9 @@ class RatingPrior:
 
     def __call__(self, movie: int, exclude: float | None = None) -> np.ndarray:
         counts = self.counts_.get(movie, np.zeros(len(LEVELS))).copy()
-        if exclude is not None and movie in self.counts_:
+        if exclude is not None:
+            if (counts - rating_dist(exclude) < 0).any():
+                raise ValueError(f"movie {movie} has no rating {exclude} to leave out")
             counts -= rating_dist(exclude)
         return ((counts + self.alpha * self.global_) / (counts.sum() + self.alpha)).astype(np.float32)
 

@@ -90,7 +90,14 @@ def _umask() -> int | None:
 
 
 def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and give each the mode ``open``/``mkdir`` would (some writers, like
+    safetensors, create owner-only files: an export other users' servers read must not stay 0600)."""
     for p in root.rglob("*"):
+        if p.is_symlink():
+            continue
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+            _open_up(p, 0o666)
+        elif p.is_dir():
+            _open_up(p, 0o777)

@@ -58,8 +58,10 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
 
 
 def tracing() -> bool:
-    """Whether torch is exporting or tracing a graph: values are symbols then, and a check of them cannot run."""
-    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
+    """Whether torch is exporting or tracing a graph (not ``torch.compile``, which runs the checks as Python):
+    values are symbols then, and a check of them cannot run."""
+    exporting = getattr(torch.compiler, "is_exporting", None)     # torch ≥ 2.6
+    return torch.jit.is_tracing() or bool(exporting and exporting())
 
 
 def _as_tensor(values: Any, field: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,6 +75,8 @@ class Store(JobStore):
         self.root = Path(root)
         self.quotas = quotas if quotas is not None else Quotas()
         self.adapters_dir = self.root / "adapters"
+        if not self.root.exists():      # users' files are the server's alone, whatever modes the files inside get
+            self.root.mkdir(parents=True, mode=0o700)
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_root = self.root / "tmp"
         self.db_path = self.root / "parsona.sqlite3"

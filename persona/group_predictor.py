@@ -283,14 +283,24 @@ class GroupPreferencePredictor:
         q = self.net_(batch, self.use_prior)[0, len(context):].exp().double().cpu().numpy()   # (n_queries, K)
         return [row[: query.vectors.shape[0]] / row[: query.vectors.shape[0]].sum() for row, query in zip(q, queries)]
 
-    def shares_for(self, encoder, context: Sequence[Question], question: str, options: Sequence[str]) -> np.ndarray:
-        """The group's predicted shares (K,) of ``options`` as answers to ``question`` given its ``context``:
-        each option embedded by ``encoder`` (the one the predictor was fitted with) as :func:`option_text`;
-        with ``use_prior`` the population is taken as indifferent (a uniform prior). What
+    def shares_for(self, encoder, context: Sequence[Question], question: str, options: Sequence[str],
+                   question_chars: int = 300) -> np.ndarray:
+        """The group's predicted shares (K,) of unordered ``options`` (candidate replies) as answers to
+        ``question`` given its ``context``: each embedded by ``encoder`` (the predictor's) as :func:`option_text`
+        of the question's last ``question_chars`` characters (so that a long prompt never crowds the reply out
+        of the encoder's window) and the option. An option's place on a scale is an input of the model, and
+        replies have none: the shares are averaged over the K cyclic orders, where each option takes every
+        place once. With ``use_prior`` the population is taken as indifferent (a uniform prior). What
         ``objectives.GroupPreferenceReward`` scores candidate responses with."""
         k = len(options)
-        vectors = encoder.transform([option_text(question, o) for o in options])
-        return self.predict(context, [Question(vectors, None, np.full(k, 1.0 / k) if self.use_prior else None)])[0]
+        vectors = encoder.transform([option_text(question[-question_chars:], o) for o in options])      # (K, d)
+        prior = np.full(k, 1.0 / k) if self.use_prior else None
+        orders = [np.roll(np.arange(k), s) for s in range(k)]
+        preds = self.predict(context, [Question(vectors[o], None, prior) for o in orders])            # K × (K,)
+        shares = np.zeros(k)
+        for o, p in zip(orders, preds):
+            shares[o] += p / k
+        return shares
 
     def save(self, path: str | Path, extra_json: dict | None = None) -> Path:
         """Write ``path/`` atomically: the weights as safetensors, the settings as JSON (no pickle), and each
@@ -308,6 +318,9 @@ class GroupPreferencePredictor:
                 "loss": getattr(self.loss, "__name__", str(self.loss)), "final_loss": self.losses_[-1] if self.losses_ else None,
             }, indent=2))
             for name, obj in (extra_json or {}).items():
+                if Path(name).name in (CONFIG_NAME, WEIGHTS_NAME):
+                    raise ConfigError("extra_json", f"Name the file anything but {CONFIG_NAME} or {WEIGHTS_NAME}.",
+                                      problem=f"got {name!r}")
                 (tmp / Path(name).name).write_text(json.dumps(obj, indent=2))
         return Path(path)
 

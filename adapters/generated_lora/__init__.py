@@ -10,4 +10,4 @@ __all__ = ["GeneratedLoRA", "GeneratedLoRAConfig", "LoRAGenerator", "attach_expe
 
 register("generated_lora", GeneratedLoRAConfig, GeneratedLoRA, runtime_inputs=(RuntimeInput(
     "expert_weights", list[float], "Weights over the generated LoRA's experts, one per expert, ≥ 0 and summing to 1: "
-    "the row's LoRA is their blend Σ w_i ΔW_i; omit for none."),))
+    "the row's LoRA is their blend Σ w_i ΔW_i; omit for none.", domain="simplex_or_zero"),))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from parsona.simplex import tracing
+
 
 class PersonaPrefixLayer(nn.Module):
     def __init__(self, persona_dim: int, embed_dim: int, n_tokens: int, hidden: int, placeholder_id: int):
@@ -35,7 +37,7 @@ class PersonaPrefixLayer(nn.Module):
         if persona.shape[0] != B:
             raise ValueError(f"persona has {persona.shape[0]} rows but the batch has {B}")
         slot = input_ids == self.placeholder_id                                     # (B, T)
-        if not slot.any():                                                          # decode steps: nothing to do
+        if not tracing() and not slot.any():                # decode steps: nothing to do (a traced graph adds zeros)
             return out
         soft = self.soft_tokens(persona.to(self.down.weight.dtype)).to(out.dtype)  # (B, n, D)
         which = (slot.cumsum(1) - 1).clamp(0, self.n_tokens - 1)                    # (B, T) j-th placeholder -> S[j]

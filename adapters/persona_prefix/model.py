@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from parsona.errors import ConfigError
+from parsona.simplex import tracing
 
 from ..base import Adapter, input_embedding
 from .config import PersonaPrefixConfig
@@ -81,7 +82,8 @@ class PersonaPrefix(Adapter):
         if unknown or persona is None:
             raise ConfigError("persona", "Pass persona=(B, d) only.", problem=f"got {sorted(unknown) or 'nothing'}")
         persona = torch.as_tensor(persona)
-        if persona.ndim != 2 or persona.shape[1] != self.config.persona_dim or not torch.isfinite(persona).all():
+        finite = tracing() or bool(torch.isfinite(persona).all())      # traced: a graph input, the runtime checks it
+        if persona.ndim != 2 or persona.shape[1] != self.config.persona_dim or not finite:
             raise ConfigError("persona", f"Pass (B, {self.config.persona_dim}) finite numbers, a row per sequence.",
                               problem=f"shape {tuple(persona.shape)}")
         return {"persona": persona.to(self.device)}

@@ -74,9 +74,11 @@ def graph_inputs(adapters: Sequence) -> list[dict]:
                 raise ConfigError(spec.name, "Export a model whose per-row inputs are tensors; serve per-user "
                                   "LoRAs from the host, or merge one into the model before export.",
                                   problem=f"the {adapter.adapter_type} input {spec.name!r} is not a float tensor")
+            prefix = adapter.prompt_prefix(spec.name, adapter.check_row(spec.name, value[0]))
             out.append({"name": spec.name, "shape": list(value.shape[1:]), "dtype": "float32",
                         "domain": spec.domain, "required": spec.required, "description": spec.description,
-                        "adapter_type": adapter.adapter_type})
+                        "adapter_type": adapter.adapter_type, "prompt_prefix": [int(t) for t in prefix],
+                        "reserved_ids": sorted(int(t) for t in adapter.reserved_ids())})
     return out
 
 
@@ -113,6 +115,9 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError("out", "Export into a new or empty directory, or pass --overwrite.",
                           problem=f"{out} is not empty")
+    if next(model.parameters()).dtype != torch.float32:
+        raise ConfigError("model", "Load the model in float32 for export (load_base_model(..., dtype=torch.float32)): "
+                          "the runtime feeds float32 inputs and cache.", problem=f"it is {next(model.parameters()).dtype}")
     config = model.config
     inputs = graph_inputs(adapters)
     names = [i["name"] for i in inputs]
@@ -135,16 +140,16 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
 def metadata(model, tokenizer, adapters, inputs: list[dict], objectives, seconds: float) -> dict:
     """What a runtime needs besides the graph: the inputs, the cache's layout, the tokens that end a reply."""
     config = model.config
-    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(tokenizer.eos_token_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    ids = config.eos_token_id if isinstance(config.eos_token_id, (list, tuple)) else [config.eos_token_id]
+    eos = [int(e) for e in (*ids, tokenizer.eos_token_id) if e is not None]
+    eos = list(dict.fromkeys(eos))                                   # the model's, then the tokenizer's, once each
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     return {"format_version": FORMAT_VERSION, "inputs": inputs,
             "adapters": [{"adapter_type": a.adapter_type, "config": a.config.to_dict()} for a in adapters],
             "objectives": list(objectives) if objectives else None,
             "num_hidden_layers": config.num_hidden_layers, "num_key_value_heads": config.num_key_value_heads,
             "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            "vocab_size": config.vocab_size, "eos_token_ids": [int(e) for e in eos if e is not None],
+            "vocab_size": config.vocab_size, "eos_token_ids": eos,
             "pad_token_id": int(pad), "chat_template": getattr(tokenizer, "chat_template", None),
             "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
             "export_seconds": seconds}

@@ -45,7 +45,8 @@ class OnnxGenerator:
         self.inputs_ = {i["name"]: i for i in self.meta_["inputs"]}
 
     def check_inputs(self, batch: int, values: dict) -> dict[str, np.ndarray]:
-        """Each declared runtime input as float32 (B, ...), or a ConfigError naming it and its expected shape."""
+        """Each declared runtime input as float32 (B, ...), or a ConfigError naming it and its expected shape.
+        An input that is not required and not given is zeros: no row is conditioned by it (as in the host)."""
         unknown = sorted(set(values) - set(self.inputs_))
         if unknown:
             raise ConfigError(unknown[0], f"This export takes {sorted(self.inputs_) or 'no runtime inputs'}.",
@@ -53,6 +54,9 @@ class OnnxGenerator:
         out = {}
         for name, spec in self.inputs_.items():
             shape = (batch, *spec["shape"])
+            if values.get(name) is None and not spec.get("required"):
+                out[name] = np.zeros(shape, dtype=np.float32)
+                continue
             if values.get(name) is None:
                 raise ConfigError(name, f"Give {name} as {shape}: one row per prompt.", problem="missing")
             try:
@@ -66,19 +70,33 @@ class OnnxGenerator:
                                   "values per row, one row per prompt.", problem=f"got shape {x.shape}")
             if not np.isfinite(x).all():
                 raise ConfigError(name, "Replace NaN/inf with finite values.", problem="non-finite values")
-            if spec.get("domain") == "simplex":
+            if spec.get("domain") in ("simplex", "simplex_or_zero"):
                 sums = x.astype(np.float64).sum(-1)
-                if (x < 0).any() or (np.abs(sums - 1) > SIMPLEX_ATOL).any():
-                    raise ConfigError(name, "Make every row's weights ≥ 0 and sum to 1.",
+                off = np.abs(sums - 1) > SIMPLEX_ATOL
+                if spec["domain"] == "simplex_or_zero":
+                    off &= sums != 0
+                if (x < 0).any() or off.any():
+                    raise ConfigError(name, "Make every row's weights ≥ 0 and sum to 1" +
+                                      (" (or all 0: not conditioned)." if spec["domain"] == "simplex_or_zero" else "."),
                                       problem=f"row sums {np.round(sums, 6).tolist()}, min {x.min():.4g}")
             out[name] = np.ascontiguousarray(x)
         return out
 
-    def encode(self, prompts: Sequence[str], add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Left-padded (B, T) ids and mask of the prompts (the tokenizer's own special tokens included)."""
+    def encode(self, prompts: Sequence[str], add_special_tokens: bool = True,
+               given: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded (B, T) ids and mask of the prompts (the tokenizer's own special tokens included), each
+        after the prompt prefix of every runtime input in ``given`` (a soft-token type's placeholders, as the
+        host puts them); a prompt that carries such an input's reserved ids is refused."""
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p for p in prompts):
             raise ConfigError("prompts", "Pass a list of non-empty strings.", problem=f"got {prompts!r:.60}")
+        prefix = [t for name in given for t in self.inputs_[name].get("prompt_prefix", [])]
+        reserved = {t for name in given for t in self.inputs_[name].get("reserved_ids", [])}
         rows = [e.ids for e in self.tokenizer_.encode_batch(list(prompts), add_special_tokens=add_special_tokens)]
+        for i, r in enumerate(rows):
+            if reserved & set(r):
+                raise ConfigError(f"prompts[{i}]", f"Leave out token id {min(reserved & set(r))}: it marks where an "
+                                  "adapter's soft tokens go.", problem="the prompt carries a reserved token")
+        rows = [prefix + r for r in rows]
         T = max(len(r) for r in rows)
         ids = np.full((len(rows), T), self.meta_["pad_token_id"], dtype=np.int64)
         mask = np.zeros((len(rows), T), dtype=np.int64)
@@ -99,7 +117,8 @@ class OnnxGenerator:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
             raise ConfigError("messages", "pip install jinja2 to render chat templates.", problem="no jinja2") from None
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: __import__("datetime").datetime.now().strftime(fmt))
         return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
                                                 bos_token=self.meta_.get("bos_token") or "",
                                                 eos_token=self.meta_.get("eos_token") or "")
@@ -118,7 +137,10 @@ class OnnxGenerator:
                               "temperature" if not 0 <= temperature <= 2 else "top_p",
                               "Use max_new_tokens ≥ 1, temperature in [0, 2], top_p in (0, 1].",
                               problem=f"got {max_new_tokens!r}, {temperature!r}, {top_p!r}")
-        ids, mask = self.encode(prompts, add_special_tokens)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ConfigError("seed", "Use a whole number ≥ 0, or none.", problem=f"got {seed!r}")
+        given = [n for n in self.inputs_ if runtime.get(n) is not None]
+        ids, mask = self.encode(prompts, add_special_tokens, given)
         values = self.check_inputs(len(ids), runtime)
         B, L = len(ids), self.meta_["num_hidden_layers"]
         empty = np.zeros((B, self.meta_["num_key_value_heads"], 0, self.meta_["head_dim"]), dtype=np.float32)
@@ -157,3 +179,8 @@ class OnnxGenerator:
             keep = order[: int(np.searchsorted(np.cumsum(row[order]), top_p) + 1)]
             picks.append(rng.choice(keep, p=row[keep] / row[keep].sum()))
         return np.array(picks)
+
+
+def _raise(message: str):
+    """What a chat template calls to refuse a conversation (as transformers provides it)."""
+    raise ConfigError("messages", "Send messages this model's chat template accepts.", problem=message)

@@ -61,6 +61,12 @@ class Config:
         for name in ("steps", "batch_size", "d_model", "n_layers", "max_context"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.d_model % 4:
+            raise ConfigError("d_model", "Use a multiple of 4 (the predictor has 4 attention heads).",
+                              problem=f"got {self.d_model}")
+        if self.max_context < 5:
+            raise ConfigError("max_context", "Use 5 or more (a task's context has 5 to max_context questions).",
+                              problem=f"got {self.max_context}")
         if self.mixed_groups < 0 or not self.learning_rate > 0:
             raise ConfigError("mixed_groups" if self.mixed_groups < 0 else "learning_rate",
                               "Use mixed_groups ≥ 0 and a positive learning_rate.",

@@ -232,6 +232,36 @@ def test_disabled_runs_the_base_model(name, tiny_model, input_ids):
     assert not torch.allclose(run(tiny_model, adapter, input_ids, adapter.example_inputs(len(input_ids))), base)
 
 
+@pytest.mark.parametrize("name", TYPES)
+def test_onnx_export_equals_torch(name, tiny_model, input_ids, tmp_path):
+    """Check 7: exported with its runtime inputs as graph inputs, onnxruntime's logits equal torch's; a type
+    whose input is not a tensor (the LoRA bank's adapter ids) is refused by the exporter, naming the input."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnxruntime as ort
+
+    from conftest import tiny_tokenizer
+    from parsona.export.onnx import MODEL_NAME, export
+
+    adapter = attach(tiny_model, get(name).config_cls())
+    perturb(adapter)
+    inputs = adapter.example_inputs(len(input_ids), torch.Generator().manual_seed(2))
+    if not all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in inputs.values()):
+        with pytest.raises(ConfigError) as e:
+            export(tiny_model, tiny_tokenizer(), tmp_path / "onnx", [adapter])
+        assert e.value.field in adapter.input_names and not (tmp_path / "onnx").exists()
+        return
+    out = export(tiny_model, tiny_tokenizer(), tmp_path / "onnx", [adapter])
+    config = tiny_model.config
+    empty = np.zeros((len(input_ids), config.num_key_value_heads, 0, config.hidden_size // config.num_attention_heads),
+                     dtype=np.float32)
+    feeds = {"input_ids": input_ids.numpy(), "attention_mask": np.ones(input_ids.shape, dtype=np.int64),
+             **{k: v.float().numpy() for k, v in inputs.items()},
+             **{f"past_key_values.{i}.{kv}": empty for i in range(config.num_hidden_layers) for kv in ("key", "value")}}
+    logits = ort.InferenceSession(str(out / MODEL_NAME)).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(logits, run(tiny_model, adapter, input_ids, inputs).numpy(), atol=1e-4, rtol=0)
+
+
 CONTRACT = [f for n, f in sorted(globals().items()) if n.startswith("test_") and "name" in inspect.signature(f).parameters]
 
 

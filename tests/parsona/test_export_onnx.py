@@ -177,3 +177,36 @@ def test_the_runtime_renders_smollm2s_chat_template_as_transformers_does():
                       {"role": "assistant", "content": "Because."}, {"role": "user", "content": "Really?"}]):
         assert gen.chat_prompt(messages) == tokenizer.apply_chat_template(messages, tokenize=False,
                                                                           add_generation_prompt=True)
+
+
+def test_a_persona_export_puts_the_placeholders_before_the_prompt_as_the_host_does(tmp_path):
+    from parsona.adapters import PersonaPrefixConfig
+
+    torch.manual_seed(0)
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0, bos_token_id=1, eos_token_id=2).eval()
+    adapter = attach(model, PersonaPrefixConfig(persona_dim=8, placeholder_id=3))
+    perturb(adapter, std=1.0)
+    gen = OnnxGenerator(export(model, tiny_tokenizer(), tmp_path / "persona", [adapter]))
+    personas = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    prompts = ["hello", "hi there"]
+    texts = gen.generate(prompts, persona=personas.numpy(), max_new_tokens=10)
+    host = Host(model, tiny_tokenizer(), adapters=[adapter])
+    expected = host.generate([Request(prompt=p, conditioning={"persona": v.tolist()}, max_new_tokens=10)
+                              for p, v in zip(prompts, personas)])
+    assert texts == [c.text for c in expected]
+    assert gen.generate(prompts, max_new_tokens=10) == [c.text for c in host.generate(
+        [Request(prompt=p, max_new_tokens=10) for p in prompts])]            # not given: the base model
+    marker = gen.tokenizer_.decode([3])                                      # the placeholder's own text
+    assert 3 in gen.tokenizer_.encode(marker).ids
+    with pytest.raises(ConfigError, match=r"^prompts\[0\]"):
+        gen.generate([marker], persona=personas[:1].numpy())
+
+
+def test_bad_seeds_and_half_precision_models_are_refused(exported, tmp_path):
+    gen = OnnxGenerator(exported[2])
+    with pytest.raises(ConfigError, match="^seed"):
+        gen.generate(["hi"], preference=[0.5, 0.5], temperature=1.0, seed=-1)
+    model, pref = tiny()
+    with pytest.raises(ConfigError, match="^model"):
+        export(model.to(torch.bfloat16), tiny_tokenizer(), tmp_path / "bf16", [pref])
+    assert not (tmp_path / "bf16").exists()

@@ -147,3 +147,20 @@ def test_a_user_read_as_a_mixture_of_two_groups_gets_their_weights():
         preference_from_answers(user, [(x,) for x in a])
     with pytest.raises(ConfigError, match=r"^answers\[0\]"):
         preference_from_answers([np.array([0.5, 0.6, 0.1])] + user[1:], list(zip(a, b)))
+
+
+def test_shares_of_unordered_replies_do_not_depend_on_their_order(fitted, tiny_encoder_dir):
+    from parsona.persona import HistoryEncoder
+
+    encoder = HistoryEncoder(str(tiny_encoder_dir), progress=False).fit()
+    rng = np.random.default_rng(5)
+    words = ["yes", "no", "maybe", "never", "always", "often", "rarely", "sure", "later", "now"]
+    groups = [[Question(encoder.transform([f"q{g}{i}: {w}" for w in rng.choice(words, 3, replace=False)]),
+                        rng.dirichlet(np.ones(3))) for i in range(6)] for g in range(3)]   # the encoder's own space
+    model = GroupPreferencePredictor(d_model=8, n_layers=1, steps=3, progress=False).fit(groups)
+    torch.nn.init.normal_(model.net_.out.weight, std=5.0)               # opinionated: replies' shares differ
+    replies = ["yes, gladly", "no", "maybe later", "it depends"]
+    a = model.shares_for(encoder, groups[0][:4], "will you come?", replies)
+    b = model.shares_for(encoder, groups[0][:4], "will you come?", replies[::-1])
+    np.testing.assert_allclose(a, b[::-1], atol=1e-6)
+    assert np.isclose(a.sum(), 1.0) and np.ptp(a) > 1e-4
