@@ -87,9 +87,11 @@ def cmd_export_onnx(args) -> int:
 
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model, model_for
-    from parsona.export.onnx import export, objectives_of
+    from parsona.export.onnx import export, merge_lora, objectives_of
 
-    model, tokenizer = load_base_model(model_for(args.model, *args.adapter), dtype=torch.float32)   # parity in fp32
+    model, tokenizer = load_base_model(model_for(args.model, *args.adapter, args.lora), dtype=torch.float32)  # fp32
+    if args.lora:
+        model = merge_lora(model, args.lora)                     # before the adapters hook its Linears
     adapters = [load_adapter(model, a) for a in args.adapter]
     out = export(model, tokenizer, args.out, adapters, objectives=objectives_of(args.adapter[0]) if args.adapter else None,
                  overwrite=args.overwrite)
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--adapter", action="append", default=[], metavar="DIR",
                       help="an adapter to attach (repeatable); each of its runtime inputs becomes a graph input")
     onnx.add_argument("--out", required=True, metavar="DIR", help="where the export goes (new or empty)")
+    onnx.add_argument("--lora", default=None, metavar="DIR",
+                      help="a user's PEFT LoRA, merged into the base weights first: a per-user export")
     onnx.add_argument("--model", default=None, help="base model (default: the one the adapter was trained on)")
     onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     onnx.set_defaults(func=cmd_export_onnx)

@@ -155,6 +155,19 @@ def metadata(model, tokenizer, adapters, inputs: list[dict], objectives, seconds
             "export_seconds": seconds}
 
 
+def merge_lora(model: nn.Module, lora_dir: str | Path) -> nn.Module:
+    """A user's PEFT LoRA folded into the base weights (PEFT's ``merge_and_unload``): a per-user export.
+
+    Chosen over onnxruntime's LoRA adapter files (``.onnx_adapter``, activated per run): a merged export
+    decodes at the bare model's speed, loads in any onnxruntime build, and still keeps every attached
+    adapter's runtime inputs live on top (a user's LoRA and a per-row λ); adapter files need the LoRA
+    factors as graph inputs fixed at export time and a conversion step per LoRA, and swap whole adapters
+    per run anyway, so a device that serves one user gains nothing from them."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
+
+
 def objectives_of(adapter_dir: str | Path) -> list[str] | None:
     """The objective names a preference LoRA was trained on, from its training summary (None if unknown)."""
     summary = Path(adapter_dir) / "training_summary.json"

@@ -210,3 +210,27 @@ def test_bad_seeds_and_half_precision_models_are_refused(exported, tmp_path):
     with pytest.raises(ConfigError, match="^model"):
         export(model.to(torch.bfloat16), tiny_tokenizer(), tmp_path / "bf16", [pref])
     assert not (tmp_path / "bf16").exists()
+
+
+def test_a_per_user_export_merges_the_users_lora_under_a_live_preference(tmp_path, tiny_dir, capsys):
+    from conftest import peft_lora_dir
+    from parsona.adapters import save_adapter
+    from parsona.base_model import load_base_model
+    from parsona.cli import main
+
+    model, tokenizer = load_base_model(tiny_dir)
+    pref = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(pref, std=1.0)
+    save_adapter(pref, tmp_path / "pref")
+    lora = peft_lora_dir(tmp_path / "lora", seed=4)
+    assert main(["export", "onnx", "--adapter", str(tmp_path / "pref"), "--lora", str(lora), "--out",
+                 str(tmp_path / "user")]) == 0
+    gen = OnnxGenerator(tmp_path / "user")
+    host = Host(model, tokenizer, adapters=[pref], loras={"u": str(lora)})
+    prompts, lams = ["hello there", "hi"], [[0.2, 0.8], [0.9, 0.1]]
+    expected = host.generate([Request(prompt=p, conditioning={"preference": lam, "adapter": "u"}, max_new_tokens=12)
+                              for p, lam in zip(prompts, lams)])
+    assert gen.generate(prompts, preference=lams, max_new_tokens=12) == [c.text for c in expected]
+    without = host.generate([Request(prompt=p, conditioning={"preference": lam}, max_new_tokens=12)
+                             for p, lam in zip(prompts, lams)])
+    assert [c.text for c in expected] != [c.text for c in without]          # the LoRA matters
