@@ -56,15 +56,10 @@ def fresh_adapter(model, seed: int):
     return adapter
 
 
-def empty_cache(meta: dict, batch: int) -> dict[str, np.ndarray]:
-    e = np.zeros((batch, meta["num_key_value_heads"], 0, meta["head_dim"]), dtype=np.float32)
-    return {f"past_key_values.{i}.{kv}": e for i in range(meta["num_hidden_layers"]) for kv in ("key", "value")}
-
-
 def ort_steps(gen, ids: np.ndarray, inputs: dict, steps: int) -> list[float]:
     """Seconds of each greedy decode step after a prefill of ``ids``."""
     mask = np.ones_like(ids)
-    past, times, step = empty_cache(gen.meta_, len(ids)), [], ids
+    past, times, step = gen.empty_past(len(ids)), [], ids
     for n in range(steps + 1):
         began = time.perf_counter()
         logits, *present = gen.session_.run(None, {"input_ids": step, "attention_mask": mask, **inputs, **past})
@@ -96,7 +91,7 @@ def torch_steps(model, adapter, ids: np.ndarray, lam: np.ndarray, steps: int) ->
 def parity(model, tokenizer, adapter, gen, prompts: list[str]) -> dict:
     lam = np.array([[i / 10, 1 - i / 10] for i in range(11)], dtype=np.float32)
     ids, mask = gen.encode(prompts)
-    feeds = {"input_ids": ids, "attention_mask": mask, "preference": lam, **empty_cache(gen.meta_, len(ids))}
+    feeds = {"input_ids": ids, "attention_mask": mask, "preference": lam, **gen.empty_past(len(ids))}
     ort_logits = gen.session_.run(["logits"], feeds)[0]
     with torch.no_grad(), adapter.inputs(preference=torch.from_numpy(lam)):
         m = torch.from_numpy(mask)

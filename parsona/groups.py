@@ -62,6 +62,8 @@ def mixed_groups(tables: Sequence[dict[str, Question]], n: int, scale: float = 1
     over the questions every table holds. With a handful of real groups a meta-learner can learn those
     groups by heart; on these it must read a group's direction from its context (a direction that may be
     the opposite of every group it saw)."""
+    from scipy.special import softmax
+
     from parsona.persona.group_predictor import PRIOR_FLOOR
 
     keys = sorted(set.intersection(*(set(t) for t in tables)))
@@ -75,14 +77,9 @@ def mixed_groups(tables: Sequence[dict[str, Question]], n: int, scale: float = 1
             first = tables[0][k]
             logprior = np.log(np.maximum(first.prior, PRIOR_FLOOR))
             z = logprior + c @ (logs[k] - logprior)
-            group.append(Question(first.vectors, _softmax(z), first.prior))
+            group.append(Question(first.vectors, softmax(z), first.prior))
         out.append(group)
     return out
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 def movie_text(title: str, genres: Sequence[str], tags: Iterable[str] = (), max_tags: int = 5) -> str:

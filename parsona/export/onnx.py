@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from parsona.errors import ConfigError
+from parsona.export import refuse_non_empty
 
 FORMAT_VERSION = 1
 META_NAME = "parsona_onnx.json"
@@ -112,9 +113,7 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
     from parsona.io import atomic_dir, write_json
 
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError("out", "Export into a new or empty directory, or pass --overwrite.",
-                          problem=f"{out} is not empty")
+    refuse_non_empty(out, overwrite)
     if next(model.parameters()).dtype != torch.float32:
         raise ConfigError("model", "Load the model in float32 for export (load_base_model(..., dtype=torch.float32)): "
                           "the runtime feeds float32 inputs and cache.", problem=f"it is {next(model.parameters()).dtype}")

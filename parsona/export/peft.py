@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from parsona.errors import ConfigError
+from parsona.export import refuse_non_empty
 
 HUB_IDS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 CLASSIC_KEYS = ("base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode", "init_lora_weights",
@@ -61,8 +62,7 @@ def export_peft(adapter_dir: str | Path, out_dir: str | Path, preference: Sequen
     from parsona.io import atomic_dir
 
     src, out = Path(adapter_dir), Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError("out", "Export into a new or empty directory, or pass --overwrite.", problem=f"{out} is not empty")
+    refuse_non_empty(out, overwrite)
     peft_config = src / "adapter_config.json"
     is_peft = peft_config.is_file() and "peft_type" in json.loads(peft_config.read_text())
     with atomic_dir(out) as tmp:

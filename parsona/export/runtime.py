@@ -82,6 +82,11 @@ class OnnxGenerator:
             out[name] = np.ascontiguousarray(x)
         return out
 
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        """The cache of a prefill: every ``past_key_values.{i}.key/value`` with a past of length 0."""
+        e = np.zeros((batch, self.meta_["num_key_value_heads"], 0, self.meta_["head_dim"]), dtype=np.float32)
+        return {f"past_key_values.{i}.{kv}": e for i in range(self.meta_["num_hidden_layers"]) for kv in ("key", "value")}
+
     def encode(self, prompts: Sequence[str], add_special_tokens: bool = True,
                given: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded (B, T) ids and mask of the prompts (the tokenizer's own special tokens included), each
@@ -142,9 +147,7 @@ class OnnxGenerator:
         given = [n for n in self.inputs_ if runtime.get(n) is not None]
         ids, mask = self.encode(prompts, add_special_tokens, given)
         values = self.check_inputs(len(ids), runtime)
-        B, L = len(ids), self.meta_["num_hidden_layers"]
-        empty = np.zeros((B, self.meta_["num_key_value_heads"], 0, self.meta_["head_dim"]), dtype=np.float32)
-        past = {f"past_key_values.{i}.{kv}": empty for i in range(L) for kv in ("key", "value")}
+        B, past = len(ids), self.empty_past(len(ids))
         rng, eos = np.random.default_rng(seed), set(self.meta_["eos_token_ids"])
         out, done, step_ids = [[] for _ in range(B)], np.zeros(B, dtype=bool), ids
         for _ in range(max_new_tokens):

@@ -52,9 +52,8 @@ def test_ort_logits_match_torch_for_every_row_preference(exported):
     prompts = [f"prompt number {i}" + "!" * i for i in range(11)]           # lengths differ: left padding
     ids, mask = gen.encode(prompts)
     meta = gen.meta_
-    empty = np.zeros((11, meta["num_key_value_heads"], 0, meta["head_dim"]), dtype=np.float32)
     feeds = {"input_ids": ids, "attention_mask": mask, "preference": np.array(GRID, dtype=np.float32),
-             **{f"past_key_values.{i}.{kv}": empty for i in range(meta["num_hidden_layers"]) for kv in ("key", "value")}}
+             **gen.empty_past(11)}
     ort_logits = gen.session_.run(["logits"], feeds)[0]
     ref = torch_logits(model, pref, torch.from_numpy(ids), torch.from_numpy(mask), GRID)
     valid = mask.astype(bool)
