@@ -11,13 +11,17 @@ are written up greedily under
   few_shot    the same after ``few_shot`` of the author's train emails (each cut to ``example_words`` words)
   mined       the same with the author's rules as the server puts them (a system message;
               ``persona.SteeringRules``, mined from the train emails against the other authors')
+  agent       the same with the rules the author's preference agent writes for this intent
+              (``recipes/learn_steering_rules.py``: SmolLM2 as the large model critiques its own drafts of
+              ``agent_texts`` train emails; SmolLM2 + a LoRA learns intent -> rules). Its training intents
+              are the extractive ones, like the held-out intents (``--agent-summarise`` asks the model)
 
 and the judge scores each reply: its probability of the true author and top-1 attribution, with the
 prompt tokens each condition adds to the zero-shot prompt. Per-author means, and paired differences with
-95 % t intervals over authors. Goal (the paper's direction): mined beats zero_shot, and mined beats
-few_shot at fewer prompt tokens. The agent learner (rules written by the large model from its own
-zero-shot vs the user's text, a small model fine-tuned on them) is not built: reported so. Caveat: the
-character n-gram judge also rewards a quoted phrase that is a signature (a name in a sign-off).
+95 % t intervals over authors. Goal (the paper's direction): mined and agent beat zero_shot, and one of
+them beats few_shot at fewer prompt tokens. Caveat: the character n-gram judge also rewards a quoted
+phrase that is a signature (a name in a sign-off). The agents are kept under
+``output_dir/agents/<settings hash>/<author>`` and reused by a rerun with the same settings.
 
 Then the author × rules matrix over the first ``matrix_authors`` authors: author a's intents under author
 b's rules, the judge's mean probability of a; the diagonal should win each row.
@@ -28,17 +32,17 @@ b's rules, the judge's mean probability of a; the diagonal should win each row.
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-CONDITIONS = ("zero_shot", "few_shot", "mined")
-ASK = "Write an email. What it says: {intent}"
+from parsona.persona.agent import ASK, intent_of
+
+CONDITIONS = ("zero_shot", "few_shot", "mined", "agent")
 
 
 @dataclass
@@ -70,14 +74,62 @@ class Config:
     matrix_authors: int = 5
     """Authors of the author × rules matrix."""
     seed: int = 0
-    """Seed of the population sample."""
+    """Seed of the population sample and of the agents' LoRAs."""
+    agent_texts: int = 16
+    """Train emails each author's agent learns from (three large-model calls each)."""
+    agent_summarise: bool = False
+    """Let the large model summarise the agent's training intents (default: extractive, like the held-out ones)."""
+    agent_steps: int = 40
+    """Optimizer steps of each agent's small-model LoRA."""
+    agent_learning_rate: float = 1e-3
+    """Learning rate of each agent's small-model LoRA."""
+    agent_rank: int = 8
+    """Rank of each agent's small-model LoRA."""
+    agent_max_new_tokens: int = 96
+    """Tokens of each large-model reply and of each agent's rules."""
 
 
-def intent_of(text: str, words: int) -> str:
-    """The extractive intent of an email: its first sentence, at most ``words`` words."""
-    flat = " ".join(text.split())
-    first = re.split(r"(?<=[.!?])\s", flat, maxsplit=1)[0]
-    return " ".join(first.split()[:words])
+def train_agents(model, tokenizer, authors: list[str], train: dict, cfg: Config) -> dict[str, Path | None]:
+    """One preference agent per author (the recipe), reused from an earlier run with the same settings."""
+    import hashlib
+    import json
+
+    from parsona.errors import ConfigError
+    from parsona.recipes import learn_steering_rules as recipe
+
+    settings = recipe.Config(model=cfg.model, max_texts=cfg.agent_texts, max_new_tokens=cfg.agent_max_new_tokens,
+                             max_rule_tokens=cfg.max_rule_tokens, rank=cfg.agent_rank, max_steps=cfg.agent_steps,
+                             learning_rate=cfg.agent_learning_rate, seed=cfg.seed)
+    key = hashlib.sha256(json.dumps([asdict(settings), cfg.agent_summarise, cfg.intent_words]).encode()).hexdigest()[:12]
+    dirs = {}
+    for n, a in enumerate(authors):
+        dirs[a] = Path(cfg.output_dir) / "agents" / key / a
+        if not (dirs[a] / "agent.json").is_file():
+            print(f"agent {n + 1}/{len(authors)}: {a}")
+            texts = train[a][: cfg.agent_texts]
+            intents = None if cfg.agent_summarise else [intent_of(t, cfg.intent_words) for t in texts]
+            try:
+                recipe.main(replace(settings, output_dir=str(dirs[a])), model=model, tokenizer=tokenizer, texts=texts,
+                            intents=intents)
+            except ConfigError as exc:     # the large model wrote no usable rule: this author's agent adds none
+                print(f"  no agent for {a}: {exc}")
+                dirs[a] = None
+    return dirs
+
+
+def agent_rules(model, tokenizer, dirs: dict[str, Path | None], intents: dict[str, list[str]]) -> dict[str, list[list[str]]]:
+    """Each author's agent's rules for each of their held-out intents (all agents' LoRAs in one host; an
+    author without an agent gets none)."""
+    from parsona.host import Host
+    from parsona.recipes import learn_steering_rules as recipe
+
+    host = Host(model, tokenizer, loras={a: d / "small_lora" for a, d in dirs.items() if d is not None})
+    try:
+        return {a: recipe.load(d, host, name=a).rules_for(intents[a]) if d is not None else [[] for _ in intents[a]]
+                for a, d in dirs.items()}
+    finally:
+        if host.bank is not None:
+            host.bank.detach()
 
 
 def few_shot_prompt(examples: list[str], intent: str, words: int) -> str:
@@ -135,10 +187,13 @@ def main(cfg: Config) -> dict:
         population = [others[i] for i in rng.permutation(len(others))[: cfg.population]]
         rules[a] = SteeringRules(population=population, max_tokens=cfg.max_rule_tokens, tokenizer=tokenizer).fit(train[a]).rules_
     intents = {a: [intent_of(t, cfg.intent_words) for t in test[a][: cfg.intents_per_author]] for a in authors}
+    agents = train_agents(model, tokenizer, authors, train, cfg)
+    by_agent = agent_rules(model, tokenizer, agents, intents)
     prompts = {(a, c, i): p for a in authors for i, intent in enumerate(intents[a]) for c, p in (
         ("zero_shot", chat(ASK.format(intent=intent))),
         ("few_shot", chat(few_shot_prompt(train[a][: cfg.few_shot], intent, cfg.example_words))),
-        ("mined", chat(ASK.format(intent=intent), rules[a])))}
+        ("mined", chat(ASK.format(intent=intent), rules[a])),
+        ("agent", chat(ASK.format(intent=intent), by_agent[a][i])))}
     matrix_authors = authors[: cfg.matrix_authors]
     prompts |= {(a, f"rules_of:{b}", i): chat(ASK.format(intent=intent), rules[b])
                 for a in matrix_authors for b in matrix_authors if b != a for i, intent in enumerate(intents[a])}
@@ -157,14 +212,15 @@ def main(cfg: Config) -> dict:
     summary = {c: {"p_true": t_interval(per_author(p_true, c)), "top1": t_interval(per_author(top1, c)),
                    "tokens_added": t_interval(per_author(added, c))} for c in CONDITIONS}
     diffs = {f"{x}_minus_{y}": t_interval(per_author(p_true, x) - per_author(p_true, y))
-             for x, y in (("mined", "zero_shot"), ("few_shot", "zero_shot"), ("mined", "few_shot"))}
+             for x, y in (("mined", "zero_shot"), ("agent", "zero_shot"), ("few_shot", "zero_shot"),
+                          ("mined", "few_shot"), ("agent", "few_shot"))}
     matrix = [[float(np.mean([p_true[(a, "mined" if b == a else f"rules_of:{b}", i)] for i in range(len(intents[a]))]))
                for b in matrix_authors] for a in matrix_authors]
     results = {"config": asdict(cfg), "authors": authors, "judge_accuracy_on_real_test_emails": judge_accuracy,
-               "chance": 1 / len(authors), "rules": rules, "conditions": summary, "differences": diffs,
+               "chance": 1 / len(authors), "rules": rules, "agent_rules": by_agent,
+               "authors_without_agent": [a for a, d in agents.items() if d is None], "conditions": summary, "differences": diffs,
                "matrix_authors": matrix_authors, "matrix": matrix,
-               "diagonal_wins": int(sum(int(np.argmax(row)) == n for n, row in enumerate(matrix))),
-               "agent": "not built"}
+               "diagonal_wins": int(sum(int(np.argmax(row)) == n for n, row in enumerate(matrix)))}
     print("\n".join(report(results)))
     write_json(out / "results-rules.json", results)
     print(f"\ntook {time.perf_counter() - began:.0f} s; results in {out / 'results-rules.json'}")
@@ -184,7 +240,8 @@ def report(r: dict) -> list[str]:
     lines.append("  author × rules matrix (rows: whose intents; columns: whose rules; the judge's p of the row's author):")
     for a, row in zip(r["matrix_authors"], r["matrix"]):
         lines.append(f"  {a[-6:]:>8s}  " + "  ".join(f"{v:.4f}{'*' if v == max(row) else ' '}" for v in row))
-    lines.append(f"  the diagonal wins {r['diagonal_wins']} of {len(r['matrix'])} rows; the agent learner: {r['agent']}")
+    lines.append(f"  the diagonal wins {r['diagonal_wins']} of {len(r['matrix'])} rows (mined rules); authors whose "
+                 f"agent wrote no usable rule: {len(r['authors_without_agent'])}")
     return lines
 
 

@@ -208,8 +208,8 @@ def recipe_command(module, says: str):
 
 
 def add_train_parsers(sub) -> None:
-    from parsona.recipes import (baselines, train_group_predictor, train_persona_prefix, train_preference_lora,
-                                 train_user_lora)
+    from parsona.recipes import (baselines, learn_steering_rules, train_group_predictor, train_persona_prefix,
+                                 train_preference_lora, train_user_lora)
 
     train = sub.add_parser("train", help="train an adapter (recipes)", description="Train an adapter with one of the recipes.")
     recipes = train.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
@@ -228,6 +228,9 @@ def add_train_parsers(sub) -> None:
     add_recipe_parser(recipes, "group-predictor", "GPO: meta-train a predictor of groups' answers from a few of "
                       "theirs (OpinionQA by default)", train_group_predictor,
                       recipe_command(train_group_predictor, "group predictor: {out}"))
+    add_recipe_parser(recipes, "steering-rules", "the preference agent: rules from the large model's self-critique, "
+                      "a small model (base + LoRA) that writes them per intent", learn_steering_rules,
+                      recipe_command(learn_steering_rules, "agent: {out}"))
 
 
 def add_generate_lora_parser(sub) -> None:

@@ -235,11 +235,17 @@ class SteeringRules:
         return kept
 
     def _count(self, text: str) -> int:
-        if self.tokenizer is None:
-            return len(TOKEN.findall(text))
-        if hasattr(self.tokenizer, "convert_tokens_to_ids"):               # a Hugging Face tokenizer
-            return len(self.tokenizer(text, add_special_tokens=False).input_ids)
-        return len(self.tokenizer(text))
+        return count_tokens(text, self.tokenizer)
+
+
+def count_tokens(text: str, tokenizer=None) -> int:
+    """Tokens of ``text`` under ``tokenizer`` (a Hugging Face tokenizer, or a callable text -> list; None:
+    words and punctuation marks)."""
+    if tokenizer is None:
+        return len(TOKEN.findall(text))
+    if hasattr(tokenizer, "convert_tokens_to_ids"):                        # a Hugging Face tokenizer
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return len(tokenizer(text))
 
 
 def segment_ngrams(text: str, n: int) -> list[str]:

@@ -126,8 +126,8 @@ def batch_loss(model, adapter, ids: list[list[int]], personas: torch.Tensor, pad
     """Mean next-token cross-entropy over the text tokens of ``ids`` under their ``personas`` (B, d)."""
     from parsona.recipes.train_user_lora import collate
 
-    input_ids, mask, labels = collate(ids, pad, adapter.device)                        # (B, T) each
-    labels[:, : cfg.n_tokens] = -100                                                   # the placeholders are not text
+    masked = [(row, [-100] * cfg.n_tokens + row[cfg.n_tokens:]) for row in ids]        # the placeholders are not text
+    input_ids, mask, labels = collate(masked, pad, adapter.device)                     # (B, T) each
     with adapter.inputs(persona=personas):
         return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 

@@ -6,7 +6,10 @@
 ``--texts`` is a UTF-8 file with one text per line (blank lines skipped), or a ``.jsonl`` file with a
 "text" field per line. Each step samples ``batch_size`` texts with replacement (a generator seeded by
 ``seed``), each cut to ``max_length`` tokens ending in end-of-sequence, right-padded; the loss is the
-mean next-token cross-entropy over the non-pad tokens. The LoRA is written atomically as a standard
+mean next-token cross-entropy over the non-pad tokens. Given ``pairs`` instead (Python only: token ids
+of a prompt, and the text that should follow it), the loss is over the completions alone, the prompts
+masked (-100) as in supervised fine-tuning: how the steering-rules agent's small model learns
+intent -> rules (``recipes/learn_steering_rules.py``). The LoRA is written atomically as a standard
 PEFT LoRA directory at ``output_dir`` (PEFT, vLLM and LoRAX load it; so does ``LoRA.add``).
 It runs in one process on the model's device, without Accelerate (a user's few texts need no more);
 it does not shard its batch, so run it with ``python -m``, not ``accelerate launch``.
@@ -98,35 +101,52 @@ def encode(tokenizer, text: str, max_length: int) -> list[int]:
     return (ids + ([eos] if eos is not None else []))[:max_length]
 
 
-def collate(examples: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids (B, T), attention mask (B, T), and labels (B, T) with -100 on padding."""
+def encode_pair(tokenizer, prompt_ids: Sequence[int], completion: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a prompt followed by its completion: the prompt's labels are -100, the completion
+    (ending in end-of-sequence) is learned; cut to ``max_length``, which must leave a completion token."""
+    target = encode(tokenizer, completion, max_length)
+    ids = (list(prompt_ids) + target)[:max_length]
+    if len(prompt_ids) >= max_length:
+        raise ConfigError("max_length", "Raise it above the prompt's length, so the completion is learned.",
+                          problem=f"a prompt of {len(prompt_ids)} tokens, max_length {max_length}")
+    return ids, ([-100] * len(prompt_ids) + target)[:max_length]
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, labels) pairs -> right-padded ids (B, T), attention mask (B, T), and labels (B, T) with -100 on padding."""
     from parsona.padding import pad as pad_rows
 
-    ids, mask = pad_rows(examples, pad, side="right", device=device)
-    return ids, mask, ids.masked_fill(mask == 0, -100)
+    ids, mask = pad_rows([i for i, _ in examples], pad, side="right", device=device)
+    labels, _ = pad_rows([l for _, l in examples], -100, side="right", device=device)
+    return ids, mask, labels
 
 
 def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, texts: Sequence[str] | None = None,
-         progress: Progress | None = None) -> Path:
+         pairs: Sequence[tuple[Sequence[int], str]] | None = None, progress: Progress | None = None) -> Path:
     """Train and write the LoRA; return ``output_dir``.
 
     ``model`` and ``tokenizer`` (both or neither) reuse a loaded base instead of ``cfg.model``; the LoRA
     is attached for the run and detached at the end, which gives the base back as it was found. ``texts`` replaces
-    ``cfg.texts``. ``progress(step, steps, loss)`` is called after every step; without it a bar shows.
+    ``cfg.texts``; ``pairs`` (prompt ids, completion) replace both, the loss on completions only. ``progress(step, steps, loss)`` is called after every step; without it a bar shows.
     """
     from tqdm.auto import tqdm
 
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
 
-    texts = list(texts) if texts is not None else author_texts(cfg.author) if cfg.author else read_texts(cfg.texts)
-    if not texts:
-        raise ConfigError("texts", "Give at least one text to train on.", problem="no texts")
+    if pairs is None:
+        texts = list(texts) if texts is not None else author_texts(cfg.author) if cfg.author else read_texts(cfg.texts)
+    if not (pairs if pairs is not None else texts):
+        raise ConfigError("pairs" if pairs is not None else "texts", "Give at least one example to train on.",
+                          problem="none given")
     if (model is None) != (tokenizer is None):
         raise ConfigError("model", "Pass both model and tokenizer, or neither (then cfg.model is loaded).")
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    examples = [encode(tokenizer, t, cfg.max_length) for t in texts]
+    if pairs is not None:
+        examples = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in pairs]
+    else:
+        examples = [(ids, ids) for ids in (encode(tokenizer, t, cfg.max_length) for t in texts)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):   # a seeded init that leaves the caller's global RNG alone

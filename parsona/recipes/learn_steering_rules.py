@@ -1,0 +1,143 @@
+"""One user's preference agent (arXiv 2410.03731): the large model writes rules from how its zero-shot
+drafts differ from the user's texts; a small model (the base + a PEFT LoRA) learns intent -> rules.
+
+    parsona train steering-rules --author 965226 --output-dir runs/agent_965226
+    parsona train steering-rules --texts mine.txt --endpoint http://localhost:8000/v1 --endpoint-model llama-3-8b
+
+The large model is the base model (``--model``) or, with ``--endpoint``, any OpenAI-compatible
+``/chat/completions`` server (its key read from the environment variable ``--api-key-env``, never from a
+flag). The small model is always the base model here, fine-tuned with the user-LoRA recipe on
+(intent chat -> rules) pairs, the loss on the rules alone. ``output_dir`` gets, atomically:
+
+    agent.json    the intents, the large model's drafts and rules per text, the recurring rules (``rules``:
+                  what ``PUT /v1/profile/rules`` takes) and hashes of the user's word runs (no texts)
+    small_lora/   the small model's PEFT LoRA
+
+Serve it: ``Host(model, tokenizer, loras={"agent": DIR / "small_lora"})`` and
+``RulesAgent.load(DIR / "agent.json", small=HostWriter(host, conditioning={"adapter": "agent"}))`` (see
+:func:`load`). The large model's calls are the cost: three per text (intent, draft, rules).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from parsona.errors import ConfigError
+from parsona.persona.agent import RulesAgent
+
+
+@dataclass
+class Config:
+    """Every field is a flag (``max_steps`` -> ``--max-steps``)."""
+
+    model: str | None = None
+    """Base model (the small one, and the large one without --endpoint): HF id or local dir (default: SmolLM2)."""
+    texts: str = ""
+    """The user's texts: a .txt file (one per line) or a .jsonl file with a "text" field per line."""
+    author: str = ""
+    """Instead of texts: the train-split emails of this PAN-2011 Enron author id (``$PARSONA_DATA``)."""
+    max_texts: int = 30
+    """Use at most this many texts (the first ones; 0: all). Each costs three large-model calls."""
+    output_dir: str = "runs/steering_agent"
+    """Where agent.json and small_lora/ go."""
+    endpoint: str = ""
+    """The large model as an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (empty: the base model)."""
+    endpoint_model: str = "default"
+    """The endpoint's model name."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's key (unset: no key is sent)."""
+    max_new_tokens: int = 96
+    """Tokens of each large-model reply, and of the small model's rules."""
+    max_rule_tokens: int = 150
+    """The rules' budget in a prompt (counted with the base model's tokenizer)."""
+    max_quote_words: int = 3
+    """The longest run of the user's words a rule may quote."""
+    rank: int = 8
+    """The small model's LoRA rank."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate of the small model's LoRA."""
+    max_steps: int = 40
+    """Optimizer steps of the small model's LoRA."""
+    batch_size: int = 4
+    """(intent, rules) pairs per step."""
+    max_length: int = 256
+    """Tokens per pair, the chat prompt included."""
+    seed: int = 0
+    """Seed of the LoRA's init and of its batches."""
+
+    def __post_init__(self) -> None:
+        if self.texts and self.author:
+            raise ConfigError("author", "Pass --texts FILE or --author ID, not both.", problem="both given")
+        for name in ("max_new_tokens", "max_rule_tokens", "max_quote_words", "rank", "max_steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.max_texts < 0:
+            raise ConfigError("max_texts", "Use 0 (all) or a whole number ≥ 1.", problem=f"got {self.max_texts}")
+
+
+def large_writer(cfg: Config, host):
+    """The endpoint when one is configured, else the host's base model."""
+    from parsona.writers import EndpointWriter, HostWriter
+
+    if cfg.endpoint:
+        return EndpointWriter(cfg.endpoint, model=cfg.endpoint_model, api_key=os.environ.get(cfg.api_key_env) or None,
+                              max_tokens=cfg.max_new_tokens)
+    return HostWriter(host, max_new_tokens=cfg.max_new_tokens, progress="large model")
+
+
+def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, texts: Sequence[str] | None = None,
+         intents: Sequence[str] | None = None) -> Path:
+    """Learn the agent and write ``output_dir``; return it. ``model``/``tokenizer`` reuse a loaded base;
+    ``texts`` and ``intents`` (one per text; None: the large model summarises) replace the config's."""
+    from parsona.base_model import load_base_model
+    from parsona.host import Host, Request
+    from parsona.io import atomic_dir, write_json
+    from parsona.recipes import train_user_lora
+
+    if texts is None:
+        texts = train_user_lora.author_texts(cfg.author) if cfg.author else train_user_lora.read_texts(cfg.texts)
+    texts = list(texts)[: cfg.max_texts or None]
+    if intents is not None:
+        intents = list(intents)[: len(texts)]
+    if model is None:
+        model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
+    host = Host(model, tokenizer)
+    agent = RulesAgent(large_writer(cfg, host), tokenizer=tokenizer, max_tokens=cfg.max_rule_tokens,
+                       max_quote_words=cfg.max_quote_words).fit(texts, intents)
+    if not agent.examples_:
+        raise ConfigError("texts", "The large model wrote no usable rules for these texts: try a larger model "
+                          "(--endpoint) or more texts.", problem=f"0 of {len(texts)} texts gave a rule")
+    pairs = [(host.prepare(Request(messages=chat)).input_ids, rules) for chat, rules in agent.examples_]
+    settings = train_user_lora.settings_from(cfg)
+    with atomic_dir(cfg.output_dir) as tmp:
+        train_user_lora.main(train_user_lora.Config(**{**settings, "output_dir": str(tmp / "small_lora")}),
+                             model=model, tokenizer=tokenizer, pairs=pairs)
+        agent.save(tmp / "agent.json")
+        write_json(tmp / "config.json", {k: v for k, v in asdict(cfg).items() if k != "api_key_env"})
+    print(f"{len(agent.examples_)} of {len(texts)} texts gave rules; recurring rules:")
+    print("\n".join(f"  - {r}" for r in agent.rules_) or "  (none)")
+    return Path(cfg.output_dir)
+
+
+def load(output_dir: str | Path, host, name: str = "agent"):
+    """The agent in ``output_dir``, its small model served by ``host``, which must hold ``small_lora/`` as
+    LoRA ``name`` (``Host(..., loras={name: output_dir / "small_lora"})``)."""
+    import json
+
+    from parsona.writers import HostWriter
+
+    out = Path(output_dir)
+    cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    small = HostWriter(host, max_new_tokens=cfg["max_new_tokens"], conditioning={"adapter": name})
+    return RulesAgent.load(out / "agent.json", small=small, tokenizer=host.tokenizer)
+
+
+if __name__ == "__main__":
+    from parsona.recipes.config_cli import run_recipe
+
+    run_recipe(Config, main)

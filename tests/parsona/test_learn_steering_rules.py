@@ -1,0 +1,67 @@
+"""The preference-agent recipe end to end on the tiny model: the large model's rules become (intent ->
+rules) pairs, the small model's LoRA learns them with the loss on the rules alone, and the saved agent
+serves them again through a host."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from parsona.base_model import load_base_model
+from parsona.errors import ConfigError
+from parsona.host import Host
+from parsona.persona.agent import CRITIQUE
+from parsona.recipes import learn_steering_rules as recipe
+from parsona.recipes.train_user_lora import encode_pair
+from parsona.writers import HostWriter
+
+TEXTS = [f"Hi Jo,\nthe {w} numbers are in.\nAnn" for w in ("gas", "power", "oil", "coal", "wind", "sun")]
+
+
+def scripted_large(cfg, host):
+    def writer(chats):
+        return ["- Keep it short." if c[-1]["content"].startswith(CRITIQUE.split("{")[0]) else "Send the numbers."
+                for c in chats]
+    return writer
+
+
+def test_the_small_model_learns_to_write_the_rules_and_the_agent_reloads(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "large_writer", scripted_large)
+    cfg = recipe.Config(model=tiny_dir, output_dir=str(tmp_path / "agent"), max_steps=60, learning_rate=1e-2,
+                        max_new_tokens=24, batch_size=6)
+    out = recipe.main(cfg, texts=TEXTS)
+    assert sorted(p.name for p in out.iterdir()) == ["agent.json", "config.json", "small_lora"]
+    assert (out / "small_lora" / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "agent.json").read_text())
+    assert state["rules"] == ["Keep it short."] and "Ann" not in (out / "agent.json").read_text()
+    model, tokenizer = load_base_model(tiny_dir)
+    ask = [recipe.RulesAgent.rules_chat("Send the numbers.")]
+    assert not HostWriter(Host(model, tokenizer), max_new_tokens=24)(ask)[0].startswith("- Keep")   # the base: noise
+    agent = recipe.load(out, Host(model, tokenizer, loras={"agent": out / "small_lora"}))
+    assert agent.small(ask)[0].startswith("- Keep it short.")            # learned
+    assert agent.rules_for(["Send the numbers."]) == [["Keep it short."]]
+
+
+def test_pairs_mask_the_prompt_and_refuse_a_prompt_longer_than_max_length(tiny_dir):
+    _, tokenizer = load_base_model(tiny_dir)
+    ids, labels = encode_pair(tokenizer, [5, 6, 7], "ab", max_length=16)
+    assert ids[:3] == [5, 6, 7] and labels[:3] == [-100] * 3 and labels[3:] == ids[3:] and ids[-1] == tokenizer.eos_token_id
+    with pytest.raises(ConfigError, match="max_length"):
+        encode_pair(tokenizer, list(range(10)), "ab", max_length=10)
+
+
+def test_no_usable_rule_is_an_error_and_writes_nothing(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "large_writer", lambda cfg, host: lambda chats: ["" for _ in chats])
+    with pytest.raises(ConfigError, match="texts"):
+        recipe.main(recipe.Config(model=tiny_dir, output_dir=str(tmp_path / "agent"), max_steps=1), texts=TEXTS)
+    assert not (tmp_path / "agent").exists()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="author"):
+        recipe.Config(texts="a.txt", author="1")
+    with pytest.raises(ConfigError, match="max_texts"):
+        recipe.Config(max_texts=-1)
+    with pytest.raises(ConfigError, match="base_url"):
+        recipe.large_writer(recipe.Config(endpoint="ftp://x"), host=None)

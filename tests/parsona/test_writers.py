@@ -1,0 +1,63 @@
+"""Writers: the host's model and an OpenAI-compatible endpoint (here, parsona's own server) give a learner
+the same replies for the same chats; a wrong URL, key or reply is an error naming ``base_url``."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import perturb, tiny_tokenizer
+from parsona.adapters import PreferenceLoRAConfig, attach
+from parsona.base_model import tiny_causal_lm
+from parsona.errors import ConfigError
+from parsona.host import Host, Request
+from parsona.store import Store
+from parsona.writers import EndpointWriter, HostWriter
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from parsona.serve.app import create_app  # noqa: E402
+
+CHATS = [[{"role": "user", "content": "the dog"}], [{"role": "user", "content": "a cat sat"}],
+         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]]
+
+
+@pytest.fixture
+def world(tmp_path):
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0)
+    pref = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(pref)
+    store = Store(tmp_path / "store")
+    host = Host(model, tiny_tokenizer(), store, pref, defaults={"preference": [0.3, 0.7]})
+    _, key = store.create_user()
+    with TestClient(create_app(host, store, model_id="tiny", batch_wait_s=0.0)) as client:
+        yield host, client, key
+    store.close()
+
+
+def test_host_writer_replies_are_the_hosts_greedy_replies_in_batches(world):
+    host, _, _ = world
+    direct = [c.text for c in host.generate([Request(messages=m, max_new_tokens=5, conditioning={"preference": [1.0, 0.0]})
+                                             for m in CHATS])]
+    assert HostWriter(host, max_new_tokens=5, conditioning={"preference": [1.0, 0.0]}, batch_size=2)(CHATS) == direct
+    assert HostWriter(host, max_new_tokens=5)(CHATS) != direct          # the row's conditioning is used
+
+
+def test_an_openai_compatible_endpoint_gives_the_same_replies(world):
+    host, client, key = world
+    endpoint = EndpointWriter("http://testserver/v1", model="tiny", api_key=key, max_tokens=5, client=client)
+    assert endpoint(CHATS) == HostWriter(host, max_new_tokens=5)(CHATS)
+
+
+def test_endpoint_errors_name_base_url(world):
+    _, client, key = world
+    with pytest.raises(ConfigError, match="base_url") as err:
+        EndpointWriter("http://testserver/v1", api_key="wrong", client=client)(CHATS[:1])
+    assert "401" in str(err.value)
+    with pytest.raises(ConfigError, match="base_url") as err:
+        EndpointWriter("http://testserver/nothing", api_key=key, client=client)(CHATS[:1])
+    assert "404" in str(err.value)
+    with pytest.raises(ConfigError, match="base_url"):
+        EndpointWriter("localhost:8000")
+    with pytest.raises(ConfigError, match="base_url"):                  # nothing listens there
+        EndpointWriter("http://127.0.0.1:9/v1", timeout=2)(CHATS[:1])
