@@ -7,7 +7,8 @@ Parity: max |Δlogit| between onnxruntime and torch over the prompt's tokens for
 simplex in one batch (every row a different λ; goal ≤ 1e-4), and a 20-token greedy decode of 3 rows
 with different λ (goal: identical tokens). Latency: a ``prompt_tokens`` prefill, then ``decode_tokens``
 steps with the KV cache; the median step, at batch 1 and 8, for ORT bare, ORT with the LoRA and torch
-eager with the LoRA (the same cache loop), all on ``threads`` threads.
+eager with the LoRA (the same cache loop), all on ``threads`` threads. Each of ``variants`` (fp16, int8:
+``parsona.export.variants``) of the LoRA export gets the same parity and latency rows, and its size.
 
     .venv/bin/python bench/onnx_export.py                                      # SmolLM2: a few minutes on 2 cores
     .venv/bin/python bench/onnx_export.py --model DIR --decode-tokens 4        # a tiny model: seconds
@@ -41,6 +42,8 @@ class Config:
     """Reuse the two exports already in output_dir (same model, adapter and seed): parity and latency only."""
     threads: int = 2
     """Threads of onnxruntime and torch."""
+    variants: str = "fp16,int8"
+    """Smaller graphs of the LoRA export measured too, comma-separated (empty: none)."""
     seed: int = 0
     """Seed of the fresh adapter and the prompts."""
 
@@ -115,6 +118,7 @@ def main(cfg: Config) -> dict:
     from parsona.base_model import load_base_model, model_for
     from parsona.export.onnx import export
     from parsona.export.runtime import OnnxGenerator
+    from parsona.export.variants import file_name
     from parsona.io import write_json
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
@@ -124,26 +128,34 @@ def main(cfg: Config) -> dict:
     model, tokenizer = load_base_model(model_for(cfg.model, cfg.adapter or None), dtype=torch.float32, device="cpu")
     results: dict = {"config": asdict(cfg)}
     adapter = None
+    variants = [v for v in cfg.variants.split(",") if v]
     for name in ("bare", "preference"):
         if name == "preference":
             adapter = load_adapter(model, cfg.adapter) if cfg.adapter else fresh_adapter(model, cfg.seed)
         began = time.perf_counter()
-        if not (cfg.reuse and (out / name / "parsona_onnx.json").is_file()):
-            export(model, tokenizer, out / name, [adapter] if adapter else [], overwrite=True)
+        wanted = variants if name == "preference" else []
+        have = (out / name / "parsona_onnx.json").is_file() and all((out / name / file_name(v)).is_file() for v in wanted)
+        if not (cfg.reuse and have):
+            export(model, tokenizer, out / name, [adapter] if adapter else [], overwrite=True, variants=wanted)
             results[f"export_seconds_{name}"] = time.perf_counter() - began
     results["megabytes"] = {k: (out / k / "model.onnx").stat().st_size / 2**20 for k in ("bare", "preference")}
+    results["megabytes"] |= {v: (out / "preference" / file_name(v)).stat().st_size / 2**20 for v in variants}
     bare, pref = (OnnxGenerator(out / k, threads=cfg.threads) for k in ("bare", "preference"))
+    smaller = {v: OnnxGenerator(out / "preference", threads=cfg.threads, variant=v) for v in variants}
     rng = np.random.default_rng(cfg.seed)
     prompts = [f"Question {i}: how should I " + " ".join(rng.choice(["plan", "cook", "write", "rest", "learn"], 3))
                + "?" for i in range(11)]
     results["parity"] = parity(model, tokenizer, adapter, pref, prompts)
+    results["variant_parity"] = {v: parity(model, tokenizer, adapter, gen, prompts) for v, gen in smaller.items()}
     results["latency"] = {}
     for batch in (1, 8):
         ids = rng.integers(10, tokenizer.vocab_size - 10, (batch, cfg.prompt_tokens)).astype(np.int64)
         lam = np.tile(np.array([[0.3, 0.7]], dtype=np.float32), (batch, 1))
         times = {"ort_bare": ort_steps(bare, ids, {}, cfg.decode_tokens),
                  "ort_preference": ort_steps(pref, ids, {"preference": lam}, cfg.decode_tokens),
-                 "torch_preference": torch_steps(model, adapter, ids, lam, cfg.decode_tokens)}
+                 "torch_preference": torch_steps(model, adapter, ids, lam, cfg.decode_tokens),
+                 **{f"ort_preference_{v}": ort_steps(gen, ids, {"preference": lam}, cfg.decode_tokens)
+                    for v, gen in smaller.items()}}
         results["latency"][batch] = {k: float(np.median(v)) for k, v in times.items()}
     print("\n".join(report(results)))
     write_json(out / "results-onnx.json", results)
@@ -165,6 +177,12 @@ def report(r: dict) -> list[str]:
                      f"{1e3 * t['ort_preference']:.2f} ({ratio:.3f}× bare; goal ≤ 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'})"
                      f"  torch eager preference {1e3 * t['torch_preference']:.2f} "
                      f"(ORT {t['torch_preference'] / t['ort_preference']:.2f}× faster)")
+    for v, q in r.get("variant_parity", {}).items():
+        speed = "  ".join(f"batch {b} {1e3 * t[f'ort_preference_{v}']:.2f} ms ({t[f'ort_preference_{v}'] / t['ort_preference']:.2f}× fp32)"
+                          for b, t in r["latency"].items())
+        lines.append(f"{v}: {r['megabytes'][v]:.0f} MB; max |Δlogit| vs torch fp32 {q['max_abs_logit_diff']:.3g}; 20-token "
+                     f"greedy identical to the host's: {q['greedy_20_rows_identical']} of 3 rows; preference changes the "
+                     f"output: {q['preference_changes_output']}; per token {speed}")
     return lines
 
 

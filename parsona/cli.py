@@ -51,6 +51,10 @@ def chat_request(args, prompt: str, preference=None):
 
 
 def cmd_generate(args) -> int:
+    if args.onnx_variant and not args.onnx:
+        from parsona.errors import ConfigError
+
+        raise ConfigError("--onnx-variant", "Pass it with --onnx DIR.", problem="no --onnx given")
     if args.onnx:
         return _generate_onnx(args)
     host = generation_host(args)
@@ -66,7 +70,7 @@ def _generate_onnx(args) -> int:
     if args.preference_adapter or args.lora or args.model:
         raise ConfigError("--onnx", "Pass --onnx alone: the export holds its model and adapters.",
                           problem="--model, --preference-adapter or --lora given too")
-    gen = OnnxGenerator(args.onnx)
+    gen = OnnxGenerator(args.onnx, variant=args.onnx_variant)
     runtime = {}
     if "preference" in gen.inputs_:                    # --preference, or equal weights (the host's default)
         width = gen.inputs_["preference"]["shape"][-1]
@@ -82,7 +86,8 @@ def _generate_onnx(args) -> int:
 
 def cmd_export_onnx(args) -> int:
     """Export the base model with a preference LoRA as ONNX: the preference stays a graph input, with a KV cache.
-    Writes model.onnx, the tokenizer files and parsona_onnx.json into --out (new or empty; --overwrite to replace)."""
+    Writes model.onnx, the tokenizer files and parsona_onnx.json into --out (new or empty; --overwrite to replace),
+    and model.fp16.onnx / model.int8.onnx with --variants."""
     import torch
 
     from parsona.adapters import load_adapter
@@ -94,7 +99,7 @@ def cmd_export_onnx(args) -> int:
         model = merge_lora(model, args.lora)                     # before the adapters hook its Linears
     adapters = [load_adapter(model, a) for a in args.adapter]
     out = export(model, tokenizer, args.out, adapters, objectives=objectives_of(args.adapter[0]) if args.adapter else None,
-                 overwrite=args.overwrite)
+                 overwrite=args.overwrite, variants=args.variants)
     print(f"ONNX export: {out}  (try: parsona generate --onnx {out} --preference 0.3,0.7 \"your prompt\")")
     return 0
 
@@ -312,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), > 0 samples")
     gen.add_argument("--onnx", default=None, metavar="DIR",
                      help="answer with an ONNX export (parsona export onnx) in onnxruntime instead of torch")
+    from parsona.export.variants import VARIANTS
+
+    gen.add_argument("--onnx-variant", default=None, choices=sorted(VARIANTS),
+                     help="with --onnx: run the export's smaller graph (written by export onnx --variants)")
     gen.set_defaults(func=cmd_generate)
 
     exp = sub.add_parser("export", help="export for other runtimes", description="Export for other runtimes.")
@@ -325,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a user's PEFT LoRA, merged into the base weights first: a per-user export")
     onnx.add_argument("--model", default=None, help="base model (default: the one the adapter was trained on)")
     onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    onnx.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="LIST",
+                      help="also write smaller graphs beside model.onnx: fp16 (float16 weights and activations), "
+                           "int8 (dynamic int8 quantization of MatMul weights); e.g. fp16,int8 (default: none)")
     onnx.set_defaults(func=cmd_export_onnx)
     peft = kinds.add_parser("peft", help="a PEFT LoRA for multi-LoRA servers (vLLM, LoRAX): one λ per snapshot",
                             description=cmd_export_peft.__doc__)

@@ -12,7 +12,8 @@ shapes and domains from the adapters (``input_names``, ``example_inputs``, the r
 data-dependent branch fails loudly instead of being baked in) at example sizes that are all different
 and ≥ 2 (size 1 would specialise the single-token path), with one named dimension for the batch and one
 for the past across every cache tensor. Beside ``model.onnx`` go the tokenizer's files and
-``parsona_onnx.json`` (inputs, adapters and their configs, objectives, eos and pad ids, chat template),
+``parsona_onnx.json`` (inputs, adapters and their configs, objectives, eos and pad ids, chat template) and
+``genai_config.json`` (onnxruntime-genai loads the directory; runtime inputs via ``set_model_input``),
 all written into a temporary directory and renamed into place: a failed export leaves nothing.
 """
 
@@ -32,6 +33,7 @@ from parsona.export import refuse_non_empty
 
 FORMAT_VERSION = 1
 META_NAME = "parsona_onnx.json"
+GENAI_NAME = "genai_config.json"
 MODEL_NAME = "model.onnx"
 EXAMPLE = {"batch": 3, "sequence": 4, "past_sequence": 5}     # all different, all ≥ 2
 
@@ -106,12 +108,15 @@ def _examples(adapters, config, inputs: list[dict]) -> tuple[tuple, tuple]:
 
 
 def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence = (), *,
-           objectives: Sequence[str] | None = None, overwrite: bool = False) -> Path:
-    """Write ``out_dir`` (model.onnx, tokenizer files, parsona_onnx.json); return it."""
+           objectives: Sequence[str] | None = None, overwrite: bool = False, variants: Sequence[str] = ()) -> Path:
+    """Write ``out_dir`` (model.onnx, tokenizer files, parsona_onnx.json, and ``model.<variant>.onnx`` for
+    each of ``variants``: "fp16", "int8", see ``parsona.export.variants``); return it."""
     import onnx
 
+    from parsona.export.variants import check_variants, write_variants
     from parsona.io import atomic_dir, write_json
 
+    variants = check_variants(variants)
     out = Path(out_dir)
     refuse_non_empty(out, overwrite)
     if next(model.parameters()).dtype != torch.float32:
@@ -130,9 +135,12 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
                           output_names=["logits", *(n.replace("past_key_values", "present") for n in cache_names)],
                           dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
         onnx.checker.check_model(str(tmp / MODEL_NAME))
+        files = write_variants(tmp, variants)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / META_NAME, metadata(model, tokenizer, adapters, inputs, objectives,
-                                             seconds=round(time.perf_counter() - began, 2)))
+        meta = {**metadata(model, tokenizer, adapters, inputs, objectives, seconds=round(time.perf_counter() - began, 2)),
+                "variants": files}
+        write_json(tmp / META_NAME, meta)
+        write_json(tmp / GENAI_NAME, genai_config(model, meta))
     return out
 
 
@@ -152,6 +160,26 @@ def metadata(model, tokenizer, adapters, inputs: list[dict], objectives, seconds
             "pad_token_id": int(pad), "chat_template": getattr(tokenizer, "chat_template", None),
             "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
             "export_seconds": seconds}
+
+
+def genai_config(model, meta: dict) -> dict:
+    """onnxruntime-genai's config for this graph: ``og.Model(DIR)`` loads the export, and each runtime input is
+    set per generator with ``generator.set_model_input("preference", array (B, m))`` (tested: the tokens equal
+    :class:`~parsona.export.runtime.OnnxGenerator`'s). No position_ids: the graph computes them from the mask."""
+    config = model.config
+    return {"model": {
+        "bos_token_id": config.bos_token_id, "eos_token_id": meta["eos_token_ids"], "pad_token_id": meta["pad_token_id"],
+        "context_length": int(getattr(config, "max_position_embeddings", 2048)), "vocab_size": meta["vocab_size"],
+        "type": getattr(config, "model_type", "llama"),
+        "decoder": {"filename": MODEL_NAME, "head_size": meta["head_dim"], "hidden_size": config.hidden_size,
+                    "num_attention_heads": config.num_attention_heads, "num_hidden_layers": meta["num_hidden_layers"],
+                    "num_key_value_heads": meta["num_key_value_heads"], "session_options": {"provider_options": []},
+                    "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                               "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                    "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                                "present_value_names": "present.%d.value"}}},
+        "search": {"max_length": int(getattr(config, "max_position_embeddings", 2048)), "do_sample": False,
+                   "num_beams": 1, "past_present_share_buffer": False}}
 
 
 def merge_lora(model: nn.Module, lora_dir: str | Path) -> nn.Module:

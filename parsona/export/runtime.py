@@ -25,9 +25,11 @@ SIMPLEX_ATOL = 1e-5     # parsona.simplex's tolerance (that module imports torch
 
 
 class OnnxGenerator:
-    """A loaded export: ``session_`` (onnxruntime), ``meta_`` (its parsona_onnx.json), ``tokenizer_``."""
+    """A loaded export: ``session_`` (onnxruntime), ``meta_`` (its parsona_onnx.json), ``tokenizer_``.
+    ``variant`` picks a smaller graph the export holds ("fp16", "int8"; None: the float32 one)."""
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+                 variant: str | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -39,7 +41,12 @@ class OnnxGenerator:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session_ = ort.InferenceSession(str(path / "model.onnx"), options,
+        variants = self.meta_.get("variants") or {}
+        if variant is not None and variant not in variants:
+            raise ConfigError("variant", f"Choose one this export has: {sorted(variants) or 'none'} "
+                              "(parsona export onnx --variants fp16,int8 writes them).", problem=f"got {variant!r}")
+        graph = variants[variant] if variant is not None else "model.onnx"
+        self.session_ = ort.InferenceSession(str(path / graph), options,
                                              providers=list(providers or ["CPUExecutionProvider"]))
         self.tokenizer_ = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.inputs_ = {i["name"]: i for i in self.meta_["inputs"]}

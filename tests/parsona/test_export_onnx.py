@@ -233,3 +233,65 @@ def test_a_per_user_export_merges_the_users_lora_under_a_live_preference(tmp_pat
     without = host.generate([Request(prompt=p, conditioning={"preference": lam}, max_new_tokens=12)
                              for p, lam in zip(prompts, lams)])
     assert [c.text for c in expected] != [c.text for c in without]          # the LoRA matters
+
+
+def test_fp16_and_int8_variants_keep_the_inputs_live_and_stay_near_the_float32_graph(tmp_path, tiny_dir, capsys):
+    import onnx
+
+    from parsona.cli import main as cli
+
+    model, pref = tiny()
+    out = export(model, tiny_tokenizer(), tmp_path / "export", [pref], variants=["fp16", "int8"])
+    assert OnnxGenerator(out).meta_["variants"] == {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    full = OnnxGenerator(out)
+    ids, mask = full.encode(["hello there", "a cat sat on the mat"])
+    valid = mask.astype(bool)
+
+    def logits(gen, lam):
+        feeds = {"input_ids": ids, "attention_mask": mask, "preference": np.array(lam, np.float32), **gen.empty_past(2)}
+        return gen.session_.run(["logits"], feeds)[0][valid]                         # (valid tokens, V)
+
+    ref = logits(full, [[0.2, 0.8], [1.0, 0.0]])
+    for variant, atol, agree in (("fp16", 2e-2, 1.0), ("int8", None, 0.9)):
+        gen = OnnxGenerator(out, variant=variant)
+        got = logits(gen, [[0.2, 0.8], [1.0, 0.0]])
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= agree, variant
+        if atol is not None:
+            assert np.abs(got - ref).max() <= atol
+        assert np.abs(got - logits(gen, [[0.8, 0.2], [0.0, 1.0]])).max() > 1e-3    # λ is still live
+        assert [i.type for i in gen.session_.get_inputs()][:3] == ["tensor(int64)", "tensor(int64)", "tensor(float)"]
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, ops                   # weights really are int8
+    halves = [t for t in onnx.load(str(out / "model.fp16.onnx")).graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert halves
+    int8 = [t for t in onnx.load(str(out / "model.int8.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) >= 7 * model.config.num_hidden_layers                        # q k v o gate up down per layer
+    with pytest.raises(ConfigError, match="variants"):
+        export(model, tiny_tokenizer(), tmp_path / "other", [pref], variants=["int4"])
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ConfigError, match="variant"):
+        OnnxGenerator(out, variant="bf16")
+    assert cli(["generate", "--onnx", str(out), "--onnx-variant", "int8", "--max-new-tokens", "3", "hi"]) == 0
+    capsys.readouterr()
+    assert cli(["generate", "--onnx-variant", "int8", "--model", tiny_dir, "hi"]) == 2
+    assert "--onnx-variant" in capsys.readouterr().err
+
+
+def test_onnxruntime_genai_loads_the_export_and_takes_the_preference_per_row(exported):
+    og = pytest.importorskip("onnxruntime_genai")
+    _, _, out = exported
+    ours = OnnxGenerator(out)
+    model = og.Model(str(out))
+    ids, mask = ours.encode(["hello there", "a cat sat on the mat"])
+    lam = np.array([[1.0, 0.0], [0.2, 0.8]], np.float32)
+    feeds = {"input_ids": ids, "attention_mask": mask, "preference": lam, **ours.empty_past(2)}
+    want = ours.session_.run(["logits"], feeds)[0][:, -1]                          # (2, V): the last prompt token
+    for row in range(2):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=64, batch_size=1)
+        gen = og.Generator(model, params)
+        gen.set_model_input("preference", lam[row:row + 1])
+        gen.append_tokens(ids[row:row + 1][mask[row:row + 1].astype(bool)][None].astype(np.int32))
+        got = np.asarray(gen.get_logits()).reshape(-1)
+        assert np.abs(got - want[row]).max() <= 1e-4, (row, np.abs(got - want[row]).max())
+    assert np.abs(want[0] - want[1]).max() > 1e-3                                  # the rows' λ differ, so do they
