@@ -94,13 +94,12 @@ def train_agents(model, tokenizer, authors: list[str], train: dict, cfg: Config)
     import hashlib
     import json
 
-    from parsona.errors import ConfigError
     from parsona.recipes import learn_steering_rules as recipe
 
     settings = recipe.Config(model=cfg.model, max_texts=cfg.agent_texts, max_new_tokens=cfg.agent_max_new_tokens,
                              max_rule_tokens=cfg.max_rule_tokens, rank=cfg.agent_rank, max_steps=cfg.agent_steps,
                              learning_rate=cfg.agent_learning_rate, seed=cfg.seed)
-    key = hashlib.sha256(json.dumps([asdict(settings), cfg.agent_summarise, cfg.intent_words]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([asdict(settings), cfg.agent_summarise, cfg.intent_words, "agent.json v2"]).encode()).hexdigest()[:12]
     dirs = {}
     for n, a in enumerate(authors):
         dirs[a] = Path(cfg.output_dir) / "agents" / key / a
@@ -111,22 +110,29 @@ def train_agents(model, tokenizer, authors: list[str], train: dict, cfg: Config)
             try:
                 recipe.main(replace(settings, output_dir=str(dirs[a])), model=model, tokenizer=tokenizer, texts=texts,
                             intents=intents)
-            except ConfigError as exc:     # the large model wrote no usable rule: this author's agent adds none
+            except recipe.NoRules as exc:  # the large model wrote no usable rule: this author's agent adds none
                 print(f"  no agent for {a}: {exc}")
                 dirs[a] = None
     return dirs
 
 
-def agent_rules(model, tokenizer, dirs: dict[str, Path | None], intents: dict[str, list[str]]) -> dict[str, list[list[str]]]:
+def agent_rules(model, tokenizer, dirs: dict[str, Path | None], intents: dict[str, list[str]],
+                train: dict) -> tuple[dict[str, list[list[str]]], dict[str, int]]:
     """Each author's agent's rules for each of their held-out intents (all agents' LoRAs in one host; an
-    author without an agent gets none)."""
+    author without an agent gets none), and per author how many intents got the small model's own rules
+    (the rest get the agent's recurring rules)."""
     from parsona.host import Host
     from parsona.recipes import learn_steering_rules as recipe
 
     host = Host(model, tokenizer, loras={a: d / "small_lora" for a, d in dirs.items() if d is not None})
+    rules, own = {}, {}
     try:
-        return {a: recipe.load(d, host, name=a).rules_for(intents[a]) if d is not None else [[] for _ in intents[a]]
-                for a, d in dirs.items()}
+        for a, d in dirs.items():
+            agent = recipe.load(d, host, train[a], name=a) if d is not None else None
+            written = agent.rules_for(intents[a], fallback=False) if agent else [[] for _ in intents[a]]
+            own[a] = sum(bool(r) for r in written)
+            rules[a] = [r or (list(agent.rules_) if agent else []) for r in written]
+        return rules, own
     finally:
         if host.bank is not None:
             host.bank.detach()
@@ -188,7 +194,7 @@ def main(cfg: Config) -> dict:
         rules[a] = SteeringRules(population=population, max_tokens=cfg.max_rule_tokens, tokenizer=tokenizer).fit(train[a]).rules_
     intents = {a: [intent_of(t, cfg.intent_words) for t in test[a][: cfg.intents_per_author]] for a in authors}
     agents = train_agents(model, tokenizer, authors, train, cfg)
-    by_agent = agent_rules(model, tokenizer, agents, intents)
+    by_agent, small_wrote = agent_rules(model, tokenizer, agents, intents, train)
     prompts = {(a, c, i): p for a in authors for i, intent in enumerate(intents[a]) for c, p in (
         ("zero_shot", chat(ASK.format(intent=intent))),
         ("few_shot", chat(few_shot_prompt(train[a][: cfg.few_shot], intent, cfg.example_words))),
@@ -218,7 +224,8 @@ def main(cfg: Config) -> dict:
                for b in matrix_authors] for a in matrix_authors]
     results = {"config": asdict(cfg), "authors": authors, "judge_accuracy_on_real_test_emails": judge_accuracy,
                "chance": 1 / len(authors), "rules": rules, "agent_rules": by_agent,
-               "authors_without_agent": [a for a, d in agents.items() if d is None], "conditions": summary, "differences": diffs,
+               "authors_without_agent": [a for a, d in agents.items() if d is None],
+               "intents_ruled_by_the_small_model": small_wrote, "conditions": summary, "differences": diffs,
                "matrix_authors": matrix_authors, "matrix": matrix,
                "diagonal_wins": int(sum(int(np.argmax(row)) == n for n, row in enumerate(matrix)))}
     print("\n".join(report(results)))
@@ -241,7 +248,9 @@ def report(r: dict) -> list[str]:
     for a, row in zip(r["matrix_authors"], r["matrix"]):
         lines.append(f"  {a[-6:]:>8s}  " + "  ".join(f"{v:.4f}{'*' if v == max(row) else ' '}" for v in row))
     lines.append(f"  the diagonal wins {r['diagonal_wins']} of {len(r['matrix'])} rows (mined rules); authors whose "
-                 f"agent wrote no usable rule: {len(r['authors_without_agent'])}")
+                 f"agent wrote no usable rule: {len(r['authors_without_agent'])}; held-out intents ruled by the small "
+                 f"model itself: {sum(r['intents_ruled_by_the_small_model'].values())} of "
+                 f"{sum(len(v) for v in r['agent_rules'].values())} (the rest: the agent's recurring rules)")
     return lines
 
 

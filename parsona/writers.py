@@ -72,12 +72,17 @@ class EndpointWriter:
 
     @staticmethod
     def _reply(response) -> str:
+        """The reply's text. An error says the status only: a server may echo the request (the user's
+        texts) in its error body."""
         try:
-            body = response.json()
-            text = body["choices"][0]["message"]["content"]
+            text = response.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             text = None
-        if response.status_code != 200 or not isinstance(text, str):
-            raise ConfigError("base_url", "Point it at an OpenAI-compatible /chat/completions endpoint (and check "
-                              "the model name and key).", problem=f"status {response.status_code}: {response.text[:160]}")
+        status = response.status_code
+        if status in (401, 403):
+            raise ConfigError("api_key", "Give the endpoint's key (the recipe reads it from --api-key-env).",
+                              problem=f"status {status}")
+        if status != 200 or not isinstance(text, str):
+            raise ConfigError("base_url", "Point it at an OpenAI-compatible /chat/completions endpoint, and check "
+                              "the model name.", problem=f"status {status}" + ("" if status != 200 else ", no reply text"))
         return text

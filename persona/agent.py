@@ -15,23 +15,23 @@ with a bigger model brings it without code changes. Nothing here loads a model.
 ``fit`` for each of the user's texts: (1) an intent, what the text is for, summarised by the large model
 in one sentence (the first sentence of the text when the reply is empty or too long: the extractive
 fallback); (2) the large model's zero-shot text for that intent; (3) the large model's rules that would turn
-(2) into the user's text (``critique_chat``). Each text's rules are parsed (one per line), kept only when they quote no run of
-more than ``max_quote_words`` of the user's words, and cut to ``max_tokens``. ``rules_`` holds the rules
+(2) into the user's text (``critique_chat``). Each text's rules are parsed (list lines only), kept only
+when they quote the user nowhere (``QuoteGuard``: a run of three or more of the user's words is allowed
+only if short and habitual), and cut to ``max_tokens``. ``rules_`` holds the rules
 that recur most over the texts, within the budget: a prompt-independent profile the server can store like
 mined rules. ``rules_for`` asks ``small`` (falling back to ``rules_`` when it is unset or writes nothing
-usable), with the same quote check: the small model has seen the user's texts only through rules that
-passed it, but a check at the output does not rely on that.
+usable), with the same quote check: the small model learned from the intents, which may be the user's
+own sentences, so what it writes is checked again. ``save`` keeps only quote-checked rules.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from typing import Callable, Sequence
 
 from parsona.errors import ConfigError
-from parsona.persona.rules import MAX_RULE_CHARS, WORD, SteeringRules, count_tokens, render
+from parsona.persona.rules import MAX_RULE_CHARS, SteeringRules, count_tokens, render
 
 Chat = list[dict]
 Writer = Callable[[list[Chat]], list[str]]
@@ -45,6 +45,7 @@ CRITIQUE = ("Both emails say: {intent}\n\nEmail A (a draft):\n{draft}\n\nEmail B
             "Give 3 to 5 short rules. Describe the style; do not copy Email B.")
 RULES_ASK = "Write the style rules this user follows in an email that says: {intent}"
 BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+GUARD_WORD = re.compile(r"\w+")                                           # any script: a quote in Cyrillic counts too
 MARKUP = re.compile(r"\*\*|__|`")                                           # markdown bold and code marks
 ECHO = re.compile(r"^(?:draft|real|purpose|rules)\s*:", re.IGNORECASE)      # the prompt's own fields echoed
 
@@ -80,25 +81,28 @@ def rules_text(rules: Sequence[str]) -> str:
 
 
 class QuoteGuard:
-    """Is a text free of any run of more than ``max_words`` consecutive words of the user's texts?
+    """Does a text quote the user? Words are Unicode words, lower-cased. A run of 3 to ``max_words`` of the
+    user's words may be repeated only when it is in at least ``min_texts`` of their texts (a habit, as the
+    miner's phrases are); any longer run is a quote. Single words and pairs are not quotes: free text
+    cannot avoid every pair its user once wrote ("should be", "the email").
 
-    Holds only hashes of the user's (max_words + 1)-word runs (lower-cased), so it can be saved with the
-    agent without keeping the user's texts; any longer quoted run contains one of them.
+    Built from the texts and never saved: the runs, even hashed, would let the texts be rebuilt.
     """
 
-    def __init__(self, texts: Sequence[str], max_words: int):
+    def __init__(self, texts: Sequence[str], max_words: int, min_texts: int = 3):
         if not isinstance(max_words, int) or max_words < 1:
             raise ConfigError("max_quote_words", "Use a whole number ≥ 1.", problem=f"got {max_words!r}")
-        self.max_words = max_words
-        self.hashes = {h for t in texts for h in self._runs(t)}
+        self.max_words, self.min_texts = max_words, min_texts
+        in_texts = Counter(run for text in dict.fromkeys(texts) for run in set(self._runs(text)))
+        self.quotes = {run for run, n in in_texts.items() if n < min_texts or len(run) > max_words}
 
-    def _runs(self, text: str) -> list[str]:
-        words = [w.lower() for w in WORD.findall(text)]
-        n = self.max_words + 1
-        return [hashlib.sha256(" ".join(words[i:i + n]).encode()).hexdigest()[:16] for i in range(len(words) - n + 1)]
+    def _runs(self, text: str) -> list[tuple[str, ...]]:
+        words = GUARD_WORD.findall(text.lower())
+        return [tuple(words[i:i + n]) for n in range(min(3, self.max_words + 1), self.max_words + 2)
+                for i in range(len(words) - n + 1)]
 
     def allows(self, text: str) -> bool:
-        return not any(h in self.hashes for h in self._runs(text))
+        return not any(run in self.quotes for run in self._runs(text))
 
 
 class RulesAgent:
@@ -108,22 +112,26 @@ class RulesAgent:
     large:           writer of intents, zero-shot drafts and rules (the host's base or an endpoint).
     small:           writer of rules for a new intent once fine-tuned on ``examples_`` (None: ``rules_``).
     max_tokens:      the rules' budget in a prompt (150), counted with ``tokenizer`` (else words and marks).
-    max_quote_words: the longest run of the user's words a rule may quote.
+    max_quote_words: the longest run of the user's words a rule may repeat ...
+    min_quote_texts: ... and only if it is in at least this many of their texts (``QuoteGuard``).
     intent_words:    the extractive fallback's length, and the longest summary taken as an intent (× 2).
     min_texts:       the fewest texts ``fit`` accepts.
     """
 
     def __init__(self, large: Writer, small: Writer | None = None, max_tokens: int = 150, tokenizer=None,
-                 max_quote_words: int = 3, intent_words: int = 25, min_texts: int = 3):
+                 max_quote_words: int = 3, min_quote_texts: int = 3, intent_words: int = 25, min_texts: int = 3):
         self.large, self.small, self.max_tokens, self.tokenizer = large, small, max_tokens, tokenizer
-        self.max_quote_words, self.intent_words, self.min_texts = max_quote_words, intent_words, min_texts
+        self.max_quote_words, self.min_quote_texts = max_quote_words, min_quote_texts
+        self.intent_words, self.min_texts = intent_words, min_texts
 
     def fit(self, user_texts: Sequence[str], intents: Sequence[str] | None = None) -> "RulesAgent":
+        if self.large is None:
+            raise ConfigError("large", "Give a writer to learn with (a loaded agent only serves its rules).")
         texts = SteeringRules._texts(user_texts, "user_texts", self.min_texts)
         if intents is not None and (isinstance(intents, str) or len(intents) != len(texts)):
             raise ConfigError("intents", "Give one intent per text (or none: the large model summarises).",
                               problem=f"got {'a string' if isinstance(intents, str) else len(intents)} for {len(texts)} texts")
-        self.guard_ = QuoteGuard(texts, self.max_quote_words)
+        self.guard_ = QuoteGuard(texts, self.max_quote_words, self.min_quote_texts)
         self.intents_ = list(intents) if intents is not None else self.summarise(texts)
         self.drafts_ = self._write([[{"role": "user", "content": ASK.format(intent=i)}] for i in self.intents_])
         critiques = self._write([self.critique_chat(i, d, t) for i, d, t in zip(self.intents_, self.drafts_, texts)])
@@ -160,15 +168,14 @@ class RulesAgent:
         """The chat the small model answers with rules for ``intent`` (in training and at ``rules_for``)."""
         return [{"role": "user", "content": RULES_ASK.format(intent=intent)}]
 
-    def rules_for(self, prompts: Sequence[str]) -> list[list[str]]:
-        """Rules for each prompt: the small model's (quote-checked, in budget), else ``rules_``."""
+    def rules_for(self, prompts: Sequence[str], fallback: bool = True) -> list[list[str]]:
+        """Rules for each prompt: the small model's (quote-checked, in budget), else (``fallback``) ``rules_``."""
         self._check_fitted()
         if isinstance(prompts, str):
             raise ConfigError("prompts", "Pass a list of prompts.", problem="got a string")
-        if self.small is None or not prompts:
-            return [list(self.rules_) for _ in prompts]
-        replies = self.small([self.rules_chat(p) for p in prompts])
-        return [self._keep(parse_rules(r)) or list(self.rules_) for r in replies]
+        own = [self._keep(parse_rules(r)) for r in self.small([self.rules_chat(p) for p in prompts])] \
+            if self.small is not None and prompts else [[] for _ in prompts]
+        return [rules or (list(self.rules_) if fallback else []) for rules in own]
 
     def render(self, prompt: str) -> str:
         """``prompt`` with its rules before it."""
@@ -185,32 +192,33 @@ class RulesAgent:
         """The rules that quote no long run of the user's words, in order while they fit the budget."""
         kept: list[str] = []
         for rule in rules:
-            if self.guard_.allows(rule) and count_tokens(render([*kept, rule], ""), self.tokenizer) <= self.max_tokens:
+            block = render([*kept, rule], "")                             # checked whole: no quote chained over rules
+            if self.guard_.allows(block) and count_tokens(block, self.tokenizer) <= self.max_tokens:
                 kept.append(rule)
         return kept
 
     def save(self, path) -> None:
-        """The learned state as JSON (atomic; the user's texts are not in it, only their quote hashes)."""
+        """The rules as JSON (atomic): the per-text rules and the recurring ones, all quote-checked. Not the
+        intents or drafts (an intent may be a sentence of the user's), nor the quote guard."""
         from parsona.io import write_json
 
         self._check_fitted()
-        write_json(path, {"intents": self.intents_, "drafts": self.drafts_, "deltas": self.deltas_, "rules": self.rules_,
-                          "max_quote_words": self.max_quote_words, "quote_hashes": sorted(self.guard_.hashes),
-                          "max_tokens": self.max_tokens})
+        write_json(path, {"deltas": self.deltas_, "rules": self.rules_, "max_quote_words": self.max_quote_words,
+                          "min_quote_texts": self.min_quote_texts, "max_tokens": self.max_tokens})
 
     @classmethod
-    def load(cls, path, large: Writer | None = None, small: Writer | None = None, tokenizer=None) -> "RulesAgent":
-        """An agent saved by :meth:`save`, ready for ``rules_for`` (``large`` is needed only to refit)."""
+    def load(cls, path, user_texts: Sequence[str], small: Writer | None = None, tokenizer=None) -> "RulesAgent":
+        """An agent saved by :meth:`save`, ready for ``rules_for``; ``user_texts`` rebuild the quote check
+        that its small model's rules pass (they are not stored with the agent). It cannot refit."""
         import json
         from pathlib import Path
 
         state = json.loads(Path(path).read_text(encoding="utf-8"))
-        agent = cls(large, small, max_tokens=state["max_tokens"], tokenizer=tokenizer,
-                    max_quote_words=state["max_quote_words"])
-        agent.guard_ = QuoteGuard([], agent.max_quote_words)
-        agent.guard_.hashes = set(state["quote_hashes"])
-        agent.intents_, agent.drafts_, agent.deltas_, agent.rules_ = (state[k] for k in ("intents", "drafts", "deltas", "rules"))
-        agent.examples_ = [(cls.rules_chat(i), rules_text(r)) for i, r in zip(agent.intents_, agent.deltas_) if r]
+        agent = cls(None, small, max_tokens=state["max_tokens"], tokenizer=tokenizer,
+                    max_quote_words=state["max_quote_words"], min_quote_texts=state["min_quote_texts"])
+        texts = SteeringRules._texts(user_texts, "user_texts", 1)
+        agent.guard_ = QuoteGuard(texts, agent.max_quote_words, agent.min_quote_texts)
+        agent.deltas_, agent.rules_ = state["deltas"], state["rules"]
         return agent
 
     def _check_fitted(self) -> None:

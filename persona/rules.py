@@ -129,7 +129,8 @@ def _rule(name: str, mine: np.ndarray, more: bool) -> str:
 
 class SteeringRules:
     """Rules about how one user writes, mined against a population (scikit-learn style: ``fit``, then
-    ``render``; learned state ends in ``_``).
+    ``render``; learned state ends in ``_``). The same interface as the agent learner
+    (``persona.RulesAgent``): ``fit(user_texts, intents=None)``, ``rules_``, ``rules_for(prompts)``, ``render``.
 
     population:       other people's texts, the contrast (a few hundred is plenty).
     max_tokens:       the rules' budget in the prompt (150).
@@ -164,9 +165,15 @@ class SteeringRules:
 
     def render(self, prompt: str) -> str:
         """``prompt`` with the rules before it (unchanged when no rule was found)."""
+        return render(self.rules_for([prompt])[0], prompt)
+
+    def rules_for(self, prompts: Sequence[str]) -> list[list[str]]:
+        """The rules for each prompt: the mined ones, whatever the prompt (the agent's depend on it)."""
         if not hasattr(self, "rules_"):
             raise ConfigError("rules", "Call fit(user_texts) first.", problem="not fitted")
-        return render(self.rules_, prompt)
+        if isinstance(prompts, str):
+            raise ConfigError("prompts", "Pass a list of prompts.", problem="got a string")
+        return [list(self.rules_) for _ in prompts]
 
     # -- the two kinds of rules --------------------------------------------------------------------
     def _style_rules(self, mine: list[str], theirs: list[str]) -> list[tuple[float, str]]:

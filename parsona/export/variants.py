@@ -29,10 +29,15 @@ def _int8(src: Path, dst: Path) -> None:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # the quantizer logs a "run pre-processing" hint on every call: shape inference gains nothing on
-    # a graph torch.export already typed
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    # the quantizer logs a "run pre-processing" hint on the root logger on every call: shape inference
+    # gains nothing on a graph torch.export already typed. Quiet for the call only.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
 
 
 VARIANTS: dict[str, Callable[[Path, Path], None]] = {"fp16": _fp16, "int8": _int8}
@@ -44,7 +49,7 @@ def file_name(variant: str) -> str:
 
 def check_variants(variants: Sequence[str]) -> list[str]:
     """``variants`` as a list of known names (each once), or a ConfigError naming ``variants``."""
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [] if isinstance(variants, str) else [v for v in variants if v not in VARIANTS]
     if unknown or isinstance(variants, str):
         raise ConfigError("variants", f"Choose from {sorted(VARIANTS)}, e.g. --variants fp16,int8.",
                           problem=f"got {unknown[0] if unknown else variants!r}")

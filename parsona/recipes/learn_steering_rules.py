@@ -9,13 +9,14 @@ The large model is the base model (``--model``) or, with ``--endpoint``, any Ope
 flag). The small model is always the base model here, fine-tuned with the user-LoRA recipe on
 (intent chat -> rules) pairs, the loss on the rules alone. ``output_dir`` gets, atomically:
 
-    agent.json    the intents, the large model's drafts and rules per text, the recurring rules (``rules``:
-                  what ``PUT /v1/profile/rules`` takes) and hashes of the user's word runs (no texts)
+    agent.json    the large model's quote-checked rules per text and the recurring ones (``rules``: what
+                  ``PUT /v1/profile/rules`` takes); no text of the user's (not the intents either)
     small_lora/   the small model's PEFT LoRA
 
 Serve it: ``Host(model, tokenizer, loras={"agent": DIR / "small_lora"})`` and
-``RulesAgent.load(DIR / "agent.json", small=HostWriter(host, conditioning={"adapter": "agent"}))`` (see
-:func:`load`). The large model's calls are the cost: three per text (intent, draft, rules).
+:func:`load` (DIR, host, the user's texts: they rebuild the quote check, which is not stored). The large
+model's calls are the cost: three per text (intent, draft, rules); the user's texts go to it, so an
+``--endpoint`` sees them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Config:
     """Instead of texts: the train-split emails of this PAN-2011 Enron author id (``$PARSONA_DATA``)."""
     max_texts: int = 30
     """Use at most this many texts (the first ones; 0: all). Each costs three large-model calls."""
+    max_text_chars: int = 1500
+    """Each text is cut to this many characters before it goes into a prompt."""
     output_dir: str = "runs/steering_agent"
     """Where agent.json and small_lora/ go."""
     endpoint: str = ""
@@ -56,7 +59,9 @@ class Config:
     max_rule_tokens: int = 150
     """The rules' budget in a prompt (counted with the base model's tokenizer)."""
     max_quote_words: int = 3
-    """The longest run of the user's words a rule may quote."""
+    """The longest run of the user's words a rule may repeat ..."""
+    min_quote_texts: int = 3
+    """... and only if it is in at least this many of their texts."""
     rank: int = 8
     """The small model's LoRA rank."""
     learning_rate: float = 1e-3
@@ -78,6 +83,16 @@ class Config:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
         if self.max_texts < 0:
             raise ConfigError("max_texts", "Use 0 (all) or a whole number ≥ 1.", problem=f"got {self.max_texts}")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError("endpoint", "Give the endpoint's URL, e.g. http://localhost:8000/v1.",
+                              problem=f"got {self.endpoint!r:.60}")
+        from parsona.recipes import train_user_lora
+
+        train_user_lora.Config(**train_user_lora.settings_from(self))   # the LoRA's settings, checked before any model call
+
+
+class NoRules(ConfigError):
+    """The large model wrote no rule that passed the checks: a finding about the model, not a bad setting."""
 
 
 def large_writer(cfg: Config, host):
@@ -101,32 +116,34 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
 
     if texts is None:
         texts = train_user_lora.author_texts(cfg.author) if cfg.author else train_user_lora.read_texts(cfg.texts)
-    texts = list(texts)[: cfg.max_texts or None]
+    texts = [t[: cfg.max_text_chars] for t in list(texts)[: cfg.max_texts or None]]
     if intents is not None:
         intents = list(intents)[: len(texts)]
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
     host = Host(model, tokenizer)
     agent = RulesAgent(large_writer(cfg, host), tokenizer=tokenizer, max_tokens=cfg.max_rule_tokens,
-                       max_quote_words=cfg.max_quote_words).fit(texts, intents)
-    if not agent.examples_:
-        raise ConfigError("texts", "The large model wrote no usable rules for these texts: try a larger model "
-                          "(--endpoint) or more texts.", problem=f"0 of {len(texts)} texts gave a rule")
+                       max_quote_words=cfg.max_quote_words, min_quote_texts=cfg.min_quote_texts).fit(texts, intents)
     pairs = [(host.prepare(Request(messages=chat)).input_ids, rules) for chat, rules in agent.examples_]
+    pairs = [(ids, rules) for ids, rules in pairs if len(ids) < cfg.max_length - 8]   # room for the rules
+    if not pairs:
+        raise NoRules("texts", "The large model wrote no usable rules for these texts: try a larger model "
+                      "(--endpoint) or more texts.", problem=f"0 of {len(texts)} texts gave a rule that fits max_length")
     settings = train_user_lora.settings_from(cfg)
     with atomic_dir(cfg.output_dir) as tmp:
         train_user_lora.main(train_user_lora.Config(**{**settings, "output_dir": str(tmp / "small_lora")}),
                              model=model, tokenizer=tokenizer, pairs=pairs)
         agent.save(tmp / "agent.json")
         write_json(tmp / "config.json", {k: v for k, v in asdict(cfg).items() if k != "api_key_env"})
-    print(f"{len(agent.examples_)} of {len(texts)} texts gave rules; recurring rules:")
+    print(f"{len(pairs)} of {len(texts)} texts gave rules; recurring rules:")
     print("\n".join(f"  - {r}" for r in agent.rules_) or "  (none)")
     return Path(cfg.output_dir)
 
 
-def load(output_dir: str | Path, host, name: str = "agent"):
+def load(output_dir: str | Path, host, user_texts: Sequence[str], name: str = "agent"):
     """The agent in ``output_dir``, its small model served by ``host``, which must hold ``small_lora/`` as
-    LoRA ``name`` (``Host(..., loras={name: output_dir / "small_lora"})``)."""
+    LoRA ``name`` (``Host(..., loras={name: output_dir / "small_lora"})``); ``user_texts`` rebuild the quote
+    check on what the small model writes (no text of the user's is stored with the agent)."""
     import json
 
     from parsona.writers import HostWriter
@@ -134,7 +151,7 @@ def load(output_dir: str | Path, host, name: str = "agent"):
     out = Path(output_dir)
     cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
     small = HostWriter(host, max_new_tokens=cfg["max_new_tokens"], conditioning={"adapter": name})
-    return RulesAgent.load(out / "agent.json", small=small, tokenizer=host.tokenizer)
+    return RulesAgent.load(out / "agent.json", user_texts, small=small, tokenizer=host.tokenizer)
 
 
 if __name__ == "__main__":

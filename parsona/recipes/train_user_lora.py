@@ -104,7 +104,8 @@ def encode(tokenizer, text: str, max_length: int) -> list[int]:
 def encode_pair(tokenizer, prompt_ids: Sequence[int], completion: str, max_length: int) -> tuple[list[int], list[int]]:
     """(ids, labels) of a prompt followed by its completion: the prompt's labels are -100, the completion
     (ending in end-of-sequence) is learned; cut to ``max_length``, which must leave a completion token."""
-    target = encode(tokenizer, completion, max_length)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    target = tokenizer(completion, add_special_tokens=False).input_ids + eos    # no BOS mid-sequence
     ids = (list(prompt_ids) + target)[:max_length]
     if len(prompt_ids) >= max_length:
         raise ConfigError("max_length", "Raise it above the prompt's length, so the completion is learned.",
@@ -134,6 +135,8 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
 
+    if pairs is not None and (texts is not None or cfg.texts or cfg.author):
+        raise ConfigError("pairs", "Give pairs or texts (--texts / --author), not both.", problem="both given")
     if pairs is None:
         texts = list(texts) if texts is not None else author_texts(cfg.author) if cfg.author else read_texts(cfg.texts)
     if not (pairs if pairs is not None else texts):

@@ -27,6 +27,7 @@ def test_it_scores_every_condition_and_the_matrix(tiny_dir, tmp_path, capsys, mo
     assert trained and all(len(r["agent_rules"][a]) == 2 for a in r["authors"])
     assert trained == r["authors"] and all(rules == [["Keep it short."]] * 2 for rules in r["agent_rules"].values())
     assert r["conditions"]["agent"]["tokens_added"]["mean"] > 0
+    assert set(r["intents_ruled_by_the_small_model"]) == set(r["authors"]) and "ruled by the small model" in printed
     assert all(list((tmp_path / "agents").glob(f"*/{a}/small_lora/adapter_model.safetensors")) for a in trained)
     assert r["conditions"]["zero_shot"]["tokens_added"]["mean"] == 0
     assert r["conditions"]["few_shot"]["tokens_added"]["mean"] > 0

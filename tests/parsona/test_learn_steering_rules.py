@@ -38,7 +38,7 @@ def test_the_small_model_learns_to_write_the_rules_and_the_agent_reloads(tiny_di
     model, tokenizer = load_base_model(tiny_dir)
     ask = [recipe.RulesAgent.rules_chat("Send the numbers.")]
     assert not HostWriter(Host(model, tokenizer), max_new_tokens=24)(ask)[0].startswith("- Keep")   # the base: noise
-    agent = recipe.load(out, Host(model, tokenizer, loras={"agent": out / "small_lora"}))
+    agent = recipe.load(out, Host(model, tokenizer, loras={"agent": out / "small_lora"}), TEXTS)
     assert agent.small(ask)[0].startswith("- Keep it short.")            # learned
     assert agent.rules_for(["Send the numbers."]) == [["Keep it short."]]
 
@@ -53,7 +53,7 @@ def test_pairs_mask_the_prompt_and_refuse_a_prompt_longer_than_max_length(tiny_d
 
 def test_no_usable_rule_is_an_error_and_writes_nothing(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "large_writer", lambda cfg, host: lambda chats: ["" for _ in chats])
-    with pytest.raises(ConfigError, match="texts"):
+    with pytest.raises(recipe.NoRules, match="texts"):
         recipe.main(recipe.Config(model=tiny_dir, output_dir=str(tmp_path / "agent"), max_steps=1), texts=TEXTS)
     assert not (tmp_path / "agent").exists()
 
@@ -63,5 +63,7 @@ def test_config_errors_name_the_field():
         recipe.Config(texts="a.txt", author="1")
     with pytest.raises(ConfigError, match="max_texts"):
         recipe.Config(max_texts=-1)
-    with pytest.raises(ConfigError, match="base_url"):
-        recipe.large_writer(recipe.Config(endpoint="ftp://x"), host=None)
+    with pytest.raises(ConfigError, match="endpoint"):
+        recipe.Config(endpoint="ftp://x")
+    with pytest.raises(ConfigError, match="learning_rate"):             # the LoRA's settings, before any model call
+        recipe.Config(learning_rate=0)

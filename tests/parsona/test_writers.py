@@ -49,14 +49,18 @@ def test_an_openai_compatible_endpoint_gives_the_same_replies(world):
     assert endpoint(CHATS) == HostWriter(host, max_new_tokens=5)(CHATS)
 
 
-def test_endpoint_errors_name_base_url(world):
+def test_endpoint_errors_name_the_setting_and_never_echo_the_request(world):
     _, client, key = world
-    with pytest.raises(ConfigError, match="base_url") as err:
+    with pytest.raises(ConfigError, match="api_key") as err:
         EndpointWriter("http://testserver/v1", api_key="wrong", client=client)(CHATS[:1])
     assert "401" in str(err.value)
     with pytest.raises(ConfigError, match="base_url") as err:
         EndpointWriter("http://testserver/nothing", api_key=key, client=client)(CHATS[:1])
     assert "404" in str(err.value)
+    secret = [[{"role": "user", "content": "my bank pin is 4242"}]]
+    with pytest.raises(ConfigError, match="base_url") as err:                    # a 4xx body may echo its input
+        EndpointWriter("http://testserver/v1", api_key=key, max_tokens=-5, client=client)(secret)
+    assert "status 4" in str(err.value) and "4242" not in str(err.value)
     with pytest.raises(ConfigError, match="base_url"):
         EndpointWriter("localhost:8000")
     with pytest.raises(ConfigError, match="base_url"):                  # nothing listens there

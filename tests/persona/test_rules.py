@@ -70,6 +70,7 @@ def test_render_is_deterministic_and_puts_the_rules_before_the_prompt():
     with pytest.raises(ConfigError) as err:
         SteeringRules(population=population()).render("x")
     assert err.value.field == "rules"
+    assert a.rules_for(["one", "two"]) == [a.rules_, a.rules_]         # the agent's interface: rules per prompt
 
 
 def test_no_rule_quotes_more_of_the_users_words_than_allowed():

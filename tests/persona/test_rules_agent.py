@@ -45,11 +45,15 @@ def test_parse_rules_takes_bulleted_lines_only_without_headers_echoes_or_duplica
     assert intent_of("Please call me.  Then the rest.", 2) == "Please call"
 
 
-def test_quote_guard_refuses_runs_longer_than_the_limit_only():
-    guard = QuoteGuard([f"Hello. {SECRET.capitalize()}!"], max_words=3)
-    assert guard.allows("Say 'the falcon lands'.")                     # 3 words: allowed
-    assert not guard.allows("Say The Falcon Lands At.")                # 4, case and punctuation aside
-    assert guard.allows("falcon noon mill behind")                     # the words, not a run of them
+def test_quote_guard_refuses_rare_or_long_runs_of_the_users_words():
+    habit = "as per our talk"
+    texts = [f"Hello. {SECRET.capitalize()}!"] + [f"{habit.capitalize()}, item {n}." for n in range(3)]
+    guard = QuoteGuard(texts, max_words=3)
+    assert not guard.allows("Say 'the falcon lands'.")                 # 3 words from one text: a quote
+    assert guard.allows("Say 'as per our'.") and guard.allows("Write 'per our talk'.")   # 3, in 3 texts: a habit
+    assert not guard.allows("Say As Per Our Talk.")                    # 4: too long, whatever the case
+    assert guard.allows("the falcon, then noon")                      # pairs and single words are not quotes
+    assert not QuoteGuard(["Встреча в пятницу утром"], 3).allows("Пишите: встреча в пятницу.")   # any script
     with pytest.raises(ConfigError, match="max_quote_words"):
         QuoteGuard([], 0)
 
@@ -112,11 +116,27 @@ def test_bad_input_names_the_field():
         RulesAgent(scripted(large_reply)).rules_for(["x"])
 
 
-def test_save_and_load_keep_the_rules_but_not_the_texts(tmp_path):
-    agent = RulesAgent(scripted(large_reply)).fit(TEXTS + [f"Hi Tom,\n{SECRET}.\nAnn"])
+def test_save_and_load_keep_the_rules_but_no_text_of_the_user(tmp_path):
+    texts = TEXTS + [f"Hi Tom,\n{SECRET}.\nAnn"]
+    empty_summaries = lambda c: "" if c.startswith(SUMMARISE.split("{")[0]) else large_reply(c)   # noqa: E731
+    agent = RulesAgent(scripted(empty_summaries)).fit(texts)
+    assert agent.intents_[-1] == intent_of(texts[-1]) and "falcon" in agent.intents_[-1]   # the extractive fallback
     agent.save(tmp_path / "agent.json")
     saved = (tmp_path / "agent.json").read_text()
-    assert "falcon" not in saved and "Ann" not in saved and json.loads(saved)["rules"] == agent.rules_
-    back = RulesAgent.load(tmp_path / "agent.json", small=scripted(lambda c: f"- Write {SECRET}.\n- Be kind."))
-    assert back.rules_ == agent.rules_ and back.examples_ == agent.examples_
-    assert back.rules_for(["x"]) == [["Be kind."]]                      # the quote check survives the reload
+    assert "falcon" not in saved and "Ann" not in saved and "Friday" not in saved
+    assert json.loads(saved)["rules"] == agent.rules_
+    back = RulesAgent.load(tmp_path / "agent.json", texts, small=scripted(lambda c: f"- Write {SECRET}.\n- Be kind."))
+    assert back.rules_ == agent.rules_ and back.deltas_ == agent.deltas_
+    assert back.rules_for(["x"]) == [["Be kind."]]                      # the quote check is rebuilt from the texts
+    assert back.rules_for(["x"]) == back.rules_for(["x"], fallback=False)
+    with pytest.raises(ConfigError, match="large"):
+        back.fit(texts)
+
+
+def test_a_quote_cannot_be_chained_over_rules_or_hidden_in_a_rule():
+    texts = TEXTS + [f"Hi Tom,\n{SECRET}.\nAnn"]
+    agent = RulesAgent(scripted(large_reply)).fit(texts)
+    agent.small = scripted(lambda c: "- Use 'the falcon lands'.\n- Then 'lands at noon'.\n- Say 'noon behind the old'.")
+    assert agent.rules_for(["x"], fallback=False) == [[]]              # each is a rare 3-word run of one text
+    agent.small = scripted(lambda c: "- Open with 'Hi Tom,' always.")
+    assert agent.rules_for(["x"], fallback=False) == [["Open with 'Hi Tom,' always."]]
