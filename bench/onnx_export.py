@@ -91,6 +91,19 @@ def torch_steps(model, adapter, ids: np.ndarray, lam: np.ndarray, steps: int) ->
     return times
 
 
+def add_variants(directory: Path, variants: list[str]) -> None:
+    """Write ``variants`` of an existing export and list them in its parsona_onnx.json."""
+    import json
+
+    from parsona.export.onnx import META_NAME
+    from parsona.export.variants import write_variants
+    from parsona.io import write_json
+
+    meta = json.loads((directory / META_NAME).read_text())
+    meta["variants"] = {**(meta.get("variants") or {}), **write_variants(directory, variants)}
+    write_json(directory / META_NAME, meta)
+
+
 def parity(model, tokenizer, adapter, gen, prompts: list[str]) -> dict:
     lam = np.array([[i / 10, 1 - i / 10] for i in range(11)], dtype=np.float32)
     ids, mask = gen.encode(prompts)
@@ -134,10 +147,11 @@ def main(cfg: Config) -> dict:
             adapter = load_adapter(model, cfg.adapter) if cfg.adapter else fresh_adapter(model, cfg.seed)
         began = time.perf_counter()
         wanted = variants if name == "preference" else []
-        have = (out / name / "parsona_onnx.json").is_file() and all((out / name / file_name(v)).is_file() for v in wanted)
-        if not (cfg.reuse and have):
+        if not (cfg.reuse and (out / name / "parsona_onnx.json").is_file()):
             export(model, tokenizer, out / name, [adapter] if adapter else [], overwrite=True, variants=wanted)
             results[f"export_seconds_{name}"] = time.perf_counter() - began
+        elif missing := [v for v in wanted if not (out / name / file_name(v)).is_file()]:
+            add_variants(out / name, missing)                     # a reused export: only the variants it lacks
     results["megabytes"] = {k: (out / k / "model.onnx").stat().st_size / 2**20 for k in ("bare", "preference")}
     results["megabytes"] |= {v: (out / "preference" / file_name(v)).stat().st_size / 2**20 for v in variants}
     bare, pref = (OnnxGenerator(out / k, threads=cfg.threads) for k in ("bare", "preference"))

@@ -22,3 +22,14 @@ def test_it_reports_parity_and_latency_at_both_batch_sizes(tiny_dir, tmp_path, c
     assert "fp16: " in printed and "int8: " in printed and set(r["variant_parity"]) == {"fp16", "int8"}
     assert r["variant_parity"]["fp16"]["max_abs_logit_diff"] <= 2e-2 and all(
         f"ort_preference_{v}" in t for v in ("fp16", "int8") for t in r["latency"].values())
+
+
+def test_a_reused_export_gets_only_the_variants_it_lacks(tiny_dir, tmp_path, capsys):
+    bench = load_bench("onnx_export")
+    common = ["--model", tiny_dir, "--decode-tokens", "2", "--prompt-tokens", "4", "--threads", "1",
+              "--output-dir", str(tmp_path)]
+    run_recipe(bench.Config, bench.main, [*common, "--variants", ""])
+    assert not (tmp_path / "preference" / "model.int8.onnx").exists()
+    r = run_recipe(bench.Config, bench.main, [*common, "--reuse", "--variants", "int8"])
+    assert "export_seconds_preference" not in r and set(r["variant_parity"]) == {"int8"}
+    assert (tmp_path / "preference" / "model.int8.onnx").is_file()
