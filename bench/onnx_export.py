@@ -126,6 +126,34 @@ def parity(model, tokenizer, adapter, gen, prompts: list[str]) -> dict:
             "greedy_20_rows_identical": sum(a == b for a, b in zip(ort_texts, torch_texts)), "preference_changes_output": changes[0] != changes[1]}
 
 
+def genai_parity(directory: Path, gen, prompts: list[str]) -> dict | None:
+    """onnxruntime-genai on the same export (None where it is not installed): max |Δlogit| of the prefill's
+    last token against ``gen`` (OnnxGenerator), and whether a 20-token greedy decode gives its tokens."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None
+    model = og.Model(str(directory))
+    rows = [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    diffs, same = [], 0
+    for prompt, lam in zip(prompts[:3], rows):
+        ids, mask = gen.encode([prompt])
+        feeds = {"input_ids": ids, "attention_mask": mask, "preference": np.array([lam], np.float32), **gen.empty_past(1)}
+        want = gen.session_.run(["logits"], feeds)[0][0, -1]
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=ids.shape[1] + 20, batch_size=1)
+        g = og.Generator(model, params)
+        g.set_model_input("preference", np.array([lam], np.float32))
+        g.append_tokens(ids.astype(np.int32))
+        diffs.append(float(np.abs(np.asarray(g.get_logits()).reshape(-1) - want).max()))
+        tokens = []
+        while not g.is_done() and len(tokens) < 20:
+            g.generate_next_token()
+            tokens.append(int(g.get_next_tokens()[0]))
+        same += tokens == list(gen.generate_ids([prompt], preference=[lam], max_new_tokens=20)[0])[: len(tokens)]
+    return {"max_abs_logit_diff": max(diffs), "greedy_20_rows_identical": same}
+
+
 def main(cfg: Config) -> dict:
     from parsona.adapters import load_adapter
     from parsona.base_model import load_base_model, model_for
@@ -161,6 +189,7 @@ def main(cfg: Config) -> dict:
                + "?" for i in range(11)]
     results["parity"] = parity(model, tokenizer, adapter, pref, prompts)
     results["variant_parity"] = {v: parity(model, tokenizer, adapter, gen, prompts) for v, gen in smaller.items()}
+    results["genai"] = genai_parity(out / "preference", pref, prompts)
     results["latency"] = {}
     for batch in (1, 8):
         ids = rng.integers(10, tokenizer.vocab_size - 10, (batch, cfg.prompt_tokens)).astype(np.int64)
@@ -191,6 +220,10 @@ def report(r: dict) -> list[str]:
                      f"{1e3 * t['ort_preference']:.2f} ({ratio:.3f}× bare; goal ≤ 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'})"
                      f"  torch eager preference {1e3 * t['torch_preference']:.2f} "
                      f"(ORT {t['torch_preference'] / t['ort_preference']:.2f}× faster)")
+    if r.get("genai"):
+        g = r["genai"]
+        lines.append(f"onnxruntime-genai on the LoRA export (preference via set_model_input): max |Δlogit| vs OnnxGenerator "
+                     f"{g['max_abs_logit_diff']:.2e}; 20-token greedy decode identical: {g['greedy_20_rows_identical']} of 3 rows")
     for v, q in r.get("variant_parity", {}).items():
         speed = "  ".join(f"batch {b} {1e3 * t[f'ort_preference_{v}']:.2f} ms ({t[f'ort_preference_{v}'] / t['ort_preference']:.2f}× fp32)"
                           for b, t in r["latency"].items())

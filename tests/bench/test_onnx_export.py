@@ -20,6 +20,8 @@ def test_it_reports_parity_and_latency_at_both_batch_sizes(tiny_dir, tmp_path, c
     assert set(r["latency"]) == {1, 8} and all(v > 0 for t in r["latency"].values() for v in t.values())
     assert (tmp_path / "results-onnx.json").is_file() and (tmp_path / "preference" / "parsona_onnx.json").is_file()
     assert "fp16: " in printed and "int8: " in printed and set(r["variant_parity"]) == {"fp16", "int8"}
+    if r["genai"] is not None:                                         # onnxruntime-genai installed (dev)
+        assert r["genai"]["max_abs_logit_diff"] <= 1e-4 and "onnxruntime-genai on the LoRA export" in printed
     assert r["variant_parity"]["fp16"]["max_abs_logit_diff"] <= 2e-2 and all(
         f"ort_preference_{v}" in t for v in ("fp16", "int8") for t in r["latency"].values())
 
