@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     onnx.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x], default=[], metavar="LIST",
                       help="also write smaller graphs beside model.onnx: fp16 (float16 weights and activations), "
-                           "int8 (dynamic int8 quantization of MatMul weights); e.g. fp16,int8 (default: none)")
+                           "int8 (weight-only: MatMul weights in 8-bit blocks); e.g. fp16,int8 (default: none)")
     onnx.set_defaults(func=cmd_export_onnx)
     peft = kinds.add_parser("peft", help="a PEFT LoRA for multi-LoRA servers (vLLM, LoRAX): one λ per snapshot",
                             description=cmd_export_peft.__doc__)
