@@ -91,17 +91,21 @@ def torch_steps(model, adapter, ids: np.ndarray, lam: np.ndarray, steps: int) ->
     return times
 
 
-def add_variants(directory: Path, variants: list[str]) -> None:
-    """Write ``variants`` of an existing export and list them in its parsona_onnx.json."""
+def complete(model, directory: Path, variants: list[str]) -> None:
+    """Give an export made before them its missing ``variants`` (listed in parsona_onnx.json) and its
+    genai_config.json."""
     import json
 
-    from parsona.export.onnx import META_NAME
+    from parsona.export.onnx import GENAI_NAME, META_NAME, genai_config
     from parsona.export.variants import write_variants
     from parsona.io import write_json
 
     meta = json.loads((directory / META_NAME).read_text())
-    meta["variants"] = {**(meta.get("variants") or {}), **write_variants(directory, variants)}
-    write_json(directory / META_NAME, meta)
+    if variants:
+        meta["variants"] = {**(meta.get("variants") or {}), **write_variants(directory, variants)}
+        write_json(directory / META_NAME, meta)
+    if not (directory / GENAI_NAME).is_file():
+        write_json(directory / GENAI_NAME, genai_config(model, meta))
 
 
 def parity(model, tokenizer, adapter, gen, prompts: list[str]) -> dict:
@@ -178,8 +182,8 @@ def main(cfg: Config) -> dict:
         if not (cfg.reuse and (out / name / "parsona_onnx.json").is_file()):
             export(model, tokenizer, out / name, [adapter] if adapter else [], overwrite=True, variants=wanted)
             results[f"export_seconds_{name}"] = time.perf_counter() - began
-        elif missing := [v for v in wanted if not (out / name / file_name(v)).is_file()]:
-            add_variants(out / name, missing)                     # a reused export: only the variants it lacks
+        else:                                                     # a reused export: only what it lacks
+            complete(model, out / name, [v for v in wanted if not (out / name / file_name(v)).is_file()])
     results["megabytes"] = {k: (out / k / "model.onnx").stat().st_size / 2**20 for k in ("bare", "preference")}
     results["megabytes"] |= {v: (out / "preference" / file_name(v)).stat().st_size / 2**20 for v in variants}
     bare, pref = (OnnxGenerator(out / k, threads=cfg.threads) for k in ("bare", "preference"))
