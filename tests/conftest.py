@@ -128,3 +128,17 @@ def load_bench(name: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def stored_host(tmp_path, **host_kwargs):
+    """(host, store): the byte-level tiny model with a perturbed 2-objective preference LoRA, serving a new
+    store under tmp_path; what the HTTP tests build their app on."""
+    from parsona.adapters import PreferenceLoRAConfig, attach
+    from parsona.host import Host
+    from parsona.store import Store
+
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0)
+    pref = attach(model, PreferenceLoRAConfig(rank=2))
+    perturb(pref)
+    store = Store(tmp_path / "store")
+    return Host(model, tiny_tokenizer(), store, pref, **host_kwargs), store

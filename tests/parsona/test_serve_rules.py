@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from conftest import perturb, tiny_tokenizer
-from parsona.adapters import PreferenceLoRAConfig, attach
+from conftest import stored_host, tiny_tokenizer
 from parsona.base_model import tiny_causal_lm
 from parsona.host import Host, Request
 from parsona.persona.rules import HEADER
@@ -32,11 +31,7 @@ def population(n=60, seed=0):
 
 @pytest.fixture
 def world(tmp_path):
-    model = tiny_causal_lm(vocab_size=259, pad_token_id=0)
-    pref = attach(model, PreferenceLoRAConfig(rank=2))
-    perturb(pref)
-    store = Store(tmp_path / "store")
-    host = Host(model, tiny_tokenizer(), store, pref)
+    host, store = stored_host(tmp_path)
     app = create_app(host, store, model_id="tiny", batch_wait_s=0.0, rules_population=population())
     (alice, alice_key), (bob, bob_key) = store.create_user(), store.create_user()
     with TestClient(app) as client:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import perturb, tiny_tokenizer
-from parsona.adapters import PreferenceLoRAConfig, attach
-from parsona.base_model import tiny_causal_lm
+from conftest import stored_host
 from parsona.errors import ConfigError
-from parsona.host import Host, Request
-from parsona.store import Store
+from parsona.host import Request
 from parsona.writers import EndpointWriter, HostWriter
 
 pytest.importorskip("fastapi")
@@ -24,11 +21,7 @@ CHATS = [[{"role": "user", "content": "the dog"}], [{"role": "user", "content": 
 
 @pytest.fixture
 def world(tmp_path):
-    model = tiny_causal_lm(vocab_size=259, pad_token_id=0)
-    pref = attach(model, PreferenceLoRAConfig(rank=2))
-    perturb(pref)
-    store = Store(tmp_path / "store")
-    host = Host(model, tiny_tokenizer(), store, pref, defaults={"preference": [0.3, 0.7]})
+    host, store = stored_host(tmp_path, defaults={"preference": [0.3, 0.7]})
     _, key = store.create_user()
     with TestClient(create_app(host, store, model_id="tiny", batch_wait_s=0.0)) as client:
         yield host, client, key
