@@ -143,18 +143,6 @@ def few_shot_prompt(examples: list[str], intent: str, words: int) -> str:
     return f"Emails this user wrote:\n\n{shown}\n\nIn the same style: {ASK.format(intent=intent)}"
 
 
-def generate(host, chats: list[list[dict]], cfg: Config) -> list[str]:
-    from tqdm.auto import tqdm
-
-    from parsona.host import Request
-
-    out = []
-    for start in tqdm(range(0, len(chats), cfg.batch_size), desc="generating", leave=False):
-        batch = [Request(messages=m, max_new_tokens=cfg.max_new_tokens) for m in chats[start:start + cfg.batch_size]]
-        out += [c.text for c in host.generate(batch)]
-    return out
-
-
 def chat(text: str, rules: list[str] | None = None) -> list[dict]:
     """The chat a condition sends: the ask as the user's message, rules (if any) as the server puts them."""
     from parsona.persona.rules import rules_messages
@@ -175,6 +163,7 @@ def main(cfg: Config) -> dict:
     from parsona.io import write_json
     from parsona.host import Request
     from parsona.persona import SteeringRules
+    from parsona.writers import HostWriter
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     began, out = time.perf_counter(), Path(cfg.output_dir)
@@ -204,7 +193,8 @@ def main(cfg: Config) -> dict:
     prompts |= {(a, f"rules_of:{b}", i): chat(ASK.format(intent=intent), rules[b])
                 for a in matrix_authors for b in matrix_authors if b != a for i, intent in enumerate(intents[a])}
     keys = list(prompts)
-    texts = dict(zip(keys, generate(host, [prompts[k] for k in keys], cfg)))
+    writer = HostWriter(host, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress="generating")
+    texts = dict(zip(keys, writer([prompts[k] for k in keys])))
     classes = list(judge.classes_)
     proba = dict(zip(keys, judge.predict_proba([texts[k] for k in keys])))
     p_true = {k: float(proba[k][classes.index(k[0])]) for k in keys}
