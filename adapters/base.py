@@ -345,6 +345,8 @@ def plain_inference() -> bool:
 def add_product(out: torch.Tensor, z: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``out + alpha · z @ weight_t`` over the last dim: the LoRA up-projection and the add to the
     Linear's output in one GEMM (in place at plain inference). out (..., d_out), z (..., r), weight_t (r, d_out)."""
+    if torch.compiler.is_exporting():   # ONNX: a MatMul and an Add (the scale folds into the constant weight);
+        return out + z @ (weight_t * alpha if alpha != 1 else weight_t)   # the 2-D GEMM costs 3 Reshapes more
     z2 = z.reshape(-1, z.shape[-1])
     if plain_inference() and out.is_contiguous():
         out.view(-1, out.shape[-1]).addmm_(z2, weight_t, alpha=alpha)

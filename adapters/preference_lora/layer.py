@@ -61,11 +61,28 @@ class PreferenceLoRALayer(nn.Module):
         if plain_inference():
             V_t, diag, U_t = self._inference_factors(preference, x.dtype)
             z = F.linear(x, V_t).mul_(diag)                              # (B, T, k+m)
+        elif torch.compiler.is_exporting():
+            return self._exported(x, out, preference)
         else:  # autograd or tracing: plain ops on the parameters, λ stays a graph input
             U_t = self.U.to(x.dtype).T
             z = (x @ self.V.to(x.dtype)) * self.singular_values(preference.to(x.dtype)).unsqueeze(1)
         # at decode (T = 1) every kernel counts: U's product and the add to W0 x are one GEMM
         return add_product(out, z, U_t, alpha=self.scaling)              # (B, T, d_out)
+
+    def _exported(self, x: torch.Tensor, out: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+        """The same ΔW x in the fewest graph nodes, for ONNX (at decode every node is a kernel launch).
+
+        [σ, s·λ] = [σ, s·1] ⊙ [1, λ]: the first factor and the scaling are constants, folded into U
+        at export; the second depends on λ alone, so one node computes it for every layer. What is
+        left per Linear is MatMul (x V), Mul (by [1, λ]), MatMul (by Uᵀ) and Add (to W0 x).
+        """
+        m_p = self.n_objectives * self.preference_rank
+        constant = torch.cat([self.sigma, self.pref_scale.expand(m_p)]) * self.scaling          # (k + m·p,)
+        U_t = (self.U * constant).T.to(x.dtype)                                                  # (k + m·p, d_out)
+        lam = preference.repeat_interleave(self.preference_rank, dim=-1) if self.preference_rank > 1 else preference
+        row = torch.cat([lam.new_ones(lam.shape[0], self.rank), lam], dim=-1) if self.rank else lam  # (B, k + m·p)
+        z = (x @ self.V.to(x.dtype)) * row.to(x.dtype).unsqueeze(1)                               # (B, T, k + m·p)
+        return out + z @ U_t                                                                     # (B, T, d_out)
 
     def _inference_factors(self, preference: torch.Tensor, dtype: torch.dtype):
         """(Vᵀ, [σ, s·λ] as (B, 1, k+m), Uᵀ), contiguous in ``dtype``, kept while ``preference`` (one

@@ -36,3 +36,17 @@ def test_a_reused_export_gets_only_the_variants_it_lacks(tiny_dir, tmp_path, cap
     r = run_recipe(bench.Config, bench.main, [*common, "--reuse", "--variants", "int8"])
     assert "export_seconds_preference" not in r and set(r["variant_parity"]) == {"int8"}
     assert (tmp_path / "preference" / "model.int8.onnx").is_file() and (tmp_path / "preference" / "genai_config.json").is_file()
+
+
+def test_decoders_are_timed_one_step_of_each_in_turn():
+    bench = load_bench("onnx_export")
+    order = []
+
+    def steps(name, n):
+        for i in range(n):
+            order.append(name)
+            yield float(i)
+
+    times = bench.interleaved({"a": steps("a", 3), "b": steps("b", 2)})
+    assert order == ["a", "b", "a", "b", "a"]
+    assert times == {"a": [0.0, 1.0, 2.0], "b": [0.0, 1.0]}

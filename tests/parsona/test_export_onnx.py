@@ -260,6 +260,14 @@ def test_fp16_and_int8_variants_keep_the_inputs_live_and_stay_near_the_float32_g
             assert np.abs(got - ref).max() <= atol
         assert np.abs(got - logits(gen, [[0.8, 0.2], [0.0, 1.0]])).max() > 1e-3    # λ is still live
         assert [i.type for i in gen.session_.get_inputs()][:3] == ["tensor(int64)", "tensor(int64)", "tensor(float)"]
+    from parsona.export.variants import adapter_nodes
+
+    float32 = onnx.load(str(out / "model.onnx")).graph.node
+    kept = {n.name for n in float32 if n.op_type == "MatMul" and n.name in set(adapter_nodes(onnx.load(str(out / "model.onnx"))))}
+    quantized = onnx.load(str(out / "model.int8.onnx")).graph.node
+    assert len(kept) == 2 * len(pref.layers)                                          # x V and z Uᵀ per Linear
+    assert kept <= {n.name for n in quantized if n.op_type == "MatMul"}              # the adapters' factors: float32
+    assert sum(n.op_type == "MatMulNBits" for n in quantized) >= len(pref.layers)    # every base weight: int8
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert "MatMulNBits" in ops, ops                                              # weights really are 8-bit blocks
     halves = [t for t in onnx.load(str(out / "model.fp16.onnx")).graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
@@ -296,3 +304,17 @@ def test_onnxruntime_genai_loads_the_export_and_takes_the_preference_per_row(exp
         got = np.asarray(gen.get_logits()).reshape(-1)
         assert np.abs(got - want[row]).max() <= 1e-4, (row, np.abs(got - want[row]).max())
     assert np.abs(want[0] - want[1]).max() > 1e-3                                  # the rows' λ differ, so do they
+
+
+def test_a_live_preference_lora_costs_four_nodes_per_adapted_linear(exported, tmp_path):
+    """At decode every node is a kernel launch: x V, the Mul by [1, λ], z Uᵀ and the Add, nothing more per
+    Linear (σ, the learned scale and alpha / r fold into U at export; [1, λ] is computed once)."""
+    import onnx
+
+    _, pref, out = exported
+    model, other = tiny()
+    other.detach()
+    bare = export(model, tiny_tokenizer(), tmp_path / "bare", [])
+    n_bare = len(onnx.load(str(bare / "model.onnx")).graph.node)
+    n_pref = len(onnx.load(str(out / "model.onnx")).graph.node)
+    assert n_pref - n_bare <= 4 * len(pref.layers) + 4                   # + [1, λ]'s own few nodes, once
