@@ -18,7 +18,8 @@ a user whose history is their train emails and whose held-out texts are their te
   cold_start How long until a new user with 100 history items is servable with a persona (items
              stored, embedded, vectors stored, one request's persona pooled)? Target ≤ 1 s on CPU.
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
-             ``train_user_lora`` on the author's train emails), then the held-out NLL per token of
+             ``train_user_lora`` on the author's train emails; with ``--eval-every N``, early-stopped on
+             the author's valid emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
              share of authors whose own LoRA has the lowest NLL (target ≥ 90 %), and the mean NLL
              reduction of the own LoRA vs the base.
@@ -75,6 +76,9 @@ class Config:
     """Each author's LoRA rank."""
     learning_rate: float = 1e-3
     """AdamW learning rate of each author's LoRA."""
+    eval_every: int = 0
+    """Early stopping: every this many steps, score each author's LoRA on the author's valid-split emails and keep
+    the best step's (0: none, the last step's). The test emails stay unseen."""
     seed: int = 0
     """Seed of every LoRA's and the persona prefix's init and batches."""
     persona_steps: int = 200
@@ -136,7 +140,17 @@ def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[s
     """Each author's LoRA (recipe ``train_user_lora``), under out/loras/<hash of settings and texts>/."""
     from parsona.recipes.train_user_lora import settings_from, train_for_users
 
-    return train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer)
+    return train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer,
+                           eval_users=valid_texts(cfg, list(train)) if cfg.eval_every else None)
+
+
+def valid_texts(cfg: Config, authors: list[str]) -> dict[str, list[str]]:
+    """Each author's valid-split emails (PAN-2011's own held-out set, apart from test), cut like the others;
+    an author without any holds out a share of the train emails instead (the recipe's ``eval_fraction``)."""
+    from parsona.data.enron import read_enron, texts_by_author
+
+    valid = texts_by_author(read_enron("valid"))
+    return {a: valid[a][: cfg.max_emails or None] for a in authors if valid.get(a)}
 
 
 def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: Path) -> dict:
@@ -176,7 +190,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
 # What an NLL column and the persona prefix depend on (with the authors: whose emails, cut how).
 NLL_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
-            "learning_rate", "seed")
+            "learning_rate", "eval_every", "seed")
 PERSONA_KEYS = ("model", "encoder", "min_train_emails", "max_emails", "persona_steps", "batch_size", "max_length",
                 "tau", "seed")
 

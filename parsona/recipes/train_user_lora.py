@@ -60,6 +60,11 @@ class Config:
     """Tokens per text, end-of-sequence included (longer texts are cut at the end)."""
     seed: int = 0
     """Seed of the LoRA's init and of which texts each step samples."""
+    eval_every: int = 0
+    """Steps between checks of the NLL on held-out texts (0: none). With checks, the LoRA written is the one
+    whose held-out NLL was lowest, step 0 (the base: the texts did not help) included: early stopping."""
+    eval_fraction: float = 0.2
+    """Share of the texts held out for those checks (split by a hash of each text), unless eval texts are given."""
 
     def __post_init__(self) -> None:
         if self.texts and self.author:
@@ -67,6 +72,10 @@ class Config:
         for name in ("rank", "max_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ConfigError("eval_every", "Use 0 (no checks) or a whole number of steps.", problem=f"got {self.eval_every}")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError("eval_fraction", "Use a share between 0 and 1, e.g. 0.2.", problem=f"got {self.eval_fraction}")
         for name in ("alpha", "learning_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, "Use a positive number.", problem=f"got {getattr(self, name)}")
@@ -122,13 +131,51 @@ def collate(examples: list[tuple[list[int], list[int]]], pad: int, device) -> tu
     return ids, mask, labels
 
 
+@torch.no_grad()
+def held_out_nll(model, bank, examples: list[tuple[list[int], list[int]]], pad: int, batch_size: int,
+                 adapter: str = "default") -> float:
+    """Mean next-token NLL per learned token of ``examples`` (ids, labels), the bank's LoRA ``adapter`` on."""
+    from torch.nn import functional as F
+
+    total, tokens = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        ids, mask, labels = collate(chunk, pad, device)                        # (B, T) each
+        with bank.inputs(adapter=[adapter] * len(chunk)):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]    # (B, T-1, V): predicts labels[:, 1:]
+        target = labels[:, 1:]
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                 ignore_index=-100, reduction="sum").item()
+        tokens += int((target != -100).sum())
+    return total / max(tokens, 1)
+
+
+def split_held_out(cfg: Config, examples: list, keys: Sequence[str], given: list | None) -> tuple[list, list]:
+    """(train, held-out) examples: the ``given`` held-out ones, else the share ``eval_fraction`` of ``keys``
+    (each example's text) by :func:`parsona.data.split_of`, so a rerun holds out the same texts."""
+    from parsona.data import split_of
+
+    if given is not None:
+        return examples, given
+    train = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "train"]
+    held = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "eval"]
+    if not train or not held:
+        raise ConfigError("eval_fraction", "Give more texts, pass eval texts, or set eval_every 0 (no checks).",
+                          problem=f"{len(examples)} texts leave {len(train)} to train on and {len(held)} to check")
+    return train, held
+
+
 def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, texts: Sequence[str] | None = None,
-         pairs: Sequence[tuple[Sequence[int], str]] | None = None, progress: Progress | None = None) -> Path:
+         pairs: Sequence[tuple[Sequence[int], str]] | None = None, eval_texts: Sequence[str] | None = None,
+         progress: Progress | None = None) -> Path:
     """Train and write the LoRA; return ``output_dir``.
 
     ``model`` and ``tokenizer`` (both or neither) reuse a loaded base instead of ``cfg.model``; the LoRA
     is attached for the run and detached at the end, which gives the base back as it was found. ``texts`` replaces
-    ``cfg.texts``; ``pairs`` (prompt ids, completion) replace both, the loss on completions only. ``progress(step, steps, loss)`` is called after every step; without it a bar shows.
+    ``cfg.texts``; ``pairs`` (prompt ids, completion) replace both, the loss on completions only. ``eval_texts``
+    are the held-out texts of ``eval_every``'s checks (default: ``eval_fraction`` of the texts). ``progress(step,
+    steps, loss)`` is called after every step; without it a bar shows.
     """
     from tqdm.auto import tqdm
 
@@ -147,17 +194,29 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
     if pairs is not None:
-        examples = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in pairs]
+        examples, keys = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in pairs], [c for _, c in pairs]
     else:
-        examples = [(ids, ids) for ids in (encode(tokenizer, t, cfg.max_length) for t in texts)]
+        examples, keys = [(ids, ids) for ids in (encode(tokenizer, t, cfg.max_length) for t in texts)], list(texts)
+    held = None
+    if cfg.eval_every:
+        given = None if eval_texts is None else [(i, i) for i in (encode(tokenizer, t, cfg.max_length) for t in eval_texts)]
+        examples, held = split_held_out(cfg, examples, keys, given)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):   # a seeded init that leaves the caller's global RNG alone
         torch.manual_seed(cfg.seed)
         bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))   # freezes the base; its "default" LoRA trains
     try:
-        optimizer = torch.optim.AdamW(list(bank.parameters()), lr=cfg.learning_rate)
+        params = list(bank.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
         g = torch.Generator().manual_seed(cfg.seed)
+        best = Best(params) if held else None
+
+        def check(step: int) -> None:
+            if best is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                best.offer(step, held_out_nll(model, bank, held, pad, cfg.batch_size))
+
+        check(0)
         bar = tqdm(range(cfg.max_steps), desc="user-lora", disable=progress is not None)
         for step in bar:
             pick = torch.randint(len(examples), (min(cfg.batch_size, len(examples)),), generator=g).tolist()
@@ -170,33 +229,62 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if progress is not None:
                 progress(step + 1, cfg.max_steps, loss.item())
+            check(step + 1)
+        if best is not None:
+            best.restore()
+            print(f"held-out NLL per token: {best.nll[0]:.4f} at step 0, {best.nll[best.step]:.4f} at step {best.step} "
+                  f"(kept), {best.nll[cfg.max_steps]:.4f} at step {cfg.max_steps}; {len(held)} held-out texts")
         return bank.save_peft("default", cfg.output_dir)   # atomic: a temp dir, then a rename
     finally:
         bank.detach()
 
 
+class Best:
+    """The parameters at the step with the lowest held-out NLL offered so far (a copy), and every NLL seen."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params, self.nll, self.step, self.kept = params, {}, None, None
+
+    def offer(self, step: int, nll: float) -> None:
+        self.nll[step] = nll
+        if self.step is None or nll < self.nll[self.step]:
+            self.step, self.kept = step, [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, kept in zip(self.params, self.kept):
+            p.copy_(kept)
+
+
 def settings_from(cfg) -> dict:
     """This recipe's settings from any config that has them (a benchmark's, the expert bank's): rank,
-    learning rate, steps, batch size, length, seed and base model, with alpha = 2 × rank."""
+    learning rate, steps, batch size, length, seed and base model, with alpha = 2 × rank; and ``eval_every``
+    where the config sets it (only then: LoRAs trained without checks keep their cache keys)."""
+    checks = {"eval_every": cfg.eval_every} if getattr(cfg, "eval_every", 0) else {}
     return dict(rank=cfg.rank, alpha=2.0 * cfg.rank, learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-                batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, model=cfg.model)
+                batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed, model=cfg.model, **checks)
 
 
 def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: str | Path, *, model=None,
-                    tokenizer=None) -> dict[str, Path]:
+                    tokenizer=None, eval_users: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """One LoRA per user (``main`` with ``Config(**settings)``), at out_root/<key>/<user>, where the key
-    hashes the settings and each user's texts: a LoRA already written with the same key is reused, never
-    one trained otherwise. Returns {user: LoRA directory}."""
+    hashes the settings and each user's texts (and held-out ``eval_users`` texts, where given): a LoRA already
+    written with the same key is reused, never one trained otherwise. Returns {user: LoRA directory}."""
     import hashlib
+
+    def digest(texts: Sequence[str]) -> str:
+        return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
 
     dirs = {}
     for n, (user, texts) in enumerate(users.items()):
+        held = None if eval_users is None or user not in eval_users else list(eval_users[user])
         blob = json.dumps({"settings": {k: v for k, v in sorted(settings.items()) if k != "output_dir"},
-                           "texts": hashlib.sha256("\x00".join(texts).encode()).hexdigest()})
+                           "texts": digest(texts), **({"eval_texts": digest(held)} if held is not None else {})})
         dirs[user] = Path(out_root) / hashlib.sha256(blob.encode()).hexdigest()[:16] / user
         if not (dirs[user] / "adapter_model.safetensors").is_file():
             print(f"LoRA {n + 1}/{len(users)}: {user}, {len(texts)} texts")
-            main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer, texts=texts)
+            main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer, texts=texts,
+                 eval_texts=held)
     return dirs
 
 

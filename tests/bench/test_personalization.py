@@ -57,3 +57,16 @@ def test_unknown_parts_are_refused(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_recipe(bench.Config, bench.main, ["--parts", "lora,vibes", "--output-dir", str(tmp_path)])
     assert exit_.value.code == 2
+
+
+def test_early_stopped_loras_are_checked_on_the_valid_emails_and_kept_apart(tiny_dir, tmp_path, capsys):
+    bench = load_bench("personalization")
+    argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "2", "--batch-size", "2",
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+    plain = run_recipe(bench.Config, bench.main, argv)
+    stopped = run_recipe(bench.Config, bench.main, [*argv, "--eval-every", "1"])
+    printed = capsys.readouterr().out
+    valid = bench.valid_texts(bench.Config(max_emails=3), stopped["lora"]["authors"])
+    assert printed.count("(kept)") == 2 and printed.count("; 3 held-out texts") == sum(len(v) == 3 for v in valid.values())
+    assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 * 2      # its own LoRAs
+    assert len(json.loads((tmp_path / "nll.json").read_text())) == 2 and plain["lora"]["columns"] == stopped["lora"]["columns"]

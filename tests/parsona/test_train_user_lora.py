@@ -109,3 +109,51 @@ def test_loras_for_many_users_are_reused_only_with_the_same_settings_and_texts(t
     changed = train_for_users(settings, {**users, "ben": ["coffee", "black"]}, tmp_path)
     assert changed["ann"] == dirs["ann"] and changed["ben"] != dirs["ben"]          # new texts: a new LoRA
     assert train_for_users({**settings, "rank": 4}, users, tmp_path)["ann"] != dirs["ann"]
+
+
+def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tmp_path, capsys):
+    """Texts unlike the held-out ones: training wanders on the held-out texts. The LoRA kept scores better
+    there than the last step's (the same seeded run without checks), and no worse than the base; where no
+    step beats the base, the LoRA kept is step 0's: B = 0, the base itself."""
+    from parsona.recipes.train_user_lora import encode, held_out_nll
+
+    model, tokenizer = load_base_model(tiny_dir)
+    train, held = ["zzzz qqqq zzzz qqqq"] * 3, ["The cat sat on the mat.", "A dog ran in the park."]
+    examples = [(i, i) for i in (encode(tokenizer, t, 128) for t in held)]
+
+    def nll(lora_dir) -> float:
+        bank = attach(model, LoRAConfig(rank=2))
+        try:
+            bank.add("u", lora_dir)
+            return held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=2, adapter="u")
+        finally:
+            bank.detach()
+
+    def run_with(lr, **checks):
+        cfg = Config(rank=2, max_steps=6, batch_size=3, learning_rate=lr, output_dir=str(tmp_path / f"{lr}{checks}"), **checks)
+        return main(cfg, model=model, tokenizer=tokenizer, texts=train, eval_texts=held)
+
+    kept, last = run_with(0.1, eval_every=2), run_with(0.1)
+    assert "(kept)" in capsys.readouterr().out
+    base = nll(run_with(1e-2, eval_every=2))                                      # no step beat the base here
+    assert nll(kept) < nll(last) and nll(kept) <= base
+    assert all(B.abs().sum() == 0 for _, B in read_peft_lora(run_with(1e-2, eval_every=2)).factors.values())
+
+
+def test_held_out_nll_is_the_token_mean_of_the_models_own_loss(tiny_dir):
+    from parsona.recipes.train_user_lora import collate, encode, held_out_nll
+
+    model, tokenizer = load_base_model(tiny_dir)
+    bank = attach(model, LoRAConfig(rank=2))
+    texts = ["one short text", "and another that is a little longer"]
+    examples = [(i, i) for i in (encode(tokenizer, t, 64) for t in texts)]
+    ids, mask, labels = collate(examples, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad(), bank.inputs(adapter=[None, None]):
+        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()   # transformers' token mean
+    assert held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=1) == pytest.approx(want, rel=1e-5)
+
+
+def test_too_few_texts_to_hold_out_name_the_field(tiny_dir, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        main(Config(model=tiny_dir, eval_every=2, output_dir=str(tmp_path / "x")), texts=["only one text"])
+    assert err.value.field == "eval_fraction"
