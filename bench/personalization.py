@@ -19,7 +19,8 @@ a user whose history is their train emails and whose held-out texts are their te
              stored, embedded, vectors stored, one request's persona pooled)? Target ≤ 1 s on CPU.
   lora       Does a user's own LoRA fit that user best? One LoRA per author (the recipe
              ``train_user_lora`` on the author's train emails; with ``--eval-every N``, early-stopped on
-             the author's valid emails), then the held-out NLL per token of
+             the author's valid emails; with ``--population-steps N``, each starting from one LoRA trained on
+             every author's emails), then the held-out NLL per token of
              author a's test emails under the base and under every author b's LoRA: the matrix, the
              share of authors whose own LoRA has the lowest NLL (target ≥ 90 %), and the mean NLL
              reduction of the own LoRA vs the base.
@@ -76,6 +77,9 @@ class Config:
     """Each author's LoRA rank."""
     learning_rate: float = 1e-3
     """AdamW learning rate of each author's LoRA."""
+    population_steps: int = 0
+    """Steps of one population LoRA on every author's train emails pooled, which each author's LoRA then starts
+    from (OPPU's shared-then-personal PEFT; 0: each starts at ΔW = 0). It is scored as a column of its own."""
     eval_every: int = 0
     """Early stopping: every this many steps, score each author's LoRA on the author's valid-split emails and keep
     the best step's (0: none, the last step's). The test emails stay unseen."""
@@ -137,11 +141,22 @@ def retrieval(cfg: Config, authors: list[str], train: dict, test: dict) -> dict:
 # -- per-user LoRA diagonal ----------------------------------------------------------------------
 
 def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[str, Path]:
-    """Each author's LoRA (recipe ``train_user_lora``), under out/loras/<hash of settings and texts>/."""
+    """Each author's LoRA (recipe ``train_user_lora``), under out/loras/<hash of settings and texts>/; with
+    ``population_steps``, the population LoRA first (key "population"), every author's starting point."""
     from parsona.recipes.train_user_lora import settings_from, train_for_users
 
-    return train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer,
-                           eval_users=valid_texts(cfg, list(train)) if cfg.eval_every else None)
+    settings, valid = settings_from(cfg), valid_texts(cfg, list(train)) if cfg.eval_every else None
+    dirs = {}
+    if cfg.population_steps:
+        pooled = {POPULATION: [t for texts in train.values() for t in texts]}
+        held = {POPULATION: [t for texts in valid.values() for t in texts]} if valid else None
+        dirs = train_for_users({**settings, "max_steps": cfg.population_steps}, pooled, out / "loras",
+                               model=model, tokenizer=tokenizer, eval_users=held)
+        settings["init_from"] = str(dirs[POPULATION])        # part of every author's cache key
+    return dirs | train_for_users(settings, train, out / "loras", model=model, tokenizer=tokenizer, eval_users=valid)
+
+
+POPULATION = "population"
 
 
 def valid_texts(cfg: Config, authors: list[str]) -> dict[str, list[str]]:
@@ -165,14 +180,15 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
     dirs = train_loras(cfg, model, tokenizer, train, out)
     bank = attach(model, LoRAConfig(rank=cfg.rank))
-    for a in authors:
+    for a in dirs:
         bank.add(a, dirs[a])
+    extra = [POPULATION] if POPULATION in dirs else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     examples = {a: sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len) for a in authors}
     cache_file, key = out / "nll.json", settings_key(cfg, authors, NLL_KEYS)
     cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     columns = cached.setdefault(key, {})
-    for lora in tqdm(["base", *authors], desc="NLL columns"):
+    for lora in tqdm(["base", *authors, *extra], desc="NLL columns"):
         if lora not in columns:
             columns[lora] = {a: lora_nll(model, bank, None if lora == "base" else lora, examples[a], pad,
                                          cfg.batch_size) for a in authors}
@@ -181,7 +197,9 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     nll = np.array([[columns[b][a] for b in ["base", *authors]] for a in authors])  # (authors, 1 + authors)
     own = np.diag(nll[:, 1:])
     wins = own <= nll.min(axis=1)                                                    # own LoRA lowest, base included
-    return {"authors": authors, "columns": ["base", *authors], "nll": nll.tolist(),
+    population = {"nll_population": [columns[POPULATION][a] for a in authors],
+                  "own_beats_population": int(sum(own < [columns[POPULATION][a] for a in authors]))} if extra else {}
+    return {"authors": authors, "columns": ["base", *authors], "nll": nll.tolist(), **population,
             "own_lora_wins": int(wins.sum()), "share_own_lora_wins": float(wins.mean()),
             "mean_nll_base": float(nll[:, 0].mean()), "mean_nll_own": float(own.mean()),
             "mean_reduction": float((nll[:, 0] - own).mean()),
@@ -190,7 +208,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
 # What an NLL column and the persona prefix depend on (with the authors: whose emails, cut how).
 NLL_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
-            "learning_rate", "eval_every", "seed")
+            "learning_rate", "population_steps", "eval_every", "seed")
 PERSONA_KEYS = ("model", "encoder", "min_train_emails", "max_emails", "persona_steps", "batch_size", "max_length",
                 "tau", "seed")
 
@@ -299,6 +317,9 @@ def report_lora(r: dict) -> list[str]:
               f"target ≥ 90 %: {'PASS' if share >= 0.9 else 'FAIL'})",
               f"mean NLL per token: base {r['mean_nll_base']:.4f}, own LoRA {r['mean_nll_own']:.4f} "
               f"(reduction {r['mean_reduction']:.4f} nats, {r['mean_reduction_pct']:.1f} %)"]
+    if "nll_population" in r:
+        lines.append(f"the population LoRA every author's starts from: mean NLL {np.mean(r['nll_population']):.4f}; "
+                     f"own LoRA lower for {r['own_beats_population']} of {len(r['authors'])} authors")
     return lines
 
 

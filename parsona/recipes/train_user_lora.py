@@ -60,6 +60,9 @@ class Config:
     """Tokens per text, end-of-sequence included (longer texts are cut at the end)."""
     seed: int = 0
     """Seed of the LoRA's init and of which texts each step samples."""
+    init_from: str = ""
+    """A PEFT LoRA to start from instead of ΔW = 0, at the same rank and alpha: e.g. one trained on many users'
+    texts, so that each user's LoRA learns what sets the user apart (with checks, step 0 is then that LoRA)."""
     eval_every: int = 0
     """Steps between checks of the NLL on held-out texts (0: none). With checks, the LoRA written is the one
     whose held-out NLL was lowest, step 0 (the base: the texts did not help) included: early stopping."""
@@ -157,6 +160,9 @@ def split_held_out(cfg: Config, examples: list, keys: Sequence[str], given: list
     from parsona.data import split_of
 
     if given is not None:
+        if not given:
+            raise ConfigError("eval_texts", "Give at least one held-out text, or none (then eval_fraction of the "
+                              "texts is held out).", problem="an empty list")
         return examples, given
     train = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "train"]
     held = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "eval"]
@@ -207,6 +213,8 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
         torch.manual_seed(cfg.seed)
         bank = attach(model, LoRAConfig(rank=cfg.rank, alpha=cfg.alpha))   # freezes the base; its "default" LoRA trains
     try:
+        if cfg.init_from:
+            start_from(bank, cfg)
         params = list(bank.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
         g = torch.Generator().manual_seed(cfg.seed)
@@ -237,6 +245,23 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
         return bank.save_peft("default", cfg.output_dir)   # atomic: a temp dir, then a rename
     finally:
         bank.detach()
+
+
+def start_from(bank, cfg: Config) -> None:
+    """Replace the bank's fresh "default" LoRA by ``cfg.init_from``'s weights (trainable), which must have the
+    config's rank and alpha: the LoRA written is then of the shape the config says."""
+    from parsona.adapters.peft_format import read_peft_lora
+
+    try:
+        start = read_peft_lora(cfg.init_from)
+    except ConfigError as exc:                                 # it names the file; the flag is what the user set
+        raise ConfigError("init_from", "Point to a PEFT LoRA directory (adapter_config.json + weights).",
+                          problem=str(exc)[:300]) from None
+    if (start.rank, start.alpha) != (cfg.rank, cfg.alpha):
+        raise ConfigError("init_from", f"Train with --rank {start.rank} --alpha {start.alpha:g}, the LoRA's own.",
+                          problem=f"it has rank {start.rank}, alpha {start.alpha:g}; the config says {cfg.rank}, {cfg.alpha:g}")
+    bank.remove("default")
+    bank.add("default", start)
 
 
 class Best:

@@ -70,3 +70,17 @@ def test_early_stopped_loras_are_checked_on_the_valid_emails_and_kept_apart(tiny
     assert printed.count("(kept)") == 2 and printed.count("; 3 held-out texts") == sum(len(v) == 3 for v in valid.values())
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 * 2      # its own LoRAs
     assert len(json.loads((tmp_path / "nll.json").read_text())) == 2 and plain["lora"]["columns"] == stopped["lora"]["columns"]
+
+
+def test_authors_can_start_from_a_population_lora_scored_as_its_own_column(tiny_dir, tmp_path, capsys):
+    bench = load_bench("personalization")
+    argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "2", "--batch-size", "2",
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+    r = run_recipe(bench.Config, bench.main, [*argv, "--population-steps", "2"])["lora"]
+    assert "the population LoRA every author's starts from" in capsys.readouterr().out
+    assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 + 1
+    assert r["columns"] == ["base", *r["authors"]] and len(r["nll_population"]) == 2
+    assert r["own_beats_population"] == sum(r["nll"][i][1 + i] < r["nll_population"][i] for i in range(2))
+    plain = run_recipe(bench.Config, bench.main, argv)["lora"]                       # the same authors from ΔW = 0
+    assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 + 1 + 2
+    assert plain["nll"] != r["nll"] and "nll_population" not in plain

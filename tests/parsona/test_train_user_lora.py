@@ -157,3 +157,34 @@ def test_too_few_texts_to_hold_out_name_the_field(tiny_dir, tmp_path):
     with pytest.raises(ConfigError) as err:
         main(Config(model=tiny_dir, eval_every=2, output_dir=str(tmp_path / "x")), texts=["only one text"])
     assert err.value.field == "eval_fraction"
+
+
+def test_a_lora_started_from_another_begins_at_its_weights(tiny_dir, tmp_path):
+    """Held-out texts that the starting LoRA learned, training texts unlike them: no step beats step 0, so
+    the LoRA kept is the starting one, weight for weight."""
+    model, tokenizer = load_base_model(tiny_dir)
+    shared = ["The cat sat on the mat.", "A dog ran in the park."]
+    common = dict(rank=2, alpha=4.0, batch_size=2)
+    start = main(Config(**common, max_steps=8, learning_rate=1e-2, output_dir=str(tmp_path / "start")),
+                 model=model, tokenizer=tokenizer, texts=shared)
+    user = main(Config(**common, max_steps=4, learning_rate=0.1, eval_every=1, init_from=str(start),
+                       output_dir=str(tmp_path / "user")), model=model, tokenizer=tokenizer,
+                texts=["zzzz qqqq zzzz qqqq"] * 2, eval_texts=shared)
+    a, b = read_peft_lora(start), read_peft_lora(user)
+    assert any(B.abs().sum() > 0 for _, B in a.factors.values())
+    for path in a.factors:
+        for x, y in zip(a.factors[path], b.factors[path]):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_a_start_of_another_shape_or_no_lora_names_init_from(tiny_dir, tmp_path):
+    model, tokenizer = load_base_model(tiny_dir)
+    start = main(Config(rank=2, alpha=4.0, max_steps=1, output_dir=str(tmp_path / "start")), model=model,
+                 tokenizer=tokenizer, texts=["a text"])
+    for bad in (dict(rank=4, alpha=4.0, init_from=str(start)), dict(init_from=str(tmp_path / "nothing"))):
+        with pytest.raises(ConfigError) as err:
+            main(Config(**bad, output_dir=str(tmp_path / "x")), model=model, tokenizer=tokenizer, texts=["a text"])
+        assert err.value.field == "init_from"
+    with pytest.raises(ConfigError) as err:
+        main(Config(eval_every=1, output_dir=str(tmp_path / "x")), model=model, tokenizer=tokenizer, texts=["a"], eval_texts=[])
+    assert err.value.field == "eval_texts"
