@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from parsona.errors import ConfigError
+from parsona.simplex import exporting
 
 from .registry import RuntimeInput, get, names
 
@@ -345,7 +346,7 @@ def plain_inference() -> bool:
 def add_product(out: torch.Tensor, z: torch.Tensor, weight_t: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """``out + alpha · z @ weight_t`` over the last dim: the LoRA up-projection and the add to the
     Linear's output in one GEMM (in place at plain inference). out (..., d_out), z (..., r), weight_t (r, d_out)."""
-    if torch.compiler.is_exporting():   # ONNX: a MatMul and an Add (the scale folds into the constant weight);
+    if exporting():   # torch.export (ONNX): a MatMul and an Add, the scale folded into the constant weight;
         return out + z @ (weight_t * alpha if alpha != 1 else weight_t)   # the 2-D GEMM costs 3 Reshapes more
     z2 = z.reshape(-1, z.shape[-1])
     if plain_inference() and out.is_contiguous():

@@ -2,7 +2,8 @@
 of expert LoRAs, leave one author out over real PAN-2011 Enron authors.
 
 Each author a in turn is the new user. The bank is every other author's LoRA (the per-user LoRA
-recipe on that author's train emails; the same LoRAs ``bench/personalization.py --parts lora`` trains,
+recipe on that author's train emails; the same LoRAs ``bench/personalization.py --parts lora`` trains at its default
+levers (no early stopping, no population start),
 reused from the same --output-dir), each described by the mean embedding of its author's train
 emails. a's description is the mean embedding of at most ``description_emails`` of a's train emails.
 Then the held-out NLL per token of a's test emails under:

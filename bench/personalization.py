@@ -185,7 +185,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     extra = [POPULATION] if POPULATION in dirs else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     examples = {a: sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len) for a in authors}
-    cache_file, key = out / "nll.json", settings_key(cfg, authors, NLL_KEYS)
+    cache_file, key = out / "nll.json", settings_key(cfg, authors, NLL_KEYS, LEVERS)
     cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     columns = cached.setdefault(key, {})
     for lora in tqdm(["base", *authors, *extra], desc="NLL columns"):
@@ -208,13 +208,16 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
 # What an NLL column and the persona prefix depend on (with the authors: whose emails, cut how).
 NLL_KEYS = ("model", "min_train_emails", "max_emails", "max_steps", "batch_size", "max_length", "rank",
-            "learning_rate", "population_steps", "eval_every", "seed")
+            "learning_rate", "seed")
+LEVERS = ("population_steps", "eval_every")     # in a key only where set: columns scored before them stay valid
 PERSONA_KEYS = ("model", "encoder", "min_train_emails", "max_emails", "persona_steps", "batch_size", "max_length",
                 "tau", "seed")
 
 
-def settings_key(cfg: Config, authors: list[str], keys: tuple[str, ...]) -> str:
-    blob = json.dumps({**{k: getattr(cfg, k) for k in keys}, "authors": authors}, sort_keys=True)
+def settings_key(cfg: Config, authors: list[str], keys: tuple[str, ...], levers: tuple[str, ...] = ()) -> str:
+    """A hash of the ``keys`` settings, the ``levers`` that are set (non-zero) and the authors."""
+    chosen = {k: getattr(cfg, k) for k in keys} | {k: getattr(cfg, k) for k in levers if getattr(cfg, k)}
+    blob = json.dumps({**chosen, "authors": authors}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

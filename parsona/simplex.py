@@ -57,11 +57,16 @@ def check_preference(values: Any, n_objectives: int | None = None, *, batched: b
     return lam
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` (the ONNX exporter's tracer) is tracing; False on torch < 2.6, which lacks the flag."""
+    flag = getattr(torch.compiler, "is_exporting", None)
+    return bool(flag and flag())
+
+
 def tracing() -> bool:
     """Whether torch is exporting or tracing a graph (not ``torch.compile``, which runs the checks as Python):
     values are symbols then, and a check of them cannot run."""
-    exporting = getattr(torch.compiler, "is_exporting", None)     # torch ≥ 2.6
-    return torch.jit.is_tracing() or bool(exporting and exporting())
+    return torch.jit.is_tracing() or exporting()
 
 
 def _as_tensor(values: Any, field: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from parsona.simplex import exporting
+
 from ..base import add_product, plain_inference
 
 
@@ -61,7 +63,7 @@ class PreferenceLoRALayer(nn.Module):
         if plain_inference():
             V_t, diag, U_t = self._inference_factors(preference, x.dtype)
             z = F.linear(x, V_t).mul_(diag)                              # (B, T, k+m)
-        elif torch.compiler.is_exporting():
+        elif exporting():                                                # torch.export (ONNX)
             return self._exported(x, out, preference)
         else:  # autograd or tracing: plain ops on the parameters, λ stays a graph input
             U_t = self.U.to(x.dtype).T
@@ -70,7 +72,7 @@ class PreferenceLoRALayer(nn.Module):
         return add_product(out, z, U_t, alpha=self.scaling)              # (B, T, d_out)
 
     def _exported(self, x: torch.Tensor, out: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
-        """The same ΔW x in the fewest graph nodes, for ONNX (at decode every node is a kernel launch).
+        """The same ΔW x in the fewest graph nodes, for torch.export / ONNX (at decode each node is a kernel launch).
 
         [σ, s·λ] = [σ, s·1] ⊙ [1, λ]: the first factor and the scaling are constants, folded into U
         at export; the second depends on λ alone, so one node computes it for every layer. What is

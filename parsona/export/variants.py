@@ -12,12 +12,13 @@ float32 graph is measured, not assumed: ``bench/onnx_export.py --variants fp16,i
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from parsona.errors import ConfigError
 
-LINEAR = "torch.nn.modules.linear.Linear"
+SCOPES = "pkg.torch.onnx.name_scopes"
 
 
 def _fp16(src: Path, dst: Path) -> None:
@@ -28,16 +29,22 @@ def _fp16(src: Path, dst: Path) -> None:
 
 
 def adapter_nodes(model) -> list[str]:
-    """Names of the nodes traced inside an adapter's layer. ``attach`` adds each layer as a child of the
-    Linear it adapts, and a Linear has no children of its own, so a node whose module stack (the
-    exporter's ``pkg.torch.onnx.class_hierarchy``: modules, then the op) goes deeper than a Linear is
-    adapter math, whatever the type."""
-    names = []
+    """Names of the nodes traced inside an adapter's layer. ``attach`` adds each layer to the module it adapts
+    under its type's registered name, so a node whose module scopes (the exporter's ``pkg.torch.onnx.name_scopes``)
+    pass through a module of that name is adapter math, whatever the type. A graph without the scopes
+    (another exporter) has none found, and says so."""
+    from parsona.adapters import names as adapter_types
+
+    types, names, scoped = set(adapter_types()), [], False
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
-        stack = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))[:-1]     # the modules
-        if LINEAR in stack and stack.index(LINEAR) < len(stack) - 1:
+        if SCOPES not in meta:
+            continue
+        scoped = True
+        if any(scope.rsplit(".", 1)[-1] in types for scope in ast.literal_eval(meta[SCOPES])[:-1]):   # [-1]: the op
             names.append(node.name)
+    if not scoped:
+        warnings.warn("the graph has no module scopes: every MatMul weight is quantized, adapters' too", stacklevel=2)
     return names
 
 

@@ -136,7 +136,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad: int, device) -> tu
 
 @torch.no_grad()
 def held_out_nll(model, bank, examples: list[tuple[list[int], list[int]]], pad: int, batch_size: int,
-                 adapter: str = "default") -> float:
+                 adapter: str | None = "default") -> float:
     """Mean next-token NLL per learned token of ``examples`` (ids, labels), the bank's LoRA ``adapter`` on."""
     from torch.nn import functional as F
 
@@ -167,7 +167,7 @@ def split_held_out(cfg: Config, examples: list, keys: Sequence[str], given: list
     train = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "train"]
     held = [e for e, k in zip(examples, keys) if split_of(k, cfg.eval_fraction) == "eval"]
     if not train or not held:
-        raise ConfigError("eval_fraction", "Give more texts, pass eval texts, or set eval_every 0 (no checks).",
+        raise ConfigError("eval_fraction", "Give more texts, raise --eval-fraction, or set --eval-every 0 (no checks).",
                           problem=f"{len(examples)} texts leave {len(train)} to train on and {len(held)} to check")
     return train, held
 
@@ -302,7 +302,8 @@ def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: s
 
     dirs = {}
     for n, (user, texts) in enumerate(users.items()):
-        held = None if eval_users is None or user not in eval_users else list(eval_users[user])
+        checked = settings.get("eval_every") and eval_users is not None and user in eval_users
+        held = list(eval_users[user]) if checked else None           # unchecked runs ignore (and never hash) them
         blob = json.dumps({"settings": {k: v for k, v in sorted(settings.items()) if k != "output_dir"},
                            "texts": digest(texts), **({"eval_texts": digest(held)} if held is not None else {})})
         dirs[user] = Path(out_root) / hashlib.sha256(blob.encode()).hexdigest()[:16] / user

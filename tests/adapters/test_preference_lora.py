@@ -38,6 +38,26 @@ def test_layer_matches_the_panacea_formula(trained):
         torch.testing.assert_close(layer(x[b : b + 1], out, lam[b : b + 1])[0], out[0] + x[b] @ delta_w.T)
 
 
+@pytest.mark.parametrize("k, p", [(4, 1), (0, 8), (2, 3)])
+def test_the_exported_form_is_the_same_delta(k, p):
+    """What torch.export traces (σ, s and alpha / r folded into U, [1, λ] per row) equals the layer's own math,
+    written out independently: ΔW = alpha/(k+m·p) · U diag(σ, s·λ_1 ×p, s·λ_2 ×p) Vᵀ."""
+    from parsona.adapters.preference_lora.layer import PreferenceLoRALayer
+
+    g = torch.Generator().manual_seed(k + p)
+    layer = PreferenceLoRALayer(32, 24, rank=k, n_objectives=2, alpha=16.0, preference_rank=p)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=g))
+    x, out = torch.randn(2, 3, 32, generator=g), torch.randn(2, 3, 24, generator=g)
+    lam = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    got = layer._exported(x, out, lam)
+    for b in range(2):
+        singular = torch.cat([layer.sigma, layer.pref_scale * lam[b].repeat_interleave(p)])
+        delta_w = 16.0 / (k + 2 * p) * layer.U @ torch.diag(singular) @ layer.V.T
+        torch.testing.assert_close(got[b], out[b] + x[b] @ delta_w.T, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("k", [3, 0])  # k = 0: preference blocks only (Rewarded Soups' form, trained as one)
 def test_preference_rank_gives_each_objective_its_own_columns(k, input_ids, tmp_path):
     # p = 2 singular values per objective: ΔW = scale · (Σ_j σ_j u_j v_jᵀ + Σ_i s·λ_i Σ_{c ∈ block i} u_c v_cᵀ)

@@ -47,6 +47,7 @@ def test_decoders_are_timed_one_step_of_each_in_turn():
             order.append(name)
             yield float(i)
 
-    times = bench.interleaved({"a": steps("a", 3), "b": steps("b", 2)})
-    assert order == ["a", "b", "a", "b", "a"]
-    assert times == {"a": [0.0, 1.0, 2.0], "b": [0.0, 1.0]}
+    decoders = {"a": steps("a", 3), "b": steps("b", 2), "c": steps("c", 2)}
+    times = bench.interleaved(decoders)
+    assert order == ["a", "b", "c", "b", "c", "a", "a"]            # each round starts one decoder later
+    assert times == {"a": [0.0, 1.0, 2.0], "b": [0.0, 1.0], "c": [0.0, 1.0]} and len(decoders) == 3

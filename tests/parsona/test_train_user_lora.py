@@ -112,20 +112,25 @@ def test_loras_for_many_users_are_reused_only_with_the_same_settings_and_texts(t
 
 
 def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tmp_path, capsys):
-    """Texts unlike the held-out ones: training wanders on the held-out texts. The LoRA kept scores better
-    there than the last step's (the same seeded run without checks), and no worse than the base; where no
-    step beats the base, the LoRA kept is step 0's: B = 0, the base itself."""
+    """Texts unlike the held-out ones: training wanders on the held-out texts. The LoRA written is the
+    reported best step's (its NLL, recomputed, is the one printed), a step inside the run, better than both
+    the base and the last step's (the same seeded run without checks); where no step beats the base, the
+    LoRA written is step 0's: B = 0, the base itself."""
+    import re
+
     from parsona.recipes.train_user_lora import encode, held_out_nll
 
     model, tokenizer = load_base_model(tiny_dir)
     train, held = ["zzzz qqqq zzzz qqqq"] * 3, ["The cat sat on the mat.", "A dog ran in the park."]
     examples = [(i, i) for i in (encode(tokenizer, t, 128) for t in held)]
 
-    def nll(lora_dir) -> float:
+    def nll(lora_dir=None) -> float:
         bank = attach(model, LoRAConfig(rank=2))
         try:
-            bank.add("u", lora_dir)
-            return held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=2, adapter="u")
+            if lora_dir is not None:
+                bank.add("u", lora_dir)
+            return held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=2,
+                                adapter="u" if lora_dir is not None else None)
         finally:
             bank.detach()
 
@@ -134,9 +139,10 @@ def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tm
         return main(cfg, model=model, tokenizer=tokenizer, texts=train, eval_texts=held)
 
     kept, last = run_with(0.1, eval_every=2), run_with(0.1)
-    assert "(kept)" in capsys.readouterr().out
-    base = nll(run_with(1e-2, eval_every=2))                                      # no step beat the base here
-    assert nll(kept) < nll(last) and nll(kept) <= base
+    reported = re.search(r"(\d+\.\d+) at step (\d+) \(kept\)", capsys.readouterr().out)
+    assert reported and 0 < int(reported[2]) < 6
+    assert nll(kept) == pytest.approx(float(reported[1]), abs=1e-4)
+    assert nll(kept) < nll(last) and nll(kept) < nll()
     assert all(B.abs().sum() == 0 for _, B in read_peft_lora(run_with(1e-2, eval_every=2)).factors.values())
 
 
