@@ -2,8 +2,8 @@
 of expert LoRAs, leave one author out over real PAN-2011 Enron authors.
 
 Each author a in turn is the new user. The bank is every other author's LoRA (the per-user LoRA
-recipe on that author's train emails; the same LoRAs ``bench/personalization.py --parts lora`` trains at its default
-levers (no early stopping, no population start),
+recipe on that author's train emails; the same LoRAs ``bench/personalization.py --parts lora`` trains at the same
+settings, ``--eval-every`` included,
 reused from the same --output-dir), each described by the mean embedding of its author's train
 emails. a's description is the mean embedding of at most ``description_emails`` of a's train emails.
 Then the held-out NLL per token of a's test emails under:
@@ -65,6 +65,9 @@ class Config:
     """Each expert's LoRA rank, and the compact blend's."""
     learning_rate: float = 1e-3
     """AdamW learning rate of each expert's LoRA."""
+    eval_every: int = 0
+    """Early-stop each expert's LoRA on its author's valid emails, checked every this many steps (as
+    bench/personalization.py --eval-every, whose LoRAs are then reused; 0: none)."""
     seed: int = 0
     """Seed of every LoRA's init and batches."""
     k: int = 4
@@ -120,7 +123,7 @@ def main(cfg: Config) -> dict:
     from parsona.adapters.peft_format import read_peft_lora
     from parsona.base_model import load_base_model
     from parsona.bootstrap import t_interval
-    from parsona.data.enron import users_split
+    from parsona.data.enron import users_split, users_valid
     from parsona.io import write_json
     from parsona.persona import HistoryEncoder, UserProfile
     from parsona.recipes.train_user_lora import encode, settings_from, train_for_users
@@ -129,7 +132,8 @@ def main(cfg: Config) -> dict:
     began, out = time.perf_counter(), Path(cfg.output_dir)
     authors, train, test = users_split(cfg.min_train_emails, cfg.authors, cfg.max_emails)
     model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    dirs = train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer)
+    dirs = train_for_users(settings_from(cfg), train, out / "loras", model=model, tokenizer=tokenizer,
+                           eval_users=users_valid(authors, cfg.max_emails) if cfg.eval_every else None)
     loras = {a: read_peft_lora(dirs[a]) for a in authors}
     encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
     described = {a: UserProfile.from_history(a, encoder.transform(train[a])).persona for a in authors}

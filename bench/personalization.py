@@ -145,7 +145,9 @@ def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[s
     ``population_steps``, the population LoRA first (key "population"), every author's starting point."""
     from parsona.recipes.train_user_lora import settings_from, train_for_users
 
-    settings, valid = settings_from(cfg), valid_texts(cfg, list(train)) if cfg.eval_every else None
+    from parsona.data.enron import users_valid
+
+    settings, valid = settings_from(cfg), users_valid(list(train), cfg.max_emails) if cfg.eval_every else None
     dirs = {}
     if cfg.population_steps:
         pooled = {POPULATION: [t for texts in train.values() for t in texts]}
@@ -154,6 +156,9 @@ def train_loras(cfg: Config, model, tokenizer, train: dict, out: Path) -> dict[s
                                model=model, tokenizer=tokenizer, eval_users=held)
         settings["init_from"] = str(dirs[POPULATION])        # part of every author's cache key
     return dirs | train_for_users(settings, train, out / "loras", model=model, tokenizer=tokenizer, eval_users=valid)
+
+
+POPULATION = "population"
 
 
 POPULATION = "population"

@@ -63,3 +63,10 @@ def users_split(min_train_emails: int = 30, max_users: int = 0, max_emails: int 
                      key=lambda a: (-len(train[a]), a))[: max_users or None]
     cut = slice(None, max_emails or None)
     return authors, {a: train[a][cut] for a in authors}, {a: test[a][cut] for a in authors}
+
+
+def users_valid(authors: list[str], max_emails: int = 0) -> dict[str, list[str]]:
+    """The valid-split emails (PAN-2011's own held-out set, apart from test) of each of ``authors`` that has
+    any, cut to ``max_emails`` like :func:`users_split`'s lists (0: all): what early stopping checks."""
+    valid = texts_by_author(read_enron("valid"))
+    return {a: valid[a][: max_emails or None] for a in authors if valid.get(a)}

@@ -66,7 +66,9 @@ def test_early_stopped_loras_are_checked_on_the_valid_emails_and_kept_apart(tiny
     plain = run_recipe(bench.Config, bench.main, argv)
     stopped = run_recipe(bench.Config, bench.main, [*argv, "--eval-every", "1"])
     printed = capsys.readouterr().out
-    valid = bench.valid_texts(bench.Config(max_emails=3), stopped["lora"]["authors"])
+    from parsona.data.enron import users_valid
+
+    valid = users_valid(stopped["lora"]["authors"], max_emails=3)
     assert printed.count("(kept)") == 2 and printed.count("; 3 held-out texts") == sum(len(v) == 3 for v in valid.values())
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 * 2      # its own LoRAs
     assert len(json.loads((tmp_path / "nll.json").read_text())) == 2                     # its own columns

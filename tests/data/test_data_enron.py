@@ -52,3 +52,14 @@ def test_users_split_gives_the_authors_with_enough_train_emails_most_first():
     assert all(test[a] for a in authors)
     few, train2, _ = users_split(30, max_users=2, max_emails=3)
     assert few == authors[:2] and all(len(t) == 3 for t in train2.values())
+
+
+def test_users_valid_gives_each_authors_valid_emails_apart_from_test():
+    from parsona.data.enron import read_enron, users_split, users_valid
+
+    authors, _, test = users_split(30)
+    valid = users_valid(authors)
+    assert set(valid) == set(authors)                                      # all 18 have valid emails (4–96)
+    every = [e for e in read_enron("valid") if e.author_id == authors[0]]
+    assert valid[authors[0]] == [e.text for e in every] and not set(valid[authors[0]]) & set(test[authors[0]])
+    assert all(len(v) <= 2 for v in users_valid(authors, max_emails=2).values())
