@@ -85,17 +85,28 @@ class Config:
     """MovieLens: latest ratings of a population user used as their meta-training task."""
     ml_users: int = 0
     """MovieLens: only this many users (0: all 610; for smoke runs)."""
+    loss: str = "cross_entropy"
+    """Meta-training loss of the GPO predictors: cross_entropy (the paper's) or ordinal_w1 (W1 over the ordinal
+    options, what the alignment score measures: a point-like prediction where the answer is one rating)."""
     seed: int = 0
     """Seed of the splits, the context draws and the predictors."""
+
+    def __post_init__(self) -> None:
+        from parsona.errors import ConfigError
+        from parsona.persona.group_predictor import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ConfigError("loss", f"Choose one of {', '.join(sorted(LOSSES))}.", problem=f"got {self.loss!r}")
 
 
 def predictor(cfg: Config, use_prior: bool, max_context: int, max_targets: int):
     from parsona.persona import GroupPreferencePredictor
+    from parsona.persona.group_predictor import LOSSES
 
     return GroupPreferencePredictor(d_model=cfg.d_model, n_layers=cfg.n_layers, steps=cfg.steps,
                                     batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                                     max_context=max_context, max_targets=max_targets, use_prior=use_prior,
-                                    seed=cfg.seed)
+                                    loss=LOSSES[cfg.loss], seed=cfg.seed)
 
 
 def fit_cached(model, groups: list, out: Path, key: dict):

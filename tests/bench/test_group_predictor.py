@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
@@ -40,3 +43,16 @@ def test_users_split_without_overlap_and_scores_match_by_hand():
     dist[0, [5, 7]] = 0.5                                            # half 3.0, half 4.0 stars
     sq, w1 = ml.scores(dist, np.array([4.0]))
     np.testing.assert_allclose(sq, [0.25]) and np.testing.assert_allclose(w1, [0.5])
+
+
+def test_the_loss_is_a_setting_of_its_own_fits_and_an_unknown_one_names_the_field(tiny_encoder_dir, tmp_path):
+    bench = load_bench("group_predictor")
+    argv = ["--encoder", str(tiny_encoder_dir), "--steps", "2", "--parts", "movielens", "--ml-users", "30",
+            "--ml-max-queries", "5", "--output-dir", str(tmp_path)]
+    ce = run_recipe(bench.Config, bench.main, argv)
+    w1 = run_recipe(bench.Config, bench.main, [*argv, "--loss", "ordinal_w1"])
+    fits = [json.loads(p.read_text()) for p in (tmp_path / "models").rglob("group_predictor.json")]
+    assert sorted(f["loss"] for f in fits) == ["cross_entropy"] * 2 + ["ordinal_w1"] * 2      # gpo, gpo_prior each
+    assert ce["movielens"]["per_user"] != w1["movielens"]["per_user"]
+    with pytest.raises(SystemExit):
+        run_recipe(bench.Config, bench.main, [*argv, "--loss", "mse"])
