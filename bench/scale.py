@@ -11,15 +11,15 @@ Five parts, each saying what is the product's code path and what is not:
    computed from the shapes of SmolLM2-135M-Instruct (its config.json; no weights loaded). The LoRA is
    what the server's training writes (LoRAConfig's targets: every projection); preference
    conditioning keeps no per-user state (λ travels in each request).
-3. Persona vectors (SYNTHETIC, not product code: the store has no persona-vector table yet; persona
-   embeddings are a later issue): ``--vectors`` rows of ``--dim`` float32, ``vectors / users`` per
-   registered user, in the bench's own SQLite file beside the store (same settings: WAL,
-   synchronous=NORMAL, one index on (user_id, slot)), and the cost of reading one user's vector and
-   all of them, as a per-request persona lookup would.
+3. History and embeddings (product): ``--vectors`` history items through ``Store.add_history``, each with
+   a random unit ``--dim`` float32 vector through ``Store.put_embeddings`` (what ``Personas.refresh``
+   stores after encoding; the encoder itself is not run), ``vectors / users`` per registered user, added
+   in rounds of 10 per user (users add items over time); the time and the store's growth per item.
 4. Per-request lookup and assembly (product): what a handler does before decoding, for ``--requests``
    requests from random users of the 10,000: ``Store.authenticate(key)``, then ``Host.prepare`` (checks,
    tokenization, the row's conditioning, which looks the user's adapter record up in the store), on a
-   Host over the tiny model with this store. ``Store.get_adapter`` alone, the synthetic vector read and
+   Host over the tiny model with this store. ``Store.get_adapter`` alone, the persona lookup (the store
+   reads of ``Personas.resolve``: the unembedded-items check and the newest vectors) and
    a cold LoRA load (``verified_adapter_path`` + ``read_peft_lora``: sha256 check and validation, paid by
    the decode worker when the user's LoRA is not resident) are timed beside it. Target: p99 ≤ 5 ms.
 5. Loopback load (product): a real ``parsona serve`` (tiny model, preference LoRA, 127.0.0.1) on the
@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from parsona.errors import ConfigError
+from parsona.personalize import MAX_PERSONA_ITEMS
 
 PROMPTS = ["Give me a tip for cooking rice.", "What is the capital of France?", "Write a haiku about rain.",
            "How do I sort a list in Python?", "Name three primary colours.", "Why is the sky blue?"]
@@ -78,9 +79,9 @@ class Config:
     users: int = 10_000
     """Registered users, each with one stored LoRA."""
     vectors: int = 1_000_000
-    """Synthetic persona vectors (vectors // users per user); 0 skips part 3."""
+    """History items, each with its embedding (vectors // users per user), through the store; 0 skips part 3."""
     dim: int = 384
-    """Floats per persona vector (float32)."""
+    """Floats per embedding (float32; all-MiniLM-L6-v2's 384)."""
     requests: int = 5_000
     """Timed per-request lookups and assemblies (after 200 untimed warm-up ones)."""
     lora_rank: int = 8
@@ -100,7 +101,7 @@ class Config:
     server_threads: int = 0
     """OMP_NUM_THREADS of the loopback server; 0: torch's default (one per core), as parsona serve runs."""
     seed: int = 0
-    """Seed of the synthetic vectors, the LoRAs and the request order."""
+    """Seed of the random embeddings, the LoRAs and the request order."""
 
     def __post_init__(self) -> None:
         for name in ("users", "dim", "requests", "lora_rank", "load_rounds", "max_tokens"):
@@ -251,45 +252,43 @@ def _safetensors_header(path: Path) -> str:
         return f.read(size).decode()
 
 
-# -- part 3 (synthetic) ----------------------------------------------------------------------------
-def build_vectors(cfg: Config, db: Path, users) -> tuple[sqlite3.Connection, int, float]:
-    """SYNTHETIC: ``cfg.vectors`` float32 rows in the bench's own SQLite file; (connection, per user, seconds)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE persona_vectors (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, slot INTEGER NOT NULL, "
-                 "vector BLOB NOT NULL)")
+# -- part 3 ----------------------------------------------------------------------------------------
+ENCODER_KEY = "bench-random-unit-vectors"   # the key Store.put_embeddings files them under (a HistoryEncoder's .key)
+ROUND = 10                                  # items a user adds at once: users add over time, interleaved
+
+
+def build_history(cfg: Config, store, users) -> tuple[int, float]:
+    """``cfg.vectors`` history items through Store.add_history, each with a random unit ``cfg.dim`` vector
+    through Store.put_embeddings (what Personas.refresh stores), in rounds of ``ROUND`` items per user;
+    (items per user, seconds)."""
     per_user = cfg.vectors // len(users)
     rng = np.random.default_rng(cfg.seed)
-    t0, chunk = time.perf_counter(), 20_000
-    order = ((u, s) for s in range(per_user) for u, _, _ in users)   # interleaved, as users add items over time
-    while True:
-        batch = [next(order, None) for _ in range(chunk)]
-        batch = [b for b in batch if b is not None]
-        if not batch:
-            break
-        vecs = rng.standard_normal((len(batch), cfg.dim), dtype=np.float32)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO persona_vectors (user_id, slot, vector) VALUES (?, ?, ?)",
-                         [(u, s, v.tobytes()) for (u, s), v in zip(batch, vecs)])
-        conn.execute("COMMIT")
-    conn.execute("CREATE INDEX persona_vectors_user ON persona_vectors(user_id, slot)")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")   # measure the table, not a WAL copy of it
-    return conn, per_user, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for start in range(0, per_user, ROUND):
+        n = min(ROUND, per_user - start)
+        for user_id, _, _ in users:
+            ids = store.add_history(user_id, [f"item {start + i} of {user_id}" for i in range(n)])
+            v = rng.standard_normal((n, cfg.dim), dtype=np.float32)
+            store.put_embeddings(user_id, ENCODER_KEY, ids, v / np.linalg.norm(v, axis=1, keepdims=True))
+    return per_user, time.perf_counter() - t0
 
 
-def read_vector(conn: sqlite3.Connection, user_id: str, dim: int) -> np.ndarray:
-    row = conn.execute("SELECT vector FROM persona_vectors WHERE user_id = ? AND slot = 0", (user_id,)).fetchone()
-    return np.frombuffer(row[0], dtype=np.float32, count=dim)
+def db_bytes(store) -> int:
+    """The store's SQLite file after a checkpoint (the WAL folded in): what the records take."""
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return store.db_path.stat().st_size
 
 
-def read_all_vectors(conn: sqlite3.Connection, user_id: str, dim: int) -> np.ndarray:
-    rows = conn.execute("SELECT vector FROM persona_vectors WHERE user_id = ? ORDER BY slot", (user_id,)).fetchall()
-    return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+def persona_lookup(store, user_id: str) -> np.ndarray:
+    """What Personas.resolve reads from the store for one request (before pooling): the check for items
+    without a vector, then the newest MAX_PERSONA_ITEMS vectors."""
+    store.unembedded_history(user_id, ENCODER_KEY, MAX_PERSONA_ITEMS)
+    return store.history_embeddings(user_id, ENCODER_KEY, MAX_PERSONA_ITEMS)[0]
 
 
 # -- part 4 ----------------------------------------------------------------------------------------
-def assembly(cfg: Config, store, host, users, vectors) -> dict[str, list[float]]:
+def assembly(cfg: Config, store, host, users, with_history: bool) -> dict[str, list[float]]:
     from parsona.adapters.peft_format import read_peft_lora
     from parsona.host import Request
 
@@ -308,24 +307,18 @@ def assembly(cfg: Config, store, host, users, vectors) -> dict[str, list[float]]
         assert uid == user_id and prepared.conditioning["adapter"] == adapter_id   # the right user's records
         store.get_adapter(uid, adapter_id)
         t3 = time.perf_counter()
-        if vectors is not None:
-            read_vector(vectors, uid, cfg.dim)
+        X = persona_lookup(store, uid) if with_history else None
         t4 = time.perf_counter()
+        assert X is None or X.shape == (min(cfg.vectors // cfg.users, MAX_PERSONA_ITEMS), cfg.dim)   # the user's own
         if n < 200:
             continue
         times["authenticate"].append(t1 - t0)
         times["Host.prepare (incl. adapter record)"].append(t2 - t1)
         times["authenticate + Host.prepare  [target]"].append(t2 - t0)
         times["Store.get_adapter alone"].append(t3 - t2)
-        if vectors is not None:
-            times["synthetic: one persona vector"].append(t4 - t3)
-            times["assembly + one persona vector"].append((t2 - t0) + (t4 - t3))
-    if vectors is not None:
-        for n in range(min(cfg.requests, 1000)):
-            user_id = users[rng.randrange(len(users))][0]
-            t0 = time.perf_counter()
-            read_all_vectors(vectors, user_id, cfg.dim)
-            times["synthetic: all of a user's vectors"].append(time.perf_counter() - t0)
+        if with_history:
+            times["persona lookup (Personas.resolve's reads)"].append(t4 - t3)
+            times["assembly + persona lookup"].append((t2 - t0) + (t4 - t3))
     for n in range(min(cfg.requests, 300)):   # cold LoRA load: what the decode worker pays on a miss
         user_id, _, adapter_id = users[rng.randrange(len(users))]
         t0 = time.perf_counter()
@@ -468,28 +461,26 @@ def main(cfg: Config) -> bool:
         for line in state_bytes(cfg, store, users, lora_dir, pref_dir):
             print(line)
 
-        vectors = None
         if cfg.vectors:
-            print(f"\n## 3. Persona vectors: SYNTHETIC (the bench's own SQLite table; the store has none yet)\n", flush=True)
-            vdb = tmp / "synthetic-persona-vectors.sqlite3"
-            vectors, per_user, seconds = build_vectors(cfg, vdb, users)
-            size = sum(p.stat().st_size for p in tmp.glob("synthetic-persona-vectors.sqlite3*"))
-            print(f"{cfg.vectors:,d} vectors × {cfg.dim} float32 ({per_user} per user) written in {seconds:.1f} s "
-                  f"({cfg.vectors / seconds:,.0f}/s); file {size / 1e9:.2f} GB = {size / cfg.vectors:,.0f} B per vector "
-                  f"({4 * cfg.dim} B of floats), {size / cfg.users:,.0f} B per user", flush=True)
+            print(f"\n## 3. History and its embeddings (product: Store.add_history, Store.put_embeddings)\n", flush=True)
+            before = db_bytes(store)
+            per_user, seconds = build_history(cfg, store, users)
+            size = db_bytes(store) - before
+            print(f"{cfg.vectors:,d} items with a {cfg.dim}-float32 vector each ({per_user} per user, added {ROUND} at a "
+                  f"time) in {seconds:.1f} s ({cfg.vectors / seconds:,.0f}/s); the store grew {size / 1e9:.2f} GB = "
+                  f"{size / cfg.vectors:,.0f} B per item ({4 * cfg.dim} B of floats), {size / cfg.users:,.0f} B per user",
+                  flush=True)
 
         print(f"\n## 4. Per-request lookup and assembly at {cfg.users:,d} users (product: Store.authenticate + Host.prepare)\n",
               flush=True)
         pref = load_adapter(model, str(pref_dir))
         host = Host(model, tokenizer, store, pref)
-        times = assembly(cfg, store, host, users, vectors)
+        times = assembly(cfg, store, host, users, bool(cfg.vectors))
         for name, values in times.items():
             print(f"{name:44s} {ms(values)}  (n={len(values)})")
         p99 = pct(times["authenticate + Host.prepare  [target]"], 0.99) * 1e3
         checks.append((f"p99 per-request assembly ≤ {cfg.assembly_target_ms:g} ms at {cfg.users:,d} users "
                        f"(measured {p99:.3f} ms)", p99 <= cfg.assembly_target_ms))
-        if vectors is not None:
-            vectors.close()
         store.close()
         del host, pref, model
 
