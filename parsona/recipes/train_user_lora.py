@@ -134,29 +134,10 @@ def collate(examples: list[tuple[list[int], list[int]]], pad: int, device) -> tu
     return ids, mask, labels
 
 
-@torch.no_grad()
-def held_out_nll(model, bank, examples: list[tuple[list[int], list[int]]], pad: int, batch_size: int,
-                 adapter: str | None = "default") -> float:
-    """Mean next-token NLL per learned token of ``examples`` (ids, labels), the bank's LoRA ``adapter`` on."""
-    from torch.nn import functional as F
-
-    total, tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        ids, mask, labels = collate(chunk, pad, device)                        # (B, T) each
-        with bank.inputs(adapter=[adapter] * len(chunk)):
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]    # (B, T-1, V): predicts labels[:, 1:]
-        target = labels[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                                 ignore_index=-100, reduction="sum").item()
-        tokens += int((target != -100).sum())
-    return total / max(tokens, 1)
-
-
 def split_held_out(cfg: Config, examples: list, keys: Sequence[str], given: list | None) -> tuple[list, list]:
     """(train, held-out) examples: the ``given`` held-out ones, else the share ``eval_fraction`` of ``keys``
-    (each example's text) by :func:`parsona.data.split_of`, so a rerun holds out the same texts."""
+    (each example's text) by :func:`parsona.data.split_of`, so a rerun holds out the same texts. The checks
+    score them with :func:`parsona.logprobs.lora_nll`, as the benches score held-out texts."""
     from parsona.data import split_of
 
     if given is not None:
@@ -187,6 +168,7 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
 
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
+    from parsona.logprobs import lora_nll
 
     if pairs is not None and (texts is not None or cfg.texts or cfg.author):
         raise ConfigError("pairs", "Give pairs or texts (--texts / --author), not both.", problem="both given")
@@ -200,13 +182,15 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
     if pairs is not None:
-        examples, keys = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in pairs], [c for _, c in pairs]
+        if cfg.eval_every:
+            raise ConfigError("eval_every", "Use 0 with pairs: the checks score whole texts.", problem=f"got {cfg.eval_every}")
+        examples = [encode_pair(tokenizer, p, c, cfg.max_length) for p, c in pairs]
     else:
-        examples, keys = [(ids, ids) for ids in (encode(tokenizer, t, cfg.max_length) for t in texts)], list(texts)
+        examples = [(ids, ids) for ids in (encode(tokenizer, t, cfg.max_length) for t in texts)]
     held = None
     if cfg.eval_every:
         given = None if eval_texts is None else [(i, i) for i in (encode(tokenizer, t, cfg.max_length) for t in eval_texts)]
-        examples, held = split_held_out(cfg, examples, keys, given)
+        examples, held = split_held_out(cfg, examples, list(texts), given)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):   # a seeded init that leaves the caller's global RNG alone
@@ -222,7 +206,7 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
 
         def check(step: int) -> None:
             if best is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                best.offer(step, held_out_nll(model, bank, held, pad, cfg.batch_size))
+                best.offer(step, lora_nll(model, bank, "default", [ids for ids, _ in held], pad, cfg.batch_size))
 
         check(0)
         bar = tqdm(range(cfg.max_steps), desc="user-lora", disable=progress is not None)

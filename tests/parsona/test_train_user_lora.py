@@ -118,19 +118,19 @@ def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tm
     LoRA written is step 0's: B = 0, the base itself."""
     import re
 
-    from parsona.recipes.train_user_lora import encode, held_out_nll
+    from parsona.logprobs import lora_nll
+    from parsona.recipes.train_user_lora import encode
 
     model, tokenizer = load_base_model(tiny_dir)
     train, held = ["zzzz qqqq zzzz qqqq"] * 3, ["The cat sat on the mat.", "A dog ran in the park."]
-    examples = [(i, i) for i in (encode(tokenizer, t, 128) for t in held)]
+    examples = [encode(tokenizer, t, 128) for t in held]
 
     def nll(lora_dir=None) -> float:
         bank = attach(model, LoRAConfig(rank=2))
         try:
             if lora_dir is not None:
                 bank.add("u", lora_dir)
-            return held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=2,
-                                adapter="u" if lora_dir is not None else None)
+            return lora_nll(model, bank, "u" if lora_dir is not None else None, examples, tokenizer.pad_token_id, 2)
         finally:
             bank.detach()
 
@@ -144,19 +144,6 @@ def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tm
     assert nll(kept) == pytest.approx(float(reported[1]), abs=1e-4)
     assert nll(kept) < nll(last) and nll(kept) < nll()
     assert all(B.abs().sum() == 0 for _, B in read_peft_lora(run_with(1e-2, eval_every=2)).factors.values())
-
-
-def test_held_out_nll_is_the_token_mean_of_the_models_own_loss(tiny_dir):
-    from parsona.recipes.train_user_lora import collate, encode, held_out_nll
-
-    model, tokenizer = load_base_model(tiny_dir)
-    bank = attach(model, LoRAConfig(rank=2))
-    texts = ["one short text", "and another that is a little longer"]
-    examples = [(i, i) for i in (encode(tokenizer, t, 64) for t in texts)]
-    ids, mask, labels = collate(examples, tokenizer.pad_token_id, "cpu")
-    with torch.no_grad(), bank.inputs(adapter=[None, None]):
-        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()   # transformers' token mean
-    assert held_out_nll(model, bank, examples, tokenizer.pad_token_id, batch_size=1) == pytest.approx(want, rel=1e-5)
 
 
 def test_too_few_texts_to_hold_out_name_the_field(tiny_dir, tmp_path):
@@ -194,3 +181,6 @@ def test_a_start_of_another_shape_or_no_lora_names_init_from(tiny_dir, tmp_path)
     with pytest.raises(ConfigError) as err:
         main(Config(eval_every=1, output_dir=str(tmp_path / "x")), model=model, tokenizer=tokenizer, texts=["a"], eval_texts=[])
     assert err.value.field == "eval_texts"
+    with pytest.raises(ConfigError) as err:
+        main(Config(eval_every=1, output_dir=str(tmp_path / "x")), model=model, tokenizer=tokenizer, pairs=[([1, 5], "hi")])
+    assert err.value.field == "eval_every"
