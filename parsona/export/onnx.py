@@ -134,6 +134,7 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
                           input_names=["input_ids", "attention_mask", *names, *cache_names],
                           output_names=["logits", *(n.replace("past_key_values", "present") for n in cache_names)],
                           dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+        fold_constants(tmp / MODEL_NAME)
         onnx.checker.check_model(str(tmp / MODEL_NAME))
         files = write_variants(tmp, variants)
         tokenizer.save_pretrained(tmp)
@@ -142,6 +143,24 @@ def export(model: nn.Module, tokenizer, out_dir: str | Path, adapters: Sequence 
         write_json(tmp / META_NAME, meta)
         write_json(tmp / GENAI_NAME, genai_config(model, meta))
     return out
+
+
+def fold_constants(path: Path) -> None:
+    """Fold the graph's parameter-only arithmetic into initializers, up to ``FOLD_LIMIT`` elements a tensor.
+
+    The exporter folds tensors of up to 8,192 elements; SmolLM2's folded LoRA factors (U times its constant
+    singular values, 576 × 16 and up) stayed as Mul and Transpose nodes that onnxruntime folds at load in
+    float32 but runs at every step in the fp16 variant (it has no CPU kernel to fold them with). A
+    vocabulary-sized tied embedding (tens of millions) stays unfolded: folding its transpose would store it twice.
+    """
+    import onnx
+    import onnxscript.optimizer
+
+    model = onnxscript.optimizer.optimize(onnx.load(str(path)), input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+    onnx.save(model, str(path))
+
+
+FOLD_LIMIT = 2**22
 
 
 def metadata(model, tokenizer, adapters, inputs: list[dict], objectives, seconds: float) -> dict:

@@ -268,7 +268,10 @@ def test_fp16_and_int8_variants_keep_the_inputs_live_and_stay_near_the_float32_g
     quantized = onnx.load(str(out / "model.int8.onnx")).graph.node
     assert len(kept) == 2 * len(pref.layers)                                          # x V and z Uᵀ per Linear
     assert kept <= {n.name for n in quantized if n.op_type == "MatMul"}              # the adapters' factors: float32
-    assert sum(n.op_type == "MatMulNBits" for n in quantized) == len(pref.layers)    # every adapted base weight: int8
+    weights = {i.name for i in float32.graph.initializer}
+    base = [n for n in float32.graph.node if n.op_type == "MatMul" and n.input[1] in weights and n.name not in inside]
+    assert len(base) >= len(pref.layers)                                        # each adapted Linear's W0 (and lm_head)
+    assert sum(n.op_type == "MatMulNBits" for n in quantized) == len(base)     # every base weight: int8
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert "MatMulNBits" in ops, ops                                              # weights really are 8-bit blocks
     halves = [t for t in onnx.load(str(out / "model.fp16.onnx")).graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
@@ -319,3 +322,18 @@ def test_a_live_preference_lora_costs_four_nodes_per_adapted_linear(exported, tm
     n_bare = len(onnx.load(str(bare / "model.onnx")).graph.node)
     n_pref = len(onnx.load(str(out / "model.onnx")).graph.node)
     assert n_pref - n_bare <= 4 * len(pref.layers) + 4                   # + [1, λ]'s own few nodes, once
+
+
+def test_no_parameter_only_arithmetic_is_left_for_the_runtime(tmp_path):
+    """An MLP wide enough that U (1,024 × 16) is past the exporter's own folding limit: its product with the
+    constant singular values is stored folded, not left as nodes (fp16 would run them at every step)."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = tiny_causal_lm(vocab_size=259, pad_token_id=0, bos_token_id=1, eos_token_id=2, intermediate_size=1024).eval()
+    pref = attach(model, PreferenceLoRAConfig(rank=0, n_objectives=2, preference_rank=8))
+    perturb(pref, std=0.1)
+    graph = onnx.load(str(export(model, tiny_tokenizer(), tmp_path / "wide", [pref]) / "model.onnx")).graph
+    constant = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    left = [n.op_type for n in graph.node if n.op_type != "Constant" and n.input and all(i in constant for i in n.input if i)]
+    assert left == []
