@@ -51,10 +51,13 @@ class PreferenceLoRALayer(nn.Module):
 
     def singular_values(self, preference: torch.Tensor) -> torch.Tensor:
         """[σ, s·λ] per row: (B, m) -> (B, k + m·p), each λ_i repeated p = preference_rank times."""
-        B = preference.shape[0]
-        sigma = self.sigma.expand(B, self.rank)                  # (B, k)
-        lam = preference.repeat_interleave(self.preference_rank, dim=-1) if self.preference_rank > 1 else preference
-        return torch.cat([sigma, self.pref_scale * lam], dim=-1)  # (B, k + m·p)
+        sigma = self.sigma.expand(preference.shape[0], self.rank)                 # (B, k)
+        return torch.cat([sigma, self.pref_scale * self._repeated(preference)], dim=-1)  # (B, k + m·p)
+
+    def _repeated(self, preference: torch.Tensor) -> torch.Tensor:
+        """λ with each λ_i repeated p = preference_rank times: (B, m) -> (B, m·p)."""
+        p = self.preference_rank
+        return preference.repeat_interleave(p, dim=-1) if p > 1 else preference
 
     def forward(self, x: torch.Tensor, out: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
         """``out`` + ΔW_row x for every row; x (B, T, d_in), out (B, T, d_out), preference (B, m)."""
@@ -81,7 +84,7 @@ class PreferenceLoRALayer(nn.Module):
         m_p = self.n_objectives * self.preference_rank
         constant = torch.cat([self.sigma, self.pref_scale.expand(m_p)]) * self.scaling          # (k + m·p,)
         U_t = (self.U * constant).T.to(x.dtype)                                                  # (k + m·p, d_out)
-        lam = preference.repeat_interleave(self.preference_rank, dim=-1) if self.preference_rank > 1 else preference
+        lam = self._repeated(preference)                                                        # (B, m·p)
         row = torch.cat([lam.new_ones(lam.shape[0], self.rank), lam], dim=-1) if self.rank else lam  # (B, k + m·p)
         z = (x @ self.V.to(x.dtype)) * row.to(x.dtype).unsqueeze(1)                               # (B, T, k + m·p)
         return out + z @ U_t                                                                     # (B, T, d_out)
