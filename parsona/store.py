@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parsona import store_embeddings, store_sqlite
+from parsona import store_embeddings, store_intents, store_sqlite
 from parsona.errors import ConfigError
 from parsona.store_experts import ExpertBank
 from parsona.store_jobs import JobStore
@@ -50,6 +50,7 @@ __all__ = ["CorruptAdapter", "INTERRUPTED", "NotFound", "QuotaExceeded", "Quotas
 
 log = logging.getLogger("parsona.store")
 
+RULE_SOURCES = ("user", "mined", "agent")  # who wrote a user's steering rules (Store.put_rules)
 INTERRUPTED = ("the server stopped while this job was running (it was restarted); nothing was saved. "
                "Start it again with POST /v1/adapters/train.")
 
@@ -260,14 +261,33 @@ class Store(JobStore):
         self._require_user(self._conn(), user_id)
         return store_embeddings.read(self._conn(), user_id, encoder, limit)
 
+    # ---- history intents (parsona.store_intents: one sentence per item and writer) ------------
+
+    def unsummarised_history(self, user_id: str, writer: str, limit: int) -> list[tuple[str, str]]:
+        """(item_id, text) of the user's newest ``limit`` items without an intent from ``writer``, newest first."""
+        self._require_user(self._conn(), user_id)
+        return store_intents.missing_intents(self._conn(), user_id, writer, limit)
+
+    def put_intents(self, user_id: str, writer: str, item_ids: list[str], intents: list[str]) -> int:
+        """Keep one intent per item of the user's own ``item_ids`` (others' are skipped); returns how many."""
+        with self._write() as conn:
+            self._require_user(conn, user_id)
+            return store_intents.put(conn, user_id, writer, list(item_ids), list(intents))
+
+    def history_intents(self, user_id: str, writer: str, limit: int) -> list[tuple[str, str]]:
+        """(text, intent) of the user's newest ``limit`` items with an intent from ``writer``, newest first."""
+        self._require_user(self._conn(), user_id)
+        return store_intents.read(self._conn(), user_id, writer, limit)
+
     # ---- steering rules ---------------------------------------------------------------------
 
     def put_rules(self, user_id: str, rules: list[str], source: str = "user") -> list[str]:
-        """Replace the user's steering rules (``source``: "user" wrote them, "mined" from their history)."""
+        """Replace the user's steering rules (``source``: "user" wrote them; "mined" from their history;
+        "agent": the preference agent's, ``recipes/learn_steering_rules.py``)."""
         from parsona.persona.rules import check_rules
 
-        if source not in ("user", "mined"):
-            raise ConfigError("source", 'Use "user" or "mined".', problem=f"got {source!r:.40}")
+        if source not in RULE_SOURCES:
+            raise ConfigError("source", f"Use one of {', '.join(RULE_SOURCES)}.", problem=f"got {source!r:.40}")
         rules = check_rules(rules)
         with self._write() as conn:
             self._require_user(conn, user_id)

@@ -16,7 +16,8 @@ from typing import Iterator
 
 from parsona.errors import ConfigError
 
-SCHEMA_VERSION = 4  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings; 4: experts, rules
+SCHEMA_VERSION = 5  # 2: jobs.worker (who runs it), history.size (bytes, for the quota); 3: history_embeddings;
+#                     4: experts, rules; 5: history_intents
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS history_embeddings (
     item_id TEXT NOT NULL REFERENCES history(item_id) ON DELETE CASCADE,
     encoder TEXT NOT NULL, vector BLOB NOT NULL,
     PRIMARY KEY (item_id, encoder));
+CREATE TABLE IF NOT EXISTS history_intents (
+    item_id TEXT NOT NULL REFERENCES history(item_id) ON DELETE CASCADE,
+    writer TEXT NOT NULL, intent TEXT NOT NULL,
+    PRIMARY KEY (item_id, writer));
 CREATE TABLE IF NOT EXISTS adapters (
     adapter_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,

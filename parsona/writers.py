@@ -23,6 +23,12 @@ class HostWriter:
         self.host, self.max_new_tokens, self.conditioning = host, max_new_tokens, dict(conditioning or {})
         self.batch_size, self.temperature, self.progress = batch_size, temperature, progress
 
+    @property
+    def key(self) -> str:
+        """What decides its replies (model, conditioning, decoding): what it wrote is kept under this key."""
+        name = getattr(getattr(self.host.model, "config", None), "_name_or_path", "") or type(self.host.model).__name__
+        return f"host:{name}:{sorted(self.conditioning.items())}:{self.max_new_tokens}:{self.temperature}"
+
     def __call__(self, chats: Sequence[list[dict]]) -> list[str]:
         from tqdm.auto import tqdm
 
@@ -53,6 +59,11 @@ class EndpointWriter:
                               problem=f"got {base_url!r:.60}")
         self.base_url, self.model, self.api_key = base_url.rstrip("/"), model, api_key
         self.max_tokens, self.temperature, self.timeout, self.client = max_tokens, temperature, timeout, client
+
+    @property
+    def key(self) -> str:
+        """The endpoint, model and decoding (never the key): what it wrote is kept under this key."""
+        return f"endpoint:{self.base_url}:{self.model}:{self.max_tokens}:{self.temperature}"
 
     def __call__(self, chats: Sequence[list[dict]]) -> list[str]:
         import httpx

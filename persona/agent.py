@@ -57,6 +57,25 @@ def intent_of(text: str, words: int = 25) -> str:
     return " ".join(first.split()[:words])
 
 
+def write_checked(writer: Writer, chats: list[Chat], field: str = "large") -> list[str]:
+    """``writer``'s replies to ``chats``: one string per chat, or a ConfigError naming ``field``."""
+    replies = writer(chats) if chats else []
+    if len(replies) != len(chats) or not all(isinstance(r, str) for r in replies):
+        raise ConfigError(field, "A writer returns one string per chat.", problem=f"got {len(replies)} for {len(chats)}")
+    return list(replies)
+
+
+def summarise(writer: Writer, texts: Sequence[str], intent_words: int = 25) -> list[str]:
+    """One intent per text, summarised by ``writer`` in one sentence; the extractive one (``intent_of``)
+    where the reply is empty or longer than 2 × ``intent_words`` words."""
+    replies = write_checked(writer, [[{"role": "user", "content": SUMMARISE.format(text=t)}] for t in texts])
+    intents = []
+    for text, reply in zip(texts, replies):
+        line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
+        intents.append(line if line and len(line.split()) <= 2 * intent_words else intent_of(text, intent_words))
+    return intents
+
+
 def parse_rules(reply: str, max_words: int = 25) -> list[str]:
     """The rules in a model's reply: its bulleted or numbered lines, bullets stripped, each at most
     ``max_words`` words and MAX_RULE_CHARS characters, duplicates dropped. Anything else in the reply (prose,
@@ -148,13 +167,7 @@ class RulesAgent:
 
     def summarise(self, texts: Sequence[str]) -> list[str]:
         """One intent per text by the large model, the extractive one where its reply is empty or too long."""
-        replies = self._write([[{"role": "user", "content": SUMMARISE.format(text=t)}] for t in texts])
-        intents = []
-        for text, reply in zip(texts, replies):
-            line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
-            ok = line and len(line.split()) <= 2 * self.intent_words
-            intents.append(line if ok else intent_of(text, self.intent_words))
-        return intents
+        return summarise(self.large, texts, self.intent_words)
 
     @staticmethod
     def critique_chat(intent: str, draft: str, text: str) -> Chat:
@@ -183,10 +196,7 @@ class RulesAgent:
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _write(self, chats: list[Chat]) -> list[str]:
-        replies = self.large(chats) if chats else []
-        if len(replies) != len(chats) or not all(isinstance(r, str) for r in replies):
-            raise ConfigError("large", "A writer returns one string per chat.", problem=f"got {len(replies)} for {len(chats)}")
-        return list(replies)
+        return write_checked(self.large, chats)
 
     def _keep(self, rules: Sequence[str]) -> list[str]:
         """The rules that quote no long run of the user's words, in order while they fit the budget."""

@@ -3,6 +3,7 @@ drafts differ from the user's texts; a small model (the base + a PEFT LoRA) lear
 
     parsona train steering-rules --author 965226 --output-dir runs/agent_965226
     parsona train steering-rules --texts mine.txt --endpoint http://localhost:8000/v1 --endpoint-model llama-3-8b
+    parsona train steering-rules --store runs/store --user-id usr_... --put-rules   # a server user's history
 
 The large model is the base model (``--model``) or, with ``--endpoint``, any OpenAI-compatible
 ``/chat/completions`` server (its key read from the environment variable ``--api-key-env``, never from a
@@ -16,7 +17,10 @@ flag). The small model is always the base model here, fine-tuned with the user-L
 Serve it: ``Host(model, tokenizer, loras={"agent": DIR / "small_lora"})`` and
 :func:`load` (DIR, host, the user's texts: they rebuild the quote check, which is not stored). The large
 model's calls are the cost: three per text (intent, draft, rules); the user's texts go to it, so an
-``--endpoint`` sees them.
+``--endpoint`` sees them. With ``--store``, the texts are the user's newest history items and their
+intents are kept in the store with the history (``parsona.personalize.Intents``): a rerun, or a run after
+new items arrive, summarises only what is new. ``--put-rules`` then makes the recurring rules the user's
+steering rules (``GET /v1/profile/rules`` shows them, source "agent").
 """
 
 from __future__ import annotations
@@ -42,8 +46,15 @@ class Config:
     """The user's texts: a .txt file (one per line) or a .jsonl file with a "text" field per line."""
     author: str = ""
     """Instead of texts: the train-split emails of this PAN-2011 Enron author id (``$PARSONA_DATA``)."""
+    store: str = ""
+    """Instead of texts: the Parsona store (``parsona serve --store``) holding the user's history ..."""
+    user_id: str = ""
+    """... of this user; their intents are kept there, beside the history."""
+    put_rules: bool = False
+    """With --store: keep the recurring rules as the user's steering rules (replacing theirs)."""
     max_texts: int = 30
-    """Use at most this many texts (the first ones; 0: all). Each costs three large-model calls."""
+    """Use at most this many texts (the first ones; with --store the newest; 0: all). Each costs three
+    large-model calls (two once a text's intent is stored)."""
     max_text_chars: int = 1500
     """Each text is cut to this many characters before it goes into a prompt."""
     output_dir: str = "runs/steering_agent"
@@ -76,8 +87,16 @@ class Config:
     """Seed of the LoRA's init and of its batches."""
 
     def __post_init__(self) -> None:
-        if self.texts and self.author:
-            raise ConfigError("author", "Pass --texts FILE or --author ID, not both.", problem="both given")
+        sources = [name for name in ("texts", "author", "store") if getattr(self, name)]
+        if len(sources) > 1:
+            raise ConfigError(sources[1], "Pass one of --texts FILE, --author ID or --store DIR --user-id ID.",
+                              problem=f"got {' and '.join(sources)}")
+        if bool(self.store) != bool(self.user_id):
+            raise ConfigError("user_id" if self.store else "store", "Pass --store DIR and --user-id ID together.",
+                              problem="only one given")
+        if self.put_rules and not self.store:
+            raise ConfigError("put_rules", "Rules are put into a store: pass --store DIR --user-id ID.",
+                              problem="no store")
         for name in ("max_new_tokens", "max_rule_tokens", "max_quote_words", "rank", "max_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -105,6 +124,21 @@ def large_writer(cfg: Config, host):
     return HostWriter(host, max_new_tokens=cfg.max_new_tokens, progress="large model")
 
 
+def open_store(cfg: Config):
+    """The store at ``cfg.store`` (which must exist: a typo is not a new, empty store), checked to hold ``user_id``."""
+    from parsona.store import NotFound, Store
+
+    if not (Path(cfg.store) / "parsona.sqlite3").is_file():
+        raise ConfigError("store", "Give the directory a server keeps its store in (parsona serve --store).",
+                          problem=f"no store at {cfg.store!r:.80}")
+    store = Store(cfg.store)
+    try:
+        store.history(cfg.user_id, limit=0)
+    except NotFound:
+        raise ConfigError("user_id", "Give the id of a user of this store.", problem="no such user") from None
+    return store
+
+
 def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, texts: Sequence[str] | None = None,
          intents: Sequence[str] | None = None) -> Path:
     """Learn the agent and write ``output_dir``; return it. ``model``/``tokenizer`` reuse a loaded base;
@@ -114,15 +148,22 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     from parsona.io import atomic_dir, write_json
     from parsona.recipes import train_user_lora
 
-    if texts is None:
+    store = open_store(cfg) if cfg.store and texts is None else None
+    if texts is None and store is None:
         texts = train_user_lora.author_texts(cfg.author) if cfg.author else train_user_lora.read_texts(cfg.texts)
-    texts = [t[: cfg.max_text_chars] for t in list(texts)[: cfg.max_texts or None]]
-    if intents is not None:
-        intents = list(intents)[: len(texts)]
     if model is None:
         model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
     host = Host(model, tokenizer)
-    agent = RulesAgent(large_writer(cfg, host), tokenizer=tokenizer, max_tokens=cfg.max_rule_tokens,
+    large = large_writer(cfg, host)
+    if store is not None:              # the newest history items, their intents summarised once and kept
+        from parsona.personalize import MAX_INTENT_ITEMS, Intents
+
+        texts, intents = Intents(store, large, max_items=cfg.max_texts or MAX_INTENT_ITEMS,
+                                 max_chars=cfg.max_text_chars).pairs(cfg.user_id)
+    texts = [t[: cfg.max_text_chars] for t in list(texts)[: cfg.max_texts or None]]
+    if intents is not None:
+        intents = list(intents)[: len(texts)]
+    agent = RulesAgent(large, tokenizer=tokenizer, max_tokens=cfg.max_rule_tokens,
                        max_quote_words=cfg.max_quote_words, min_quote_texts=cfg.min_quote_texts).fit(texts, intents)
     pairs = [(host.prepare(Request(messages=chat)).input_ids, rules) for chat, rules in agent.examples_]
     pairs = [(ids, rules) for ids, rules in pairs if len(ids) < cfg.max_length - 8]   # room for the rules
@@ -135,6 +176,8 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
                              model=model, tokenizer=tokenizer, pairs=pairs)
         agent.save(tmp / "agent.json")
         write_json(tmp / "config.json", {k: v for k, v in asdict(cfg).items() if k != "api_key_env"})
+    if store is not None and cfg.put_rules and agent.rules_:
+        store.put_rules(cfg.user_id, agent.rules_, source="agent")
     print(f"{len(pairs)} of {len(texts)} texts gave rules; recurring rules:")
     print("\n".join(f"  - {r}" for r in agent.rules_) or "  (none)")
     return Path(cfg.output_dir)

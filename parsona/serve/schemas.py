@@ -287,8 +287,9 @@ class RulesPut(_Strict):
 class Rules(BaseModel):
     object: Literal["rules"] = Field("rules", description="Always 'rules'.")
     rules: list[str] = Field(description="The caller's steering rules, in order.")
-    source: Optional[Literal["user", "mined"]] = Field(None, description="Who wrote them: the user, or the miner "
-                                                       "from the user's history.")
+    source: Optional[Literal["user", "mined", "agent"]] = Field(
+        None, description="Who wrote them: the user; the miner, from the user's history; or the preference agent "
+                          "(parsona train steering-rules --store).")
     updated_at: Optional[float] = Field(None, description="Unix time they were last replaced.")
 
 

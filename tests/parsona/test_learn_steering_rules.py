@@ -11,9 +11,10 @@ import pytest
 from parsona.base_model import load_base_model
 from parsona.errors import ConfigError
 from parsona.host import Host
-from parsona.persona.agent import CRITIQUE
+from parsona.persona.agent import CRITIQUE, SUMMARISE
 from parsona.recipes import learn_steering_rules as recipe
 from parsona.recipes.train_user_lora import encode_pair
+from parsona.store import Store
 from parsona.writers import HostWriter
 
 TEXTS = [f"Hi Jo,\nthe {w} numbers are in.\nAnn" for w in ("gas", "power", "oil", "coal", "wind", "sun")]
@@ -56,6 +57,53 @@ def test_no_usable_rule_is_an_error_and_writes_nothing(tiny_dir, tmp_path, monke
     with pytest.raises(recipe.NoRules, match="texts"):
         recipe.main(recipe.Config(model=tiny_dir, output_dir=str(tmp_path / "agent"), max_steps=1), texts=TEXTS)
     assert not (tmp_path / "agent").exists()
+
+
+def test_a_store_users_history_is_learned_from_and_its_intents_are_kept_for_the_next_run(tiny_dir, tmp_path, monkeypatch):
+    chats = []
+
+    def large(cfg, host):
+        def writer(batch):
+            chats.extend(batch)
+            return scripted_large(cfg, host)(batch)
+        writer.key = "scripted"                        # what the stored intents are kept under
+        return writer
+
+    monkeypatch.setattr(recipe, "large_writer", large)
+    with Store(tmp_path / "store") as store:
+        alice, _ = store.create_user()
+        bob, _ = store.create_user()
+        store.add_history(alice, TEXTS)
+        store.add_history(bob, ["Bob-only text, never to be read for alice."] * 3)
+    cfg = recipe.Config(model=tiny_dir, store=str(tmp_path / "store"), user_id=alice, put_rules=True,
+                        output_dir=str(tmp_path / "agent"), max_steps=2, max_new_tokens=8)
+    summaries = lambda: sum(c[-1]["content"].startswith(SUMMARISE.split("{")[0]) for c in chats)
+    recipe.main(cfg)
+    assert summaries() == len(TEXTS) and len(chats) == 3 * len(TEXTS)           # intent, draft, rules per text
+    assert not any("Bob-only" in c[-1]["content"] for c in chats)                 # only alice's history
+    with Store(tmp_path / "store") as store:
+        assert store.get_rules(alice)["rules"] == ["Keep it short."] and store.get_rules(alice)["source"] == "agent"
+        assert store.get_rules(bob) is None
+        store.add_history(alice, ["Hi Jo,\nthe hydro numbers are in.\nAnn"])
+    chats.clear()
+    recipe.main(cfg)
+    assert summaries() == 1 and len(chats) == 1 + 2 * (len(TEXTS) + 1)            # only the new text is summarised
+
+
+def test_store_settings_are_checked_before_any_model_call(tmp_path):
+    with Store(tmp_path / "store") as store:
+        user, _ = store.create_user()
+    for kwargs, field in (({"store": str(tmp_path / "store")}, "user_id"), ({"user_id": user}, "store"),
+                          ({"texts": "a.txt", "store": "s", "user_id": user}, "store"), ({"put_rules": True}, "put_rules")):
+        with pytest.raises(ConfigError) as err:
+            recipe.Config(**kwargs)
+        assert err.value.field == field
+    with pytest.raises(ConfigError) as err:                                       # a typo is not a new, empty store
+        recipe.main(recipe.Config(store=str(tmp_path / "nowhere"), user_id=user))
+    assert err.value.field == "store" and not (tmp_path / "nowhere").exists()
+    with pytest.raises(ConfigError) as err:
+        recipe.main(recipe.Config(store=str(tmp_path / "store"), user_id="usr_" + "0" * 32))
+    assert err.value.field == "user_id"
 
 
 def test_config_errors_name_the_field():

@@ -1,4 +1,4 @@
-"""Personas from stored history: embedded once, bounded, one user's vectors never another's."""
+"""Personas and intents from stored history: derived once, bounded, one user's never another's."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from parsona.personalize import Personas
+from parsona.errors import ConfigError
+from parsona.personalize import Intents, Personas
 from parsona.persona import HistoryEncoder
 from parsona.store import NotFound, Quotas, Store
 
@@ -59,3 +60,92 @@ def test_another_encoder_re_embeds_instead_of_mixing_spaces(personas, tiny_encod
     personas.refresh(user)
     other = Personas(personas.store, HistoryEncoder(model=str(tiny_encoder_dir), max_length=8, progress=False))
     assert other.encoder_key != personas.encoder_key and other.refresh(user) == 2
+
+
+# ---- intents: one sentence per history item, written once by a writer ------------------------------
+
+class Summariser:
+    """A writer that answers a summary request with "Intent <n>: <first word of the email>" and counts calls."""
+
+    key = "fake-writer"
+
+    def __init__(self, reply=None):
+        self.chats, self.reply = [], reply
+
+    def __call__(self, chats):
+        self.chats += chats
+        emails = [c[0]["content"].split("Email:\n", 1)[1] for c in chats]
+        return [self.reply if self.reply is not None else f"Intent: {e.split()[0]}" for e in emails]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "store") as s:
+        yield s
+
+
+def test_each_item_is_summarised_once_and_kept_beside_it(store):
+    user, _ = store.create_user()
+    store.add_history(user, ["dog barks", "  ", "cat sleeps", "gas price"])
+    writer = Summariser()
+    intents = Intents(store, writer, max_items=3)
+    texts, sentences = intents.pairs(user)
+    # the newest 3 items, oldest first; the blank one has nothing to summarise
+    assert texts == ["cat sleeps", "gas price"] and sentences == ["Intent: cat", "Intent: gas"]
+    assert len(writer.chats) == 2 and intents.refresh(user) == 0            # kept: no second call
+    store.add_history(user, ["rain today"])
+    assert intents.pairs(user) == (["cat sleeps", "gas price", "rain today"], ["Intent: cat", "Intent: gas", "Intent: rain"])
+    assert len(writer.chats) == 3                                             # only the new item
+    with Store(store.root) as again:                                            # kept across restarts
+        assert Intents(again, Summariser(), max_items=3).pairs(user, refresh=False)[1] == \
+            ["Intent: cat", "Intent: gas", "Intent: rain"]
+
+
+def test_an_empty_or_long_summary_falls_back_to_the_first_sentence(store):
+    user, _ = store.create_user()
+    store.add_history(user, ["Please send the file. Thanks, Jo"])
+    assert Intents(store, Summariser(reply="")).pairs(user)[1] == ["Please send the file."]
+    assert Intents(store, Summariser(reply="word " * 60), intent_words=20).pairs(user)[1] == ["Please send the file."]
+
+
+def test_another_writer_or_setting_summarises_again_instead_of_mixing(store):
+    user, _ = store.create_user()
+    store.add_history(user, ["dog barks"])
+    first = Intents(store, Summariser())
+    first.refresh(user)
+    for other in (Intents(store, Summariser(), key="another-model"), Intents(store, Summariser(), max_chars=100),
+                  Intents(store, Summariser(), intent_words=10)):
+        assert other.key != first.key and other.refresh(user) == 1
+
+
+def test_one_users_intents_are_never_written_or_read_through_another(store):
+    alice, _ = store.create_user()
+    bob, _ = store.create_user()
+    [item] = store.add_history(alice, ["dog barks"])
+    intents = Intents(store, Summariser())
+    assert store.put_intents(bob, intents.key, [item], ["Bob's intent"]) == 0     # not bob's item
+    assert intents.pairs(bob) == ([], [])
+    assert intents.pairs(alice) == (["dog barks"], ["Intent: dog"])
+    store.add_history(bob, ["gas price"])
+    intents.refresh(bob)
+    assert intents.pairs(alice) == (["dog barks"], ["Intent: dog"])                # bob's items change nothing
+    with pytest.raises(NotFound):
+        intents.pairs("usr_" + "0" * 32)
+
+
+def test_bad_intents_and_settings_name_their_field(store):
+    user, _ = store.create_user()
+    [item] = store.add_history(user, ["dog barks"])
+    for bad in ([""], ["x" * 401], [3], ["a", "b"]):
+        with pytest.raises(ConfigError) as err:
+            store.put_intents(user, "w", [item], bad)
+        assert err.value.field == "intents"
+    with pytest.raises(ConfigError) as err:
+        Intents(store, lambda chats: [])                                            # a bare callable has no key
+    assert err.value.field == "key"
+    with pytest.raises(ConfigError) as err:
+        Intents(store, Summariser(), max_items=0)
+    assert err.value.field == "max_items"
+    with pytest.raises(ConfigError) as err:
+        Intents(store, lambda chats: [], key="k").refresh(user)                      # no reply per chat
+    assert err.value.field == "large"

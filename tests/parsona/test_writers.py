@@ -58,3 +58,13 @@ def test_endpoint_errors_name_the_setting_and_never_echo_the_request(world):
         EndpointWriter("localhost:8000")
     with pytest.raises(ConfigError, match="base_url"):                  # nothing listens there
         EndpointWriter("http://127.0.0.1:9/v1", timeout=2)(CHATS[:1])
+
+
+def test_a_writers_key_changes_with_what_decides_its_replies_and_never_holds_the_api_key(world):
+    host = world[0]
+    keys = {HostWriter(host).key, HostWriter(host, max_new_tokens=8).key,
+            HostWriter(host, conditioning={"adapter": "x"}).key, HostWriter(host, temperature=0.5).key}
+    assert len(keys) == 4 and HostWriter(host).key == HostWriter(host, batch_size=2).key   # batching decides nothing
+    a = EndpointWriter("http://h/v1", model="m", api_key="sk-secret")
+    assert "sk-secret" not in a.key and a.key == EndpointWriter("http://h/v1", model="m").key
+    assert a.key != EndpointWriter("http://h/v1", model="n").key != EndpointWriter("http://g/v1", model="n").key
