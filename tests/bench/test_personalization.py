@@ -87,3 +87,25 @@ def test_authors_can_start_from_a_population_lora_scored_as_its_own_column(tiny_
     plain = run_recipe(bench.Config, bench.main, argv)["lora"]                       # the same authors from ΔW = 0
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 + 1 + 2
     assert plain["nll"] != r["nll"] and "nll_population" not in plain
+
+
+def test_an_early_stopped_population_lora_is_checked_on_a_few_emails_of_each_author_a_few_times(
+        tiny_dir, tmp_path, capsys, monkeypatch):
+    import parsona.logprobs
+    from parsona.data.enron import users_valid
+
+    bench = load_bench("personalization")                       # binds its own lora_nll (the matrix's) first
+    checks = []
+    score = parsona.logprobs.lora_nll
+    monkeypatch.setattr(parsona.logprobs, "lora_nll", lambda *a, **k: checks.append(len(a[3])) or score(*a, **k))
+    argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "6", "--max-steps", "2", "--batch-size", "2",
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path),
+            "--population-steps", "16", "--eval-every", "1"]
+    r = run_recipe(bench.Config, bench.main, argv)["lora"]
+    valid = users_valid(r["authors"], max_emails=6)
+    held = sum(min(len(v), bench.POPULATION_HELD) for v in valid.values())
+    # the population: every 16 // POPULATION_CHECKS = 2 steps (0, 2, ..., 16) on each author's first emails;
+    # then each author at its own eval_every (steps 0, 1, 2) on all of its valid emails
+    # (then the NLL matrix, scored through the same function)
+    own = [len(valid[a]) for a in r["authors"] if a in valid for _ in range(3)]
+    assert checks[:9] == [held] * 9 and checks[9:9 + len(own)] == own
