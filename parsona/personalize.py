@@ -25,9 +25,9 @@ Generated LoRAs (SG-LoRA: a new user's LoRA blended from a bank of experts) are 
 
 from __future__ import annotations
 
-import numpy as np
-
 import hashlib
+
+import numpy as np
 
 from parsona.errors import ConfigError
 from parsona.persona import TAU, HistoryEncoder, UserProfile, input_aware_persona
@@ -35,7 +35,8 @@ from parsona.persona.agent import SUMMARISE, summarise
 from parsona.store_intents import MAX_INTENT_CHARS
 
 MAX_PERSONA_ITEMS = 1000
-MAX_INTENT_ITEMS = 1000     # the newest items summarised: each is a large-model call
+MAX_INTENT_ITEMS = 1000     # the newest items summarised: each is a large-model call ...
+INTENT_CHUNK = 32           # ... kept as each chunk of them is written: a failure loses one chunk's calls
 
 
 class Personas:
@@ -108,10 +109,12 @@ class Intents:
         """Summarise the user's newest items that have no intent under :attr:`key`; returns how many."""
         todo = [(i, t[: self.max_chars]) for i, t in self.store.unsummarised_history(user_id, self.key, self.max_items)
                 if t[: self.max_chars].strip()]                # blank where cut: nothing to summarise
-        if not todo:
-            return 0
-        intents = summarise(self.writer, [t for _, t in todo], self.intent_words)
-        return self.store.put_intents(user_id, self.key, [i for i, _ in todo], [s[:MAX_INTENT_CHARS] for s in intents])
+        kept = 0
+        for start in range(0, len(todo), INTENT_CHUNK):
+            chunk = todo[start:start + INTENT_CHUNK]
+            intents = summarise(self.writer, [t for _, t in chunk], self.intent_words)
+            kept += self.store.put_intents(user_id, self.key, [i for i, _ in chunk], [s[:MAX_INTENT_CHARS] for s in intents])
+        return kept
 
     def pairs(self, user_id: str, refresh: bool = True) -> tuple[list[str], list[str]]:
         """(texts, intents) of the user's newest ``max_items`` summarised items, oldest first, each text cut

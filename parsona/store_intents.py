@@ -7,8 +7,10 @@ vectors: every query joins ``history`` on ``user_id = ?``, so one user's intents
 through another user's id. ``writer`` names the model and prompt that wrote them (``parsona.personalize.
 Intents.key``): another writer's intents are absent, so a changed model re-summarises instead of mixing.
 
-An intent may be close to a sentence of the user's (the extractive fallback is one), so it is the user's
-data like the history itself: shown to that user only, and never put into an agent's saved state.
+An item keeps the intent of the last writer that summarised it (``put`` drops the others'), so a user's
+intents are bounded by their history's count whatever writers come and go. An intent may be close to a
+sentence of the user's (the extractive fallback is one), so it is the user's data like the history itself:
+never listed to anyone, and never put into an agent's saved state.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sqlite3
 from parsona.errors import ConfigError
 from parsona.store_embeddings import missing, own_items
 
-MAX_INTENT_CHARS = 400   # a one-sentence summary; bounds each user's stored intents by their history's count
+MAX_INTENT_CHARS = 400   # a one-sentence summary
 
 __all__ = ["MAX_INTENT_CHARS", "missing_intents", "put", "read"]
 
@@ -38,13 +40,16 @@ def put(conn: sqlite3.Connection, user_id: str, writer: str, item_ids: list[str]
                               problem=f"got {type(intent).__name__} of length {len(intent) if isinstance(intent, str) else '-'}")
     mine = own_items(conn, user_id, item_ids)
     rows = [(i, writer, intent) for i, intent in zip(item_ids, intents) if i in mine]
-    conn.executemany("INSERT OR REPLACE INTO history_intents (item_id, writer, intent) VALUES (?, ?, ?)", rows)
+    conn.executemany("DELETE FROM history_intents WHERE item_id = ?", [(i,) for i, _, _ in rows])   # one writer's each
+    conn.executemany("INSERT INTO history_intents (item_id, writer, intent) VALUES (?, ?, ?)", rows)
     return len(rows)
 
 
 def read(conn: sqlite3.Connection, user_id: str, writer: str, limit: int) -> list[tuple[str, str]]:
-    """(text, intent) of the user's newest ``limit`` items that have an intent from ``writer``, newest first."""
+    """(text, intent) of those of the user's newest ``limit`` items that have an intent from ``writer``, newest
+    first: the window ``missing_intents`` fills, so what a call returns never depends on an earlier one's limit."""
     rows = conn.execute(
-        "SELECT h.text, i.intent FROM history h JOIN history_intents i ON i.item_id = h.item_id"
-        " WHERE h.user_id = ? AND i.writer = ? ORDER BY h.seq DESC LIMIT ?", (user_id, writer, limit)).fetchall()
+        "SELECT h.text, i.intent FROM (SELECT item_id, text, seq FROM history WHERE user_id = ? ORDER BY seq DESC"
+        " LIMIT ?) h JOIN history_intents i ON i.item_id = h.item_id WHERE i.writer = ? ORDER BY h.seq DESC",
+        (user_id, limit, writer)).fetchall()
     return [(r["text"], r["intent"]) for r in rows]

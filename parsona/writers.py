@@ -25,7 +25,8 @@ class HostWriter:
 
     @property
     def key(self) -> str:
-        """What decides its replies (model, conditioning, decoding): what it wrote is kept under this key."""
+        """What decides its replies (the model's name or path, conditioning, decoding): what it wrote is kept
+        under this key. It cannot see weights: a model retrained in place keeps its key."""
         name = getattr(getattr(self.host.model, "config", None), "_name_or_path", "") or type(self.host.model).__name__
         return f"host:{name}:{sorted(self.conditioning.items())}:{self.max_new_tokens}:{self.temperature}"
 
@@ -62,8 +63,13 @@ class EndpointWriter:
 
     @property
     def key(self) -> str:
-        """The endpoint, model and decoding (never the key): what it wrote is kept under this key."""
-        return f"endpoint:{self.base_url}:{self.model}:{self.max_tokens}:{self.temperature}"
+        """The endpoint, model and decoding: what it wrote is kept under this key. Never a secret: not the API
+        key, nor a URL's user:password or query (``?key=...``)."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.base_url)
+        where = f"{url.scheme}://{url.hostname or ''}{f':{url.port}' if url.port else ''}{url.path}"
+        return f"endpoint:{where}:{self.model}:{self.max_tokens}:{self.temperature}"
 
     def __call__(self, chats: Sequence[list[dict]]) -> list[str]:
         import httpx

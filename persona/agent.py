@@ -65,10 +65,10 @@ def write_checked(writer: Writer, chats: list[Chat], field: str = "large") -> li
     return list(replies)
 
 
-def summarise(writer: Writer, texts: Sequence[str], intent_words: int = 25) -> list[str]:
+def summarise(writer: Writer, texts: Sequence[str], intent_words: int = 25, field: str = "writer") -> list[str]:
     """One intent per text, summarised by ``writer`` in one sentence; the extractive one (``intent_of``)
-    where the reply is empty or longer than 2 × ``intent_words`` words."""
-    replies = write_checked(writer, [[{"role": "user", "content": SUMMARISE.format(text=t)}] for t in texts])
+    where the reply is empty or longer than 2 × ``intent_words`` words. Errors name ``field``."""
+    replies = write_checked(writer, [[{"role": "user", "content": SUMMARISE.format(text=t)}] for t in texts], field)
     intents = []
     for text, reply in zip(texts, replies):
         line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
@@ -167,7 +167,7 @@ class RulesAgent:
 
     def summarise(self, texts: Sequence[str]) -> list[str]:
         """One intent per text by the large model, the extractive one where its reply is empty or too long."""
-        return summarise(self.large, texts, self.intent_words)
+        return summarise(self.large, texts, self.intent_words, field="large")
 
     @staticmethod
     def critique_chat(intent: str, draft: str, text: str) -> Chat:

@@ -25,6 +25,7 @@ steering rules (``GET /v1/profile/rules`` shows them, source "agent").
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ import torch
 
 from parsona.errors import ConfigError
 from parsona.persona.agent import RulesAgent
+
+
+MIN_TEXTS = 3   # the fewest texts the agent learns from (RulesAgent's min_texts)
+DEFAULT_OUTPUT = "runs/steering_agent"
 
 
 @dataclass
@@ -53,12 +58,12 @@ class Config:
     put_rules: bool = False
     """With --store: keep the recurring rules as the user's steering rules (replacing theirs)."""
     max_texts: int = 30
-    """Use at most this many texts (the first ones; with --store the newest; 0: all). Each costs three
-    large-model calls (two once a text's intent is stored)."""
+    """Use at most this many texts (the first ones, 0: all; with --store the newest, 0: the newest 1,000).
+    Each costs three large-model calls (two once a text's intent is stored)."""
     max_text_chars: int = 1500
     """Each text is cut to this many characters before it goes into a prompt."""
-    output_dir: str = "runs/steering_agent"
-    """Where agent.json and small_lora/ go."""
+    output_dir: str = DEFAULT_OUTPUT
+    """Where agent.json and small_lora/ go (with --store and this default: a folder per user under it)."""
     endpoint: str = ""
     """The large model as an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (empty: the base model)."""
     endpoint_model: str = "default"
@@ -97,6 +102,16 @@ class Config:
         if self.put_rules and not self.store:
             raise ConfigError("put_rules", "Rules are put into a store: pass --store DIR --user-id ID.",
                               problem="no store")
+        if self.store:
+            from parsona.store_ids import check_id
+            from parsona.store import NotFound
+
+            try:
+                check_id("user_id", self.user_id, "usr")
+            except NotFound:
+                raise ConfigError("user_id", "Give a user id of the store (usr_...).", problem="not a user id") from None
+            if self.output_dir == DEFAULT_OUTPUT:       # one user's agent never replaces another's
+                self.output_dir = f"{DEFAULT_OUTPUT}/{self.user_id}"
         for name in ("max_new_tokens", "max_rule_tokens", "max_quote_words", "rank", "max_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -125,7 +140,9 @@ def large_writer(cfg: Config, host):
 
 
 def open_store(cfg: Config):
-    """The store at ``cfg.store`` (which must exist: a typo is not a new, empty store), checked to hold ``user_id``."""
+    """The store at ``cfg.store`` (which must exist: a typo is not a new, empty store), checked before any
+    model call: ``user_id`` is a user of it with texts to learn from, whose own rules ``--put-rules`` would
+    not overwrite."""
     from parsona.store import NotFound, Store
 
     if not (Path(cfg.store) / "parsona.sqlite3").is_file():
@@ -133,9 +150,20 @@ def open_store(cfg: Config):
                           problem=f"no store at {cfg.store!r:.80}")
     store = Store(cfg.store)
     try:
-        store.history(cfg.user_id, limit=0)
+        texts = [h["text"] for h in store.history(cfg.user_id, limit=cfg.max_texts or None) if h["text"].strip()]
+        if len(texts) < MIN_TEXTS:
+            raise ConfigError("user_id", f"Add history first (PUT /v1/profile/history): the agent learns from at "
+                              f"least {MIN_TEXTS} texts.", problem=f"this user has {len(texts)}")
+        own = store.get_rules(cfg.user_id)
+        if cfg.put_rules and own and own["source"] == "user" and own["rules"]:
+            raise ConfigError("put_rules", "Leave out --put-rules: this user wrote their own rules, which it would "
+                              "replace (they can clear them with PUT /v1/profile/rules []).", problem="the user's own rules")
     except NotFound:
+        store.close()
         raise ConfigError("user_id", "Give the id of a user of this store.", problem="no such user") from None
+    except ConfigError:
+        store.close()
+        raise
     return store
 
 
@@ -144,26 +172,41 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     """Learn the agent and write ``output_dir``; return it. ``model``/``tokenizer`` reuse a loaded base;
     ``texts`` and ``intents`` (one per text; None: the large model summarises) replace the config's."""
     from parsona.base_model import load_base_model
-    from parsona.host import Host, Request
+    from parsona.host import Host
+    from parsona.recipes import train_user_lora
+
+    if cfg.store and texts is not None:
+        raise ConfigError("store", "Pass texts or --store, not both.", problem="texts given with a store")
+    with open_store(cfg) if cfg.store else contextlib.nullcontext() as store:
+        if texts is None and store is None:
+            texts = train_user_lora.author_texts(cfg.author) if cfg.author else train_user_lora.read_texts(cfg.texts)
+        if model is None:
+            model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
+        host = Host(model, tokenizer)
+        large = large_writer(cfg, host)
+        if store is not None:          # the newest history items, their intents summarised once and kept
+            from parsona.personalize import MAX_INTENT_ITEMS, Intents
+
+            texts, intents = Intents(store, large, max_items=cfg.max_texts or MAX_INTENT_ITEMS,
+                                     max_chars=cfg.max_text_chars).pairs(cfg.user_id)
+        agent = learn(cfg, host, large, texts, intents)
+        if store is not None and cfg.put_rules and agent.rules_:
+            from parsona.persona.rules import MAX_RULES
+
+            store.put_rules(cfg.user_id, agent.rules_[:MAX_RULES], source="agent")
+    print("\n".join(f"  - {r}" for r in agent.rules_) or "  (none)")
+    return Path(cfg.output_dir)
+
+
+def learn(cfg: Config, host, large, texts: Sequence[str], intents: Sequence[str] | None) -> RulesAgent:
+    """Fit the agent on ``texts`` with ``large``, train the small model on its pairs, write ``output_dir``."""
+    from parsona.host import Request
     from parsona.io import atomic_dir, write_json
     from parsona.recipes import train_user_lora
 
-    store = open_store(cfg) if cfg.store and texts is None else None
-    if texts is None and store is None:
-        texts = train_user_lora.author_texts(cfg.author) if cfg.author else train_user_lora.read_texts(cfg.texts)
-    if model is None:
-        model, tokenizer = load_base_model(cfg.model, dtype=torch.float32)
-    host = Host(model, tokenizer)
-    large = large_writer(cfg, host)
-    if store is not None:              # the newest history items, their intents summarised once and kept
-        from parsona.personalize import MAX_INTENT_ITEMS, Intents
-
-        texts, intents = Intents(store, large, max_items=cfg.max_texts or MAX_INTENT_ITEMS,
-                                 max_chars=cfg.max_text_chars).pairs(cfg.user_id)
     texts = [t[: cfg.max_text_chars] for t in list(texts)[: cfg.max_texts or None]]
-    if intents is not None:
-        intents = list(intents)[: len(texts)]
-    agent = RulesAgent(large, tokenizer=tokenizer, max_tokens=cfg.max_rule_tokens,
+    intents = list(intents)[: len(texts)] if intents is not None else None
+    agent = RulesAgent(large, tokenizer=host.tokenizer, max_tokens=cfg.max_rule_tokens, min_texts=MIN_TEXTS,
                        max_quote_words=cfg.max_quote_words, min_quote_texts=cfg.min_quote_texts).fit(texts, intents)
     pairs = [(host.prepare(Request(messages=chat)).input_ids, rules) for chat, rules in agent.examples_]
     pairs = [(ids, rules) for ids, rules in pairs if len(ids) < cfg.max_length - 8]   # room for the rules
@@ -173,14 +216,11 @@ def main(cfg: Config, *, model: torch.nn.Module | None = None, tokenizer=None, t
     settings = train_user_lora.settings_from(cfg)
     with atomic_dir(cfg.output_dir) as tmp:
         train_user_lora.main(train_user_lora.Config(**{**settings, "output_dir": str(tmp / "small_lora")}),
-                             model=model, tokenizer=tokenizer, pairs=pairs)
+                             model=host.model, tokenizer=host.tokenizer, pairs=pairs)
         agent.save(tmp / "agent.json")
         write_json(tmp / "config.json", {k: v for k, v in asdict(cfg).items() if k != "api_key_env"})
-    if store is not None and cfg.put_rules and agent.rules_:
-        store.put_rules(cfg.user_id, agent.rules_, source="agent")
     print(f"{len(pairs)} of {len(texts)} texts gave rules; recurring rules:")
-    print("\n".join(f"  - {r}" for r in agent.rules_) or "  (none)")
-    return Path(cfg.output_dir)
+    return agent
 
 
 def load(output_dir: str | Path, host, user_texts: Sequence[str], name: str = "agent"):

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, create_model, field_validator
 
+from parsona.store import RULE_SOURCES
+
 ID = "Opaque id, as returned by this server."
 
 
@@ -287,7 +289,7 @@ class RulesPut(_Strict):
 class Rules(BaseModel):
     object: Literal["rules"] = Field("rules", description="Always 'rules'.")
     rules: list[str] = Field(description="The caller's steering rules, in order.")
-    source: Optional[Literal["user", "mined", "agent"]] = Field(
+    source: Optional[Literal[RULE_SOURCES]] = Field(
         None, description="Who wrote them: the user; the miner, from the user's history; or the preference agent "
                           "(parsona train steering-rules --store).")
     updated_at: Optional[float] = Field(None, description="Unix time they were last replaced.")

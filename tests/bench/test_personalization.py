@@ -94,7 +94,7 @@ def test_an_early_stopped_population_lora_is_checked_on_a_few_emails_of_each_aut
     import parsona.logprobs
     from parsona.data.enron import users_valid
 
-    bench = load_bench("personalization")                       # binds its own lora_nll (the matrix's) first
+    bench = load_bench("personalization")
     checks = []
     score = parsona.logprobs.lora_nll
     monkeypatch.setattr(parsona.logprobs, "lora_nll", lambda *a, **k: checks.append(len(a[3])) or score(*a, **k))

@@ -76,7 +76,7 @@ def test_a_store_users_history_is_learned_from_and_its_intents_are_kept_for_the_
         store.add_history(alice, TEXTS)
         store.add_history(bob, ["Bob-only text, never to be read for alice."] * 3)
     cfg = recipe.Config(model=tiny_dir, store=str(tmp_path / "store"), user_id=alice, put_rules=True,
-                        output_dir=str(tmp_path / "agent"), max_steps=2, max_new_tokens=8)
+                        output_dir=str(tmp_path / "agent"), max_steps=2, max_new_tokens=8, max_texts=len(TEXTS))
     summaries = lambda: sum(c[-1]["content"].startswith(SUMMARISE.split("{")[0]) for c in chats)
     recipe.main(cfg)
     assert summaries() == len(TEXTS) and len(chats) == 3 * len(TEXTS)           # intent, draft, rules per text
@@ -87,23 +87,39 @@ def test_a_store_users_history_is_learned_from_and_its_intents_are_kept_for_the_
         store.add_history(alice, ["Hi Jo,\nthe hydro numbers are in.\nAnn"])
     chats.clear()
     recipe.main(cfg)
-    assert summaries() == 1 and len(chats) == 1 + 2 * (len(TEXTS) + 1)            # only the new text is summarised
+    # only the new text is summarised; the newest max_texts items are learned from (the oldest drops out)
+    assert summaries() == 1 and len(chats) == 1 + 2 * len(TEXTS)
+    assert "hydro" in chats[-1][-1]["content"] and not any(TEXTS[0] in c[-1]["content"] for c in chats)
 
 
-def test_store_settings_are_checked_before_any_model_call(tmp_path):
+def test_store_settings_are_checked_before_any_model_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "learn", lambda *a: pytest.fail("a model call before the checks"))
     with Store(tmp_path / "store") as store:
         user, _ = store.create_user()
-    for kwargs, field in (({"store": str(tmp_path / "store")}, "user_id"), ({"user_id": user}, "store"),
-                          ({"texts": "a.txt", "store": "s", "user_id": user}, "store"), ({"put_rules": True}, "put_rules")):
+        writer, _ = store.create_user()
+        store.add_history(user, ["one text", "two texts"])
+        store.add_history(writer, ["a", "b", "c"])
+        store.put_rules(writer, ["Mine."])
+    at = str(tmp_path / "store")
+    for kwargs, field in (({"store": at}, "user_id"), ({"user_id": user}, "store"),
+                          ({"texts": "a.txt", "store": "s", "user_id": user}, "store"), ({"put_rules": True}, "put_rules"),
+                          ({"store": at, "user_id": "../../etc"}, "user_id")):
         with pytest.raises(ConfigError) as err:
             recipe.Config(**kwargs)
         assert err.value.field == field
-    with pytest.raises(ConfigError) as err:                                       # a typo is not a new, empty store
-        recipe.main(recipe.Config(store=str(tmp_path / "nowhere"), user_id=user))
-    assert err.value.field == "store" and not (tmp_path / "nowhere").exists()
+    for cfg, field in ((recipe.Config(store=str(tmp_path / "nowhere"), user_id=user), "store"),   # not a new store
+                       (recipe.Config(store=at, user_id="usr_" + "0" * 32), "user_id"),           # no such user
+                       (recipe.Config(store=at, user_id=user), "user_id"),                        # 2 texts of 3
+                       (recipe.Config(store=at, user_id=writer, put_rules=True), "put_rules")):   # their own rules
+        with pytest.raises(ConfigError) as err:
+            recipe.main(cfg)
+        assert err.value.field == field
+    assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigError) as err:
-        recipe.main(recipe.Config(store=str(tmp_path / "store"), user_id="usr_" + "0" * 32))
-    assert err.value.field == "user_id"
+        recipe.main(recipe.Config(store=at, user_id=writer), texts=["a", "b", "c"])
+    assert err.value.field == "store"
+    # each user's agent has its own folder by default
+    assert recipe.Config(store=at, user_id=user).output_dir != recipe.Config(store=at, user_id=writer).output_dir
 
 
 def test_config_errors_name_the_field():

@@ -96,6 +96,7 @@ def test_each_item_is_summarised_once_and_kept_beside_it(store):
     store.add_history(user, ["rain today"])
     assert intents.pairs(user) == (["cat sleeps", "gas price", "rain today"], ["Intent: cat", "Intent: gas", "Intent: rain"])
     assert len(writer.chats) == 3                                             # only the new item
+    assert Intents(store, writer, max_items=2).pairs(user, refresh=False)[0] == ["gas price", "rain today"]
     with Store(store.root) as again:                                            # kept across restarts
         assert Intents(again, Summariser(), max_items=3).pairs(user, refresh=False)[1] == \
             ["Intent: cat", "Intent: gas", "Intent: rain"]
@@ -148,4 +149,36 @@ def test_bad_intents_and_settings_name_their_field(store):
     assert err.value.field == "max_items"
     with pytest.raises(ConfigError) as err:
         Intents(store, lambda chats: [], key="k").refresh(user)                      # no reply per chat
-    assert err.value.field == "large"
+    assert err.value.field == "writer"
+
+
+def test_summaries_are_kept_chunk_by_chunk_so_a_failing_writer_loses_one_chunk(store, monkeypatch):
+    import parsona.personalize as personalize
+
+    monkeypatch.setattr(personalize, "INTENT_CHUNK", 2)
+    user, _ = store.create_user()
+    store.add_history(user, [f"text {i}" for i in range(5)])
+    calls = []
+
+    def failing(chats):
+        calls.append(len(chats))
+        if len(calls) == 2:
+            raise ConnectionError("endpoint down")
+        return ["Intent." for _ in chats]
+
+    with pytest.raises(ConnectionError):
+        Intents(store, failing, key="w").refresh(user)
+    assert calls == [2, 2] and len(store.history_intents(user, Intents(store, failing, key="w").key, 10)) == 2
+    assert Intents(store, failing, key="w").refresh(user) == 3 and calls[2:] == [2, 1]   # only the rest is asked
+
+
+def test_an_item_keeps_one_writers_intent_and_loses_it_with_the_item(store):
+    user, _ = store.create_user()
+    [item] = store.add_history(user, ["dog barks"])
+    a, b = Intents(store, Summariser(), key="a"), Intents(store, Summariser(reply="B's."), key="b")
+    a.refresh(user)
+    b.refresh(user)
+    assert a.pairs(user, refresh=False) == ([], []) and b.pairs(user, refresh=False)[1] == ["B's."]   # bounded
+    with store._write() as conn:                          # no API deletes one item yet; the schema must still
+        conn.execute("DELETE FROM history WHERE item_id = ?", (item,))
+    assert store._conn().execute("SELECT COUNT(*) FROM history_intents").fetchone()[0] == 0

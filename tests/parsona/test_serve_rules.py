@@ -157,3 +157,11 @@ def test_a_chat_template_that_refuses_the_rules_system_message_is_a_400(world):
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
     finally:
         host.tokenizer.chat_template = None
+
+
+def test_rules_the_preference_agent_stored_are_served_with_their_source_and_only_to_their_owner(world):
+    client, host, store, (alice, a), (bob, b) = world
+    store.put_rules(alice, ["Keep it short."], source="agent")        # parsona train steering-rules --put-rules
+    r = client.get(URL, headers=a)
+    assert r.status_code == 200 and r.json()["rules"] == ["Keep it short."] and r.json()["source"] == "agent"
+    assert client.get(URL, headers=b).json()["rules"] == []

@@ -67,4 +67,7 @@ def test_a_writers_key_changes_with_what_decides_its_replies_and_never_holds_the
     assert len(keys) == 4 and HostWriter(host).key == HostWriter(host, batch_size=2).key   # batching decides nothing
     a = EndpointWriter("http://h/v1", model="m", api_key="sk-secret")
     assert "sk-secret" not in a.key and a.key == EndpointWriter("http://h/v1", model="m").key
-    assert a.key != EndpointWriter("http://h/v1", model="n").key != EndpointWriter("http://g/v1", model="n").key
+    assert len({a.key, EndpointWriter("http://h/v1", model="n").key, EndpointWriter("http://g/v1", model="m").key,
+                EndpointWriter("http://h:81/v1", model="m").key, EndpointWriter("http://h/v2", model="m").key}) == 5
+    secret = EndpointWriter("https://me:pw-secret@h/v1?key=q-secret", model="m").key
+    assert "secret" not in secret and secret == EndpointWriter("https://h/v1", model="m").key
