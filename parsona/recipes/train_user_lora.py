@@ -22,6 +22,7 @@ time the two deltas add.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,24 +279,62 @@ def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: s
                     tokenizer=None, eval_users: dict[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """One LoRA per user (``main`` with ``Config(**settings)``), at out_root/<key>/<user>, where the key
     hashes the settings and each user's texts (and held-out ``eval_users`` texts, where given): a LoRA already
-    written with the same key is reused, never one trained otherwise. Returns {user: LoRA directory}."""
+    written with the same key is reused, never one trained otherwise. Returns {user: LoRA directory}.
+
+    Processes can share the work: each user's LoRA is claimed (an flock under out_root/.locks) while it
+    trains, so a second process started on the same users trains the others and then waits for the claimed
+    ones (training any whose claimant died without writing it)."""
+    held = {u: list(eval_users[u]) if settings.get("eval_every") and eval_users and u in eval_users else None
+            for u in users}                                 # unchecked runs ignore (and never hash) held-out texts
+    dirs = {u: Path(out_root) / lora_key(settings, texts, held[u]) / u for u, texts in users.items()}
+    later = []
+    for n, (user, texts) in enumerate(users.items()):
+        with claimed(dirs[user], wait=False) as mine:
+            if not mine:
+                later.append(user)
+            elif not (dirs[user] / "adapter_model.safetensors").is_file():
+                print(f"LoRA {n + 1}/{len(users)}: {user}, {len(texts)} texts")
+                main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer,
+                     texts=texts, eval_texts=held[user])
+    for user in later:                                      # another process's: wait, train if it gave up
+        with claimed(dirs[user], wait=True):
+            if not (dirs[user] / "adapter_model.safetensors").is_file():
+                print(f"LoRA {user}: its other trainer stopped; training it here")
+                main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer,
+                     texts=users[user], eval_texts=held[user])
+    return dirs
+
+
+def lora_key(settings: dict, texts: Sequence[str], held: Sequence[str] | None) -> str:
+    """The cache key of one user's LoRA: its settings (not where it goes), its texts and held-out texts."""
     import hashlib
 
-    def digest(texts: Sequence[str]) -> str:
-        return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    def digest(items: Sequence[str]) -> str:
+        return hashlib.sha256("\x00".join(items).encode()).hexdigest()
 
-    dirs = {}
-    for n, (user, texts) in enumerate(users.items()):
-        checked = settings.get("eval_every") and eval_users is not None and user in eval_users
-        held = list(eval_users[user]) if checked else None           # unchecked runs ignore (and never hash) them
-        blob = json.dumps({"settings": {k: v for k, v in sorted(settings.items()) if k != "output_dir"},
-                           "texts": digest(texts), **({"eval_texts": digest(held)} if held is not None else {})})
-        dirs[user] = Path(out_root) / hashlib.sha256(blob.encode()).hexdigest()[:16] / user
-        if not (dirs[user] / "adapter_model.safetensors").is_file():
-            print(f"LoRA {n + 1}/{len(users)}: {user}, {len(texts)} texts")
-            main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer, texts=texts,
-                 eval_texts=held)
-    return dirs
+    blob = json.dumps({"settings": {k: v for k, v in sorted(settings.items()) if k != "output_dir"},
+                       "texts": digest(texts), **({"eval_texts": digest(held)} if held is not None else {})})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def claimed(lora_dir: Path, wait: bool):
+    """Hold the flock of ``lora_dir`` (out_root/.locks/<key>-<user>.lock): yields True once held, or False at
+    once where another process holds it and ``wait`` is False. The kernel drops it if the holder dies."""
+    import fcntl
+
+    locks = lora_dir.parent.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{lora_dir.parent.name}-{lora_dir.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run(settings: dict, **inputs) -> Path:

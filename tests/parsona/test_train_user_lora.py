@@ -111,6 +111,37 @@ def test_loras_for_many_users_are_reused_only_with_the_same_settings_and_texts(t
     assert train_for_users({**settings, "rank": 4}, users, tmp_path)["ann"] != dirs["ann"]
 
 
+def test_two_processes_share_the_users_and_one_trains_what_the_other_claimed_but_never_wrote(tiny_dir, tmp_path,
+                                                                                              capsys):
+    """A claim is an flock: another open file description (here the test's) conflicts as a second process
+    would. The trainer skips the claimed user, trains the others, then waits for the claim."""
+    import threading
+    import time
+
+    from parsona.recipes.train_user_lora import claimed, lora_key, train_for_users
+
+    settings = dict(model=tiny_dir, rank=2, alpha=4.0, max_steps=1, max_length=16)
+    users = {"ann": ["tea please", "short answers"], "ben": ["coffee"], "cai": ["milk"]}
+    ben = tmp_path / lora_key(settings, users["ben"], None) / "ben"
+    done = {}
+    with claimed(ben, wait=False) as mine:                                        # "another process" holds ben
+        assert mine
+        worker = threading.Thread(target=lambda: done.update(train_for_users(settings, users, tmp_path)))
+        worker.start()
+        for _ in range(600):                                                      # ann and cai first, then a wait
+            if all((tmp_path / lora_key(settings, users[u], None) / u / "adapter_model.safetensors").is_file()
+                   for u in ("ann", "cai")):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert worker.is_alive() and not ben.exists()                              # waiting, ben not trained twice
+    worker.join(60)                                                               # released without writing ben:
+    printed = capsys.readouterr().out
+    assert "LoRA 2/3: ben" not in printed and "ben: its other trainer stopped" in printed
+    assert (done["ben"] / "adapter_model.safetensors").is_file() and done["ben"] == ben
+    assert train_for_users(settings, users, tmp_path) == done                      # all three reused
+
+
 def test_early_stopping_keeps_the_step_with_the_lowest_held_out_nll(tiny_dir, tmp_path, capsys):
     """Texts unlike the held-out ones: training wanders on the held-out texts. The LoRA written is the
     reported best step's (its NLL, recomputed, is the one printed), a step inside the run, better than both
