@@ -28,7 +28,9 @@ a user whose history is their train emails and whose held-out texts are their te
 Resumable: LoRAs are written to out/loras/<hash of settings and texts>/<author> (atomic; ``bench/generated_lora.py``
 reuses them as its expert bank) and skipped when present; each column
 of the NLL matrix is kept in out/nll.json as soon as it is scored, keyed by every setting it depends
-on; the persona prefix goes to out/persona_prefix/<settings hash>/ and is reused the same way.
+on; the persona prefix goes to out/persona_prefix/<settings hash>/ and is reused the same way. The same
+command started twice shares the LoRAs and the NLL columns between the two processes (each is claimed
+by an flock while it is made; ``parsona.io.claimed``), so two cores finish the matrix in about half the time.
 
     .venv/bin/python bench/personalization.py                              # SmolLM2 + MiniLM, every part
     .venv/bin/python bench/personalization.py --parts retrieval            # a couple of minutes
@@ -180,7 +182,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
     from parsona.adapters import LoRAConfig, attach
     from parsona.base_model import load_base_model
-    from parsona.io import write_json
+    from parsona.io import claimed
     from parsona.logprobs import lora_nll
     from parsona.recipes.train_user_lora import encode
 
@@ -192,15 +194,21 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
     extra = [POPULATION] if POPULATION in dirs else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     examples = {a: sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len) for a in authors}
-    cache_file, key = out / "nll.json", settings_key(cfg, authors, NLL_KEYS, LEVERS)
-    cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    columns = cached.setdefault(key, {})
-    for lora in tqdm(["base", *authors, *extra], desc="NLL columns"):
-        if lora not in columns:
-            columns[lora] = {a: lora_nll(model, bank, None if lora == "base" else lora, examples[a], pad,
-                                         cfg.batch_size) for a in authors}
-            write_json(cache_file, cached)                   # kept at once (other settings' columns too): resumable
+    key = settings_key(cfg, authors, NLL_KEYS, LEVERS)
+
+    def score(lora: str, wait: bool) -> bool:
+        """Score and keep ``lora``'s column unless it is kept already; False if another process is scoring it."""
+        with claimed(out / ".locks" / f"nll-{key}-{lora}.lock", wait=wait) as mine:
+            if mine and lora not in nll_columns(out, key):
+                keep_column(out, key, lora, {a: lora_nll(model, bank, None if lora == "base" else lora, examples[a],
+                                                         pad, cfg.batch_size) for a in authors})
+            return mine
+
+    later = [lora for lora in tqdm(["base", *authors, *extra], desc="NLL columns") if not score(lora, wait=False)]
+    for lora in later:                                   # another process's: wait for it (score it if it gave up)
+        score(lora, wait=True)
     bank.detach()
+    columns = nll_columns(out, key)
     nll = np.array([[columns[b][a] for b in ["base", *authors]] for a in authors])  # (authors, 1 + authors)
     own = np.diag(nll[:, 1:])
     wins = own <= nll.min(axis=1)                                                    # own LoRA lowest, base included
@@ -211,6 +219,22 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
             "mean_nll_base": float(nll[:, 0].mean()), "mean_nll_own": float(own.mean()),
             "mean_reduction": float((nll[:, 0] - own).mean()),
             "mean_reduction_pct": float(100 * ((nll[:, 0] - own) / nll[:, 0]).mean())}
+
+
+def nll_columns(out: Path, key: str) -> dict:
+    """The NLL columns scored so far under ``key`` (out/nll.json; every column is written as soon as it is)."""
+    return json.loads((out / "nll.json").read_text()).get(key, {}) if (out / "nll.json").is_file() else {}
+
+
+def keep_column(out: Path, key: str, lora: str, column: dict) -> None:
+    """Add one column to out/nll.json (other settings' columns kept), under its lock: two processes that share
+    the matrix never lose each other's columns."""
+    from parsona.io import claimed, write_json
+
+    with claimed(out / ".locks" / "nll.json.lock"):
+        cached = json.loads((out / "nll.json").read_text()) if (out / "nll.json").is_file() else {}
+        cached.setdefault(key, {})[lora] = column
+        write_json(out / "nll.json", cached)
 
 
 # What an NLL column and the persona prefix depend on (with the authors: whose emails, cut how).

@@ -63,6 +63,26 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+@contextlib.contextmanager
+def claimed(lock: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on the file ``lock`` (made if missing): yields True once held, or False at once
+    where another process holds it and ``wait`` is False. The kernel drops it if the holder dies, so a claim
+    never outlives a crash. How processes split resumable work (``train_for_users``, the benches' columns)."""
+    import fcntl
+
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_file(path) as f:

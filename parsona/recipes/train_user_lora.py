@@ -22,7 +22,6 @@ time the two deltas add.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,24 +316,11 @@ def lora_key(settings: dict, texts: Sequence[str], held: Sequence[str] | None) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
 def claimed(lora_dir: Path, wait: bool):
-    """Hold the flock of ``lora_dir`` (out_root/.locks/<key>-<user>.lock): yields True once held, or False at
-    once where another process holds it and ``wait`` is False. The kernel drops it if the holder dies."""
-    import fcntl
+    """The claim on one user's LoRA while it trains: an flock on out_root/.locks/<key>-<user>.lock."""
+    from parsona.io import claimed as claim
 
-    locks = lora_dir.parent.parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{lora_dir.parent.name}-{lora_dir.name}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return claim(lora_dir.parent.parent / ".locks" / f"{lora_dir.parent.name}-{lora_dir.name}.lock", wait)
 
 
 def run(settings: dict, **inputs) -> Path:

@@ -18,7 +18,7 @@ def test_ranks_count_ties_against_the_true_author():
 
 
 def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(tiny_dir, tiny_encoder_dir, tmp_path,
-                                                                              capsys):
+                                                                              capsys, monkeypatch):
     bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
             "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
@@ -41,8 +41,11 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
     def no_scoring(*args, **kwargs):
         raise AssertionError("an NLL column was scored again")
 
-    bench.lora_nll = no_scoring                                                   # the rerun reads nll.json
-    again = run_recipe(bench.Config, bench.main, [*argv, "--parts", "lora"])
+    import parsona.logprobs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(parsona.logprobs, "lora_nll", no_scoring)                   # the rerun reads nll.json
+        again = run_recipe(bench.Config, bench.main, [*argv, "--parts", "lora"])
     assert "LoRA 1/3" not in capsys.readouterr().out                                   # nothing retrained
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.safetensors")} == weights
     assert again["lora"]["nll"] == r["nll"]
@@ -109,3 +112,33 @@ def test_an_early_stopped_population_lora_is_checked_on_a_few_emails_of_each_aut
     # (then the NLL matrix, scored through the same function)
     own = [len(valid[a]) for a in r["authors"] if a in valid for _ in range(3)]
     assert checks[:9] == [held] * 9 and checks[9:9 + len(own)] == own
+
+
+def test_two_processes_share_the_nll_matrix_and_one_scores_what_the_other_claimed_but_never_wrote(
+        tiny_dir, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import parsona.logprobs
+    from parsona.io import claimed
+
+    bench = load_bench("personalization")
+    argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "1", "--batch-size", "2",
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+    first = run_recipe(bench.Config, bench.main, argv)["lora"]
+    [key] = json.loads((tmp_path / "nll.json").read_text())
+    gone = first["authors"][1]
+    cached = json.loads((tmp_path / "nll.json").read_text())
+    del cached[key][gone]                                                         # a column not yet scored ...
+    (tmp_path / "nll.json").write_text(json.dumps(cached))
+    scored, score = [], parsona.logprobs.lora_nll
+    monkeypatch.setattr(parsona.logprobs, "lora_nll", lambda *a, **k: scored.append(a[2]) or score(*a, **k))
+    result = {}
+    with claimed(tmp_path / ".locks" / f"nll-{key}-{gone}.lock", wait=False) as mine:   # ... claimed elsewhere
+        assert mine
+        worker = threading.Thread(target=lambda: result.update(run_recipe(bench.Config, bench.main, argv)["lora"]))
+        worker.start()
+        time.sleep(3)
+        assert worker.is_alive() and scored == []                                 # waits; scores nothing twice
+    worker.join(60)                                                               # released unwritten: scored here
+    assert set(scored) == {gone} and result["nll"] == first["nll"]
