@@ -2,9 +2,9 @@
 of expert LoRAs, leave one author out over real PAN-2011 Enron authors.
 
 Each author a in turn is the new user. The bank is every other author's LoRA (the per-user LoRA
-recipe on that author's train emails; the same LoRAs ``bench/personalization.py --parts lora`` trains at the same
-settings, ``--eval-every`` included,
-reused from the same --output-dir), each described by the mean embedding of its author's train
+recipe on that author's train emails, each from ΔW = 0; the same LoRAs ``bench/personalization.py --parts lora
+--population-steps 0`` trains at the same settings, ``--eval-every`` included, reused from the same --output-dir),
+each described by the mean embedding of its author's train
 emails. a's description is the mean embedding of at most ``description_emails`` of a's train emails.
 Then the held-out NLL per token of a's test emails under:
 
@@ -22,7 +22,8 @@ mix on average (95 % t intervals over authors below 0), and one of them lies wit
 95 % interval (over a's test emails) for ≥ 50 % of authors. Latency: from a's texts to an adapter
 the LoRA bank serves (describe, choose, read the chosen experts' files, blend, load) ≤ 1 s.
 
-    .venv/bin/python bench/generated_lora.py --output-dir runs/personalization   # after (or instead of) its lora part
+    .venv/bin/python bench/generated_lora.py --output-dir runs/personalization   # trains its experts, or reuses
+    # those of: bench/personalization.py --parts lora --population-steps 0 --eval-every 0 --max-steps 40
     .venv/bin/python bench/generated_lora.py --model DIR --encoder DIR --authors 3 --max-steps 2   # tiny: seconds
 """
 

@@ -69,8 +69,8 @@ class Config:
     """Only the this many authors with the most train emails (0: every author that takes part)."""
     max_emails: int = 0
     """Use at most this many train and test emails per author (0: all; for smoke runs)."""
-    max_steps: int = 40
-    """Optimizer steps of each author's LoRA."""
+    max_steps: int = 20
+    """Optimizer steps of each author's LoRA (from the population LoRA; 40 from ΔW = 0 was the old default)."""
     batch_size: int = 8
     """Emails per LoRA training step, and per NLL forward."""
     max_length: int = 128
@@ -79,13 +79,15 @@ class Config:
     """Each author's LoRA rank."""
     learning_rate: float = 1e-3
     """AdamW learning rate of each author's LoRA."""
-    population_steps: int = 0
+    population_steps: int = 200
     """Steps of one population LoRA on every author's train emails pooled, which each author's LoRA then starts
     from (OPPU's shared-then-personal PEFT; 0: each starts at ΔW = 0). It is scored as a column of its own.
     With --eval-every it is early-stopped too, on each author's first 4 valid emails, about 8 times a run."""
-    eval_every: int = 0
+    eval_every: int = 5
     """Early stopping: every this many steps, score each author's LoRA on the author's valid-split emails and keep
-    the best step's (0: none, the last step's). The test emails stay unseen."""
+    the best step's (0: none, the last step's). The test emails stay unseen. These defaults (a population start,
+    early-stopped) are what met the diagonal: 17 of 18 authors, against 14 with early stopping alone and 8 with
+    neither (40 steps from ΔW = 0)."""
     seed: int = 0
     """Seed of every LoRA's and the persona prefix's init and batches."""
     persona_steps: int = 200

@@ -13,7 +13,8 @@ def test_it_blends_the_other_authors_loras_and_its_oracle_is_the_lora_diagonal(t
                                                                               capsys):
     common = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "4",
               "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
-    matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main, [*common, "--parts", "lora"])["lora"]
+    matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main,
+                        [*common, "--parts", "lora", "--population-steps", "0", "--eval-every", "0"])["lora"]
     capsys.readouterr()
     r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main, [*common, "--k", "2"])
     printed = capsys.readouterr().out
@@ -32,7 +33,8 @@ def test_early_stopped_experts_are_the_ones_the_personalization_bench_trained(ti
     common = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "3",
               "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--eval-every", "1",
               "--output-dir", str(tmp_path)]
-    matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main, [*common, "--parts", "lora"])["lora"]
+    matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main,
+                        [*common, "--parts", "lora", "--population-steps", "0"])["lora"]
     r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main, [*common, "--k", "2"])
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 4         # reused, none trained again
     assert [r["rows"][a]["oracle"] for a in r["authors"]] == [matrix["nll"][i][1 + i] for i in range(4)]

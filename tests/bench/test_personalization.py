@@ -21,7 +21,7 @@ def test_the_bench_runs_both_parts_and_a_rerun_trains_and_scores_nothing_again(t
                                                                               capsys, monkeypatch):
     bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "3", "--max-emails", "4",
-            "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
+            "--population-steps", "0", "--eval-every", "0", "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--output-dir", str(tmp_path)]
     first = run_recipe(bench.Config, bench.main, [*argv, "--persona-steps", "2"])
     printed = capsys.readouterr().out
     r = first["lora"]
@@ -65,7 +65,7 @@ def test_unknown_parts_are_refused(tmp_path):
 def test_early_stopped_loras_are_checked_on_the_valid_emails_and_kept_apart(tiny_dir, tmp_path, capsys):
     bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "2", "--batch-size", "2",
-            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path), "--population-steps", "0", "--eval-every", "0"]
     plain = run_recipe(bench.Config, bench.main, argv)
     stopped = run_recipe(bench.Config, bench.main, [*argv, "--eval-every", "1"])
     printed = capsys.readouterr().out
@@ -81,7 +81,7 @@ def test_early_stopped_loras_are_checked_on_the_valid_emails_and_kept_apart(tiny
 def test_authors_can_start_from_a_population_lora_scored_as_its_own_column(tiny_dir, tmp_path, capsys):
     bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "2", "--batch-size", "2",
-            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path), "--population-steps", "0", "--eval-every", "0"]
     r = run_recipe(bench.Config, bench.main, [*argv, "--population-steps", "2"])["lora"]
     assert "the population LoRA every author's starts from" in capsys.readouterr().out
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 2 + 1
@@ -124,7 +124,7 @@ def test_two_processes_share_the_nll_matrix_and_one_scores_what_the_other_claime
 
     bench = load_bench("personalization")
     argv = ["--model", tiny_dir, "--authors", "2", "--max-emails", "3", "--max-steps", "1", "--batch-size", "2",
-            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path)]
+            "--max-length", "32", "--rank", "2", "--parts", "lora", "--output-dir", str(tmp_path), "--population-steps", "0", "--eval-every", "0"]
     first = run_recipe(bench.Config, bench.main, argv)["lora"]
     [key] = json.loads((tmp_path / "nll.json").read_text())
     gone = first["authors"][1]
