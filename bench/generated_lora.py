@@ -57,7 +57,8 @@ class Config:
     max_emails: int = 0
     """Use at most this many train and test emails per author (0: all; for smoke runs)."""
     max_steps: int = 40
-    """Optimizer steps of each expert's LoRA (as bench/personalization.py, to reuse its LoRAs)."""
+    """Optimizer steps of each expert's LoRA (as bench/personalization.py --population-steps 0 --max-steps 40,
+    to reuse its LoRAs)."""
     batch_size: int = 8
     """Emails per LoRA training step, and per NLL forward."""
     max_length: int = 128

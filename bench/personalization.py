@@ -29,12 +29,15 @@ Resumable: LoRAs are written to out/loras/<hash of settings and texts>/<author> 
 reuses them as its expert bank) and skipped when present; each column
 of the NLL matrix is kept in out/nll.json as soon as it is scored, keyed by every setting it depends
 on; the persona prefix goes to out/persona_prefix/<settings hash>/ and is reused the same way. The same
-command started twice shares the LoRAs and the NLL columns between the two processes (each is claimed
-by an flock while it is made; ``parsona.io.claimed``), so two cores finish the matrix in about half the time.
+command started twice shares the authors' LoRAs and the NLL columns between the two processes (each is
+claimed by an flock while it is made; ``parsona.io.claimed``), so two cores make them in about half the
+time (the population LoRA is one piece of work: one process trains it while the other waits). Start both
+with the same --output-dir string: the population LoRA's path is part of every author's cache key.
 
     .venv/bin/python bench/personalization.py                              # SmolLM2 + MiniLM, every part
     .venv/bin/python bench/personalization.py --parts retrieval            # a couple of minutes
-    .venv/bin/python bench/personalization.py --model DIR --encoder DIR --authors 3 --max-steps 2   # tiny: seconds
+    .venv/bin/python bench/personalization.py --model DIR --encoder DIR --authors 3 --max-steps 2 \
+        --population-steps 2 --eval-every 1                                  # tiny: seconds
 """
 
 from __future__ import annotations
@@ -200,6 +203,8 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
     def score(lora: str, wait: bool) -> bool:
         """Score and keep ``lora``'s column unless it is kept already; False if another process is scoring it."""
+        if lora in nll_columns(out, key):                # kept: no claim (a read-only cache still works)
+            return True
         with claimed(out / ".locks" / f"nll-{key}-{lora}.lock", wait=wait) as mine:
             if mine and lora not in nll_columns(out, key):
                 keep_column(out, key, lora, {a: lora_nll(model, bank, None if lora == "base" else lora, examples[a],
@@ -208,6 +213,7 @@ def lora_matrix(cfg: Config, authors: list[str], train: dict, test: dict, out: P
 
     later = [lora for lora in tqdm(["base", *authors, *extra], desc="NLL columns") if not score(lora, wait=False)]
     for lora in later:                                   # another process's: wait for it (score it if it gave up)
+        print(f"NLL column {lora}: waiting for the other process scoring it")
         score(lora, wait=True)
     bank.detach()
     columns = nll_columns(out, key)

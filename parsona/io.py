@@ -74,13 +74,14 @@ def claimed(lock: str | os.PathLike, wait: bool = True) -> Iterator[bool]:
     with open(lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            held = True
         except BlockingIOError:
-            yield False
-            return
+            held = False
         try:
-            yield True
+            yield held
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -286,18 +286,24 @@ def train_for_users(settings: dict, users: dict[str, Sequence[str]], out_root: s
     held = {u: list(eval_users[u]) if settings.get("eval_every") and eval_users and u in eval_users else None
             for u in users}                                 # unchecked runs ignore (and never hash) held-out texts
     dirs = {u: Path(out_root) / lora_key(settings, texts, held[u]) / u for u, texts in users.items()}
+    def done(user: str) -> bool:
+        return (dirs[user] / "adapter_model.safetensors").is_file()
+
     later = []
     for n, (user, texts) in enumerate(users.items()):
-        with claimed(dirs[user], wait=False) as mine:
+        if done(user):                                      # reused without a claim: a read-only cache still works
+            continue
+        with claim_lora(dirs[user], wait=False) as mine:
             if not mine:
                 later.append(user)
-            elif not (dirs[user] / "adapter_model.safetensors").is_file():
+            elif not done(user):                            # checked again under the claim
                 print(f"LoRA {n + 1}/{len(users)}: {user}, {len(texts)} texts")
                 main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer,
                      texts=texts, eval_texts=held[user])
     for user in later:                                      # another process's: wait, train if it gave up
-        with claimed(dirs[user], wait=True):
-            if not (dirs[user] / "adapter_model.safetensors").is_file():
+        print(f"LoRA {user}: waiting for the other process training it")
+        with claim_lora(dirs[user], wait=True):
+            if not done(user):
                 print(f"LoRA {user}: its other trainer stopped; training it here")
                 main(Config(**{**settings, "output_dir": str(dirs[user])}), model=model, tokenizer=tokenizer,
                      texts=users[user], eval_texts=held[user])
@@ -316,7 +322,7 @@ def lora_key(settings: dict, texts: Sequence[str], held: Sequence[str] | None) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def claimed(lora_dir: Path, wait: bool):
+def claim_lora(lora_dir: Path, wait: bool):
     """The claim on one user's LoRA while it trains: an flock on out_root/.locks/<key>-<user>.lock."""
     from parsona.io import claimed as claim
 

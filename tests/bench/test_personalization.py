@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,7 @@ def test_two_processes_share_the_nll_matrix_and_one_scores_what_the_other_claime
     import threading
     import time
 
+    import parsona.io
     import parsona.logprobs
     from parsona.io import claimed
 
@@ -133,12 +135,21 @@ def test_two_processes_share_the_nll_matrix_and_one_scores_what_the_other_claime
     (tmp_path / "nll.json").write_text(json.dumps(cached))
     scored, score = [], parsona.logprobs.lora_nll
     monkeypatch.setattr(parsona.logprobs, "lora_nll", lambda *a, **k: scored.append(a[2]) or score(*a, **k))
+    waiting, claim = threading.Event(), parsona.io.claimed
+
+    def claimed_noting_waits(lock, wait=True):
+        if wait and Path(lock).name.startswith("nll-"):
+            waiting.set()                                                         # the worker reached the wait
+        return claim(lock, wait)
+
+    monkeypatch.setattr(parsona.io, "claimed", claimed_noting_waits)
     result = {}
     with claimed(tmp_path / ".locks" / f"nll-{key}-{gone}.lock", wait=False) as mine:   # ... claimed elsewhere
         assert mine
         worker = threading.Thread(target=lambda: result.update(run_recipe(bench.Config, bench.main, argv)["lora"]))
         worker.start()
-        time.sleep(3)
-        assert worker.is_alive() and scored == []                                 # waits; scores nothing twice
+        assert waiting.wait(120)                                                  # it skipped the column, then waits
+        time.sleep(0.5)
+        assert worker.is_alive() and scored == []                                 # and scores nothing twice
     worker.join(60)                                                               # released unwritten: scored here
     assert set(scored) == {gone} and result["nll"] == first["nll"]

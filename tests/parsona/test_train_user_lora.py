@@ -118,13 +118,13 @@ def test_two_processes_share_the_users_and_one_trains_what_the_other_claimed_but
     import threading
     import time
 
-    from parsona.recipes.train_user_lora import claimed, lora_key, train_for_users
+    from parsona.recipes.train_user_lora import claim_lora, lora_key, train_for_users
 
     settings = dict(model=tiny_dir, rank=2, alpha=4.0, max_steps=1, max_length=16)
     users = {"ann": ["tea please", "short answers"], "ben": ["coffee"], "cai": ["milk"]}
     ben = tmp_path / lora_key(settings, users["ben"], None) / "ben"
     done = {}
-    with claimed(ben, wait=False) as mine:                                        # "another process" holds ben
+    with claim_lora(ben, wait=False) as mine:                                        # "another process" holds ben
         assert mine
         worker = threading.Thread(target=lambda: done.update(train_for_users(settings, users, tmp_path)))
         worker.start()
