@@ -20,7 +20,8 @@ Then the held-out NLL per token of a's test emails under:
 Targets (the paper's claim, carried to an LLM): the blend or the CVAE beats the base and the uniform
 mix on average (95 % t intervals over authors below 0), and one of them lies within the oracle's own
 95 % interval (over a's test emails) for ≥ 50 % of authors. Latency: from a's texts to an adapter
-the LoRA bank serves (describe, choose, read the chosen experts' files, blend, load) ≤ 1 s.
+the LoRA bank serves (describe, choose, fetch the chosen experts, blend, load) ≤ 1 s, with the experts
+cold (their files read) and warm (in the ExpertCache, where ``parsona serve`` puts the bank at start).
 
     .venv/bin/python bench/generated_lora.py --output-dir runs/personalization   # trains its experts, or reuses
     # those of: bench/personalization.py --parts lora --population-steps 0 --eval-every 0 --max-steps 40
@@ -40,6 +41,7 @@ import torch
 
 CANDIDATES = ("base", "nearest", "uniform", "blend", "blend_compact", "cvae", "oracle")
 GENERATED = ("blend", "blend_compact", "cvae")
+WHEN = ("cold", "warm")     # the chosen experts' files read, or already in the server's ExpertCache
 
 
 @dataclass
@@ -86,19 +88,21 @@ def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: 
     a's description took to become a served adapter."""
     from parsona.adapters.generated_lora import blend_exact
     from parsona.adapters.generated_lora.blend import compact as compact_lora
-    from parsona.adapters.peft_format import read_peft_lora
-    from parsona.generate import Experts, describe, fit_generator, generate_lora
+    from parsona.generate import ExpertCache, Experts, describe, fit_generator, generate_lora
     from parsona.logprobs import lora_nll
 
     others = [b for b in loras if b != a]
     D = np.stack([described[b] for b in others])                                # (n - 1, d)
     texts = examples["train"][: cfg.description_emails]
-    on_disk = Experts(others, D, lambda i: read_peft_lora(dirs[others[i]]))   # as the server reads them
-    began = time.perf_counter()
-    blend, info = generate_lora(on_disk, encoder, texts=texts, k=cfg.k, tau=cfg.tau)
-    bank.add("candidate", blend)                                                # servable from here on
-    seconds = time.perf_counter() - began
-    bank.remove("candidate")
+    cache = ExpertCache()
+    on_disk = Experts(others, D, lambda i: cache.load(dirs[others[i]]))        # as the server reads them
+    seconds = {}
+    for when in WHEN:                   # cold: the files read; warm: from the cache, as once the server has started
+        began = time.perf_counter()
+        blend, info = generate_lora(on_disk, encoder, texts=texts, k=cfg.k, tau=cfg.tau)
+        bank.add("candidate", blend)                                            # servable from here on
+        seconds[when] = time.perf_counter() - began
+        bank.remove("candidate")
     experts = Experts.of([loras[b] for b in others], D, others)
     compact, _ = compact_lora(blend, cfg.rank)                                 # the same experts, compacted
     cvae, _ = generate_lora(experts, encoder, texts=texts, k=cfg.k, tau=cfg.tau,
@@ -147,12 +151,12 @@ def main(cfg: Config) -> dict:
     bank.detach()
     v = {c: np.array([rows[a][c] for a in authors]) for c in CANDIDATES}
     reach = v["oracle"] + np.array([rows[a]["oracle_half"] for a in authors])
-    seconds = np.array([rows[a]["seconds_to_adapter"] for a in authors])
+    seconds = {w: np.array([rows[a]["seconds_to_adapter"][w] for a in authors]) for w in WHEN}
     results = {"config": asdict(cfg), "authors": authors, "rows": rows,
                **{f"{g}_minus_{ref}": t_interval(v[g] - v[ref]) for g in ("blend", "cvae") for ref in ("base", "uniform")},
                "share_reaching_oracle": float(np.mean(np.min([v[g] for g in GENERATED], 0) <= reach)),
                "share_reaching_oracle_by": {g: float(np.mean(v[g] <= reach)) for g in GENERATED},
-               "seconds_to_adapter": {"median": float(np.median(seconds)), "max": float(seconds.max())}}
+               "seconds_to_adapter": {w: {"median": float(np.median(t)), "max": float(t.max())} for w, t in seconds.items()}}
     print("\n".join(report(results, v)))
     write_json(out / "results-generated.json", results)
     print(f"\ntook {time.perf_counter() - began:.0f} s; results in {out / 'results-generated.json'}")
@@ -171,9 +175,9 @@ def report(r: dict, v: dict) -> list[str]:
     by = ", ".join(f"{g} {100 * s:.0f} %" for g, s in r["share_reaching_oracle_by"].items())
     lines.append(f"  blend, compact or CVAE within the oracle's 95 % interval for {100 * share:.0f} % of authors "
                  f"(target ≥ 50 %: {'PASS' if share >= 0.5 else 'FAIL'}; {by})")
-    t = r["seconds_to_adapter"]
-    lines.append(f"  texts -> servable adapter: median {t['median']:.3f} s, max {t['max']:.3f} s "
-                 f"(target ≤ 1 s: {'PASS' if t['max'] <= 1 else 'FAIL'})")
+    for when, t in r["seconds_to_adapter"].items():
+        lines.append(f"  texts -> servable adapter, experts {when}: median {t['median']:.3f} s, max {t['max']:.3f} s "
+                     f"(target ≤ 1 s: {'PASS' if t['max'] <= 1 else 'FAIL'})")
     return lines
 
 

@@ -15,7 +15,9 @@ user's adapters, blending only what that user may: the public bank and their own
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -29,6 +31,52 @@ from parsona.persona.experts import K, TAU
 MAX_TEXTS = 5
 MAX_RANK = 256         # of a stored generated LoRA: the host keeps it resident like any user's LoRA
 MAX_BLEND_RANK = 1024  # Σ r_i of an explicit blend, even when compacted (its QR and SVD cost grow with it)
+EXPERT_CACHE_BYTES = 512 << 20   # public experts kept in memory: ~50 rank-8 LoRAs on every SmolLM2 Linear
+
+
+class ExpertCache:
+    """Public experts' LoRAs kept in memory between requests, at most ``max_bytes`` of them (the least
+    recently used go first). Reading an expert's safetensors file and checking it costs ~50 ms, so a
+    17-expert blend spent most of its second on reads; the bank is public, so one cache serves every
+    user. An expert rebuilt on disk (another inode, size or mtime) is read again. The LoRAs handed out
+    are shared: callers must not modify them (the blends build new tensors)."""
+
+    def __init__(self, max_bytes: int = EXPERT_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[tuple, object, int]] = OrderedDict()   # path -> (stamp, lora, bytes)
+        self._bytes = 0
+        self._lock = threading.Lock()                                   # requests run on a thread pool
+
+    def load(self, directory) -> object:
+        """The PEFT LoRA in ``directory`` (as ``read_peft_lora``), from memory when the file is unchanged."""
+        from parsona.adapters.peft_format import PEFT_WEIGHTS, read_peft_lora
+
+        key = os.fspath(directory)
+        try:
+            st = os.stat(os.path.join(key, PEFT_WEIGHTS))
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None                                                # read_peft_lora names the missing file
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and stamp is not None and hit[0] == stamp:
+                self._items.move_to_end(key)
+                return hit[1]
+        lora = read_peft_lora(directory)
+        size = sum(A.nbytes + B.nbytes for A, B in lora.factors.values())
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes -= old[2] if old else 0
+            if stamp is not None and size <= self.max_bytes:
+                self._items[key] = (stamp, lora, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    self._bytes -= self._items.popitem(last=False)[1][2]
+        return lora
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
 
 @dataclass
@@ -50,12 +98,14 @@ class Experts:
         return cls(list(ids or map(str, range(len(loras)))), vectors, lambda i: loras[i])
 
     @classmethod
-    def public(cls, store, encoder_key: str) -> "Experts":
-        """The store's public bank, described under ``encoder_key`` (``HistoryEncoder.key``)."""
+    def public(cls, store, encoder_key: str, cache: ExpertCache | None = None) -> "Experts":
+        """The store's public bank, described under ``encoder_key`` (``HistoryEncoder.key``), its LoRAs read
+        through ``cache`` if given."""
         from parsona.adapters.peft_format import read_peft_lora
 
+        read = cache.load if cache is not None else read_peft_lora
         ids, vectors = store.experts.vectors(encoder_key)
-        return cls(ids, vectors, lambda i: read_peft_lora(store.experts.path(ids[i])))
+        return cls(ids, vectors, lambda i: read(store.experts.path(ids[i])))
 
 
 def describe(encoder: HistoryEncoder, description: str | None = None, texts=None, max_texts: int = MAX_TEXTS) -> np.ndarray:
@@ -129,8 +179,10 @@ class GeneratedLoRAs:
     this object's ``k`` and ``tau`` (a request's own k and τ only choose its condition), so no request
     can make the server refit it."""
 
-    def __init__(self, store, encoder: HistoryEncoder, check: Callable | None = None, k: int = K, tau: float = TAU):
+    def __init__(self, store, encoder: HistoryEncoder, check: Callable | None = None, k: int = K, tau: float = TAU,
+                 cache_bytes: int = EXPERT_CACHE_BYTES):
         self.store, self.encoder, self.check, self.k, self.tau = store, encoder, check, k, tau
+        self.cache = ExpertCache(cache_bytes)                           # the public bank's LoRAs, in memory
         self._generator: tuple[tuple, object] | None = None             # (bank ids, fitted generator)
         self._lock = threading.Lock()                                   # requests run on a thread pool
 
@@ -157,7 +209,7 @@ class GeneratedLoRAs:
         if method not in ("blend", "cvae"):
             raise ConfigError("method", 'Use "blend" (top-K softmax blend) or "cvae" (SG-LoRA\'s generator).',
                               problem=f"got {method!r:.40}")
-        bank = Experts.public(self.store, self.encoder.key)
+        bank = Experts.public(self.store, self.encoder.key, self.cache)
         generator = self._fitted(bank) if method == "cvae" else None
         return generate_lora(bank, self.encoder, description=description, texts=texts, k=k or self.k,
                              tau=tau or self.tau, rank=rank, generator=generator)
@@ -181,7 +233,8 @@ class GeneratedLoRAs:
             raise ConfigError("rank" if total <= MAX_BLEND_RANK else "experts",
                               f"Blend experts of total rank ≤ {limit}" + ("" if limit == MAX_BLEND_RANK else
                               f", or pass a rank ≤ {MAX_RANK} to compact the blend."), problem=f"their ranks sum to {total}")
-        loras = [read_peft_lora(path) for path in paths]
+        loras = [self.cache.load(path) if _public(user_id, ident) else read_peft_lora(path)   # a user's own: not kept
+                 for path, ident in zip(paths, ids)]
         info = {"experts": list(ids), "weights": list(weights)}
         if rank is None:
             return blend_exact(loras, weights), info
@@ -191,7 +244,7 @@ class GeneratedLoRAs:
     def _path(self, user_id: str | None, ident, field: str):
         from parsona.store import NotFound
 
-        if user_id is None or (isinstance(ident, str) and ident.startswith("exp_")):
+        if _public(user_id, ident):
             return self.store.experts.path(ident, field=field)
         try:
             record = self.store.get_adapter(user_id, ident)             # only the caller's own
@@ -227,3 +280,8 @@ class GeneratedLoRAs:
         with self.store.temp_dir("generated-") as tmp:
             write_peft_lora(lora, tmp / "lora", list(lora.factors), lora.base_model)
             return self.store.put_adapter(user_id, tmp / "lora", "lora", name)
+
+
+def _public(user_id: str | None, ident) -> bool:
+    """Whether an explicit blend's id names a public expert (``exp_…``; every id, with no user)."""
+    return user_id is None or (isinstance(ident, str) and ident.startswith("exp_"))

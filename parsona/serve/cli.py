@@ -45,6 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--default-preference", type=preference_arg, default=None,
                    help="preference used when a request sends none, e.g. 0.5,0.5 (default: none; such requests get 400)")
     p.add_argument("--max-resident-loras", type=int, default=16, help="user LoRAs kept in memory (LRU, default: 16)")
+    p.add_argument("--expert-cache-mb", type=float, default=512.0,
+                   help="public expert LoRAs kept in memory for POST /v1/adapters/generate (LRU, default: 512)")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default: 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default: 10)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest adapter upload (default: 64)")
@@ -71,12 +73,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def check_expert_bank(store, encoder, host) -> None:
+def check_expert_bank(store, generated, host) -> None:
     """Refuse to start with an expert bank this server cannot use: described by another encoder (every
-    request would find it empty), or with an expert that does not fit the served base model."""
-    from parsona.adapters.peft_format import read_peft_lora
+    request would find it empty), or with an expert that does not fit the served base model. The experts
+    are read through ``generated``'s cache, so the first request finds them in memory."""
     from parsona.errors import ConfigError
 
+    encoder = generated.encoder
     ids, _ = store.experts.vectors(encoder.key)
     if not ids:
         keys = sorted({e["encoder"] for e in store.experts.list()})
@@ -85,7 +88,7 @@ def check_expert_bank(store, encoder, host) -> None:
                           f"this server's encoder is {encoder.key!r}")
     for expert_id in ids:
         try:
-            host.check_lora(read_peft_lora(store.experts.path(expert_id)))
+            host.check_lora(generated.cache.load(store.experts.path(expert_id)))
         except ConfigError as exc:
             raise ConfigError("--store", "Rebuild the expert bank for this base model (parsona build-expert-bank).",
                               problem=f"expert {expert_id}: {exc.problem}") from None
@@ -147,12 +150,12 @@ def build_app(args):
         from parsona.persona import HistoryEncoder
 
         encoder = personas.encoder if personas else HistoryEncoder(args.encoder, progress=False).fit()
-        generated = GeneratedLoRAs(store, encoder)
+        generated = GeneratedLoRAs(store, encoder, cache_bytes=int(args.expert_cache_mb * (1 << 20)))
     defaults = {"preference": args.default_preference} if args.default_preference is not None else None
     host = Host(model, tokenizer, store, [preference, persona], max_resident_loras=args.max_resident_loras,
                 defaults=defaults, stored={"persona": personas.resolve} if personas else None)
     if generated is not None:
-        check_expert_bank(store, generated.encoder, host)
+        check_expert_bank(store, generated, host)
         generated.check = host.check_lora   # a generated LoRA is vetted as an uploaded one is
     from parsona.recipes import train_user_lora   # the CLI wires the recipe in; serve/ never imports one
     population = None

@@ -10,7 +10,7 @@ import torch
 from parsona.adapters.generated_lora import blend_compact, blend_exact
 from parsona.adapters.peft_format import read_peft_lora
 from parsona.errors import ConfigError
-from parsona.generate import Experts, GeneratedLoRAs, describe, fit_generator, generate_lora
+from parsona.generate import ExpertCache, Experts, GeneratedLoRAs, describe, fit_generator, generate_lora
 from parsona.persona import HistoryEncoder
 from parsona.store import CorruptAdapter, NotFound, Store
 
@@ -156,6 +156,49 @@ def test_explicit_weights_blend_public_experts_and_the_callers_own_adapters_only
             made.create(alice, **kwargs)
         assert err.value.field == field
     assert len(store.list_adapters(alice)) == 2                 # own + the one made: nothing half-made is kept
+
+
+def test_the_expert_cache_reads_each_expert_once_rereads_a_rebuilt_one_and_stays_bounded(lora_dirs, tmp_path,
+                                                                                        monkeypatch):
+    import shutil
+
+    import parsona.adapters.peft_format as peft_format
+
+    reads = []
+    real = peft_format.read_peft_lora
+    monkeypatch.setattr(peft_format, "read_peft_lora", lambda d: reads.append(str(d)) or real(d))
+    one = sum(A.nbytes + B.nbytes for A, B in real(lora_dirs[0]).factors.values())
+    cache = ExpertCache(max_bytes=2 * one)                          # room for two of these experts
+    first = cache.load(lora_dirs[0])
+    assert cache.load(lora_dirs[0]) is first and len(reads) == 1
+    expert = tmp_path / "rebuilt"
+    shutil.copytree(lora_dirs[0], expert)
+    before = cache.load(expert)
+    shutil.rmtree(expert)
+    shutil.copytree(lora_dirs[1], expert)                           # rebuilt in place, as --replace does
+    same_update(cache.load(expert), real(lora_dirs[1]))
+    assert not torch.equal(before.factors[next(iter(before.factors))][1],
+                           cache.load(expert).factors[next(iter(before.factors))][1])
+    cache.load(lora_dirs[2])                                        # a third: the least recently used goes
+    assert cache.nbytes <= 2 * one
+    reads.clear()
+    cache.load(lora_dirs[0])
+    assert reads == [str(lora_dirs[0])]                             # evicted, so read again
+    tiny = ExpertCache(max_bytes=one - 1)                           # an expert larger than the cache: read, not kept
+    tiny.load(lora_dirs[0])
+    assert tiny.nbytes == 0
+
+
+def test_a_users_own_adapter_never_enters_the_shared_expert_cache(store, lora_dirs, encoder):
+    alice, _ = store.create_user()
+    own = store.put_adapter(alice, lora_dirs[0], "lora", "alice's")
+    public = store.experts.vectors(encoder.key)[0]
+    made = GeneratedLoRAs(store, encoder)
+    made.create(alice, experts=[own, public[2]], weights=[0.25, 0.75])
+    made.create(alice, description="the dog sleeps", k=2)
+    kept = set(made.cache._items)
+    assert str(store.experts.path(public[2])) in kept and len(kept) >= 2        # the explicit and the chosen ones
+    assert kept <= {str(store.experts.path(e)) for e in public}                 # public experts only
 
 
 def test_an_empty_bank_is_an_error_naming_the_fix(tmp_path, encoder):

@@ -158,12 +158,14 @@ def test_serve_refuses_to_start_with_a_bank_it_cannot_use(tmp_path, tiny_encoder
     with Store(tmp_path / "store") as store:
         store.experts.add(lora_dirs[0], "e0", "dogs", encoder.transform(["dogs"])[0], "another-encoder|d=16")
         host = Host(tiny_causal_lm(vocab_size=259, pad_token_id=0), tiny_tokenizer(), store, [])
+        generated = GeneratedLoRAs(store, encoder)
         with pytest.raises(ConfigError) as err:
-            check_expert_bank(store, encoder, host)
+            check_expert_bank(store, generated, host)
         assert err.value.field == "--encoder" and "another-encoder" in str(err.value)
-        store.experts.add(lora_dirs[1], "e1", "dogs", encoder.transform(["dogs"])[0], encoder.key)
-        check_expert_bank(store, encoder, host)                                  # fits: starts
+        e1 = store.experts.add(lora_dirs[1], "e1", "dogs", encoder.transform(["dogs"])[0], encoder.key)
+        check_expert_bank(store, generated, host)                                # fits: starts
+        assert generated.cache.load(store.experts.path(e1)) is generated.cache.load(store.experts.path(e1))  # read once
         wide = Host(tiny_causal_lm(hidden_size=64, vocab_size=259, pad_token_id=0), tiny_tokenizer(), store, [])
         with pytest.raises(ConfigError) as err:
-            check_expert_bank(store, encoder, wide)
+            check_expert_bank(store, GeneratedLoRAs(store, encoder), wide)
         assert err.value.field == "--store"
