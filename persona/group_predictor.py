@@ -107,6 +107,13 @@ def ordinal_w1(logq: torch.Tensor, p: torch.Tensor, valid: torch.Tensor) -> torc
     return (q.cumsum(-1) - p.cumsum(-1)).abs().sum(-1) / (k - 1)
 
 
+def cross_entropy_w1(logq: torch.Tensor, p: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus W1 in option steps, (T,) out. Either alone trades one metric for the other where the
+    answer is one option (MovieLens): cross-entropy keeps a spread, calibrated distribution whose mean drifts
+    to the middle; W1 puts the mass where the answer is likely but turns point-like."""
+    return cross_entropy(logq, p, valid) + ordinal_w1(logq, p, valid) * (valid.sum(-1).clamp(min=2) - 1)
+
+
 def alignment(pred: np.ndarray, human: np.ndarray) -> float:
     """OpinionQA's alignment score, 1 − W1(pred, human) / (K − 1), over ordinal positions 0..K−1."""
     pred, human = np.asarray(pred, dtype=np.float64), np.asarray(human, dtype=np.float64)
@@ -378,7 +385,7 @@ def preference_from_answers(answers: Sequence[np.ndarray], axes: Sequence[Sequen
     return lam / lam.sum() if lam.sum() > 0 else np.full(m, 1.0 / m)
 
 
-LOSSES = {f.__name__: f for f in (cross_entropy, ordinal_w1)}
+LOSSES = {f.__name__: f for f in (cross_entropy, ordinal_w1, cross_entropy_w1)}
 
 
 def _distinct_vectors(groups: list[list[Question]], limit: int = 50_000) -> np.ndarray:

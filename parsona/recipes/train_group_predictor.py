@@ -54,10 +54,17 @@ class Config:
     """Transformer layers."""
     max_context: int = 40
     """Most context questions of a meta-training task (the fewest: 5)."""
+    loss: str = "cross_entropy"
+    """Meta-training loss: cross_entropy (GPO's), ordinal_w1 (W1 over the ordered options, what the alignment
+    score measures) or cross_entropy_w1 (their sum)."""
     seed: int = 0
     """Seed of the init, the tasks and the synthetic groups."""
 
     def __post_init__(self) -> None:
+        from parsona.persona.group_predictor import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ConfigError("loss", f"Choose one of {', '.join(sorted(LOSSES))}.", problem=f"got {self.loss!r:.40}")
         for name in ("steps", "batch_size", "d_model", "n_layers", "max_context"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "Use a whole number ≥ 1.", problem=f"got {getattr(self, name)}")
@@ -107,6 +114,7 @@ def main(cfg: Config) -> Path:
     from parsona.base_model import _resolve
     from parsona.groups import opinionqa_tasks
     from parsona.persona import GroupPreferencePredictor, HistoryEncoder
+    from parsona.persona.group_predictor import LOSSES
 
     out = Path(cfg.output_dir) / "predictor"
     summary_file = out / "training_summary.json"
@@ -119,7 +127,8 @@ def main(cfg: Config) -> Path:
     began = time.perf_counter()
     model = GroupPreferencePredictor(d_model=cfg.d_model, n_layers=cfg.n_layers, steps=cfg.steps,
                                      batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                                     max_context=cfg.max_context, use_prior=cfg.use_prior, seed=cfg.seed).fit(groups)
+                                     max_context=cfg.max_context, use_prior=cfg.use_prior, loss=LOSSES[cfg.loss],
+                                     seed=cfg.seed).fit(groups)
     summary = {"config": asdict(cfg), "encoder": encoder.key, "groups": len(groups),
                "loss_first": model.losses_[:20], "loss_last": model.losses_[-20:],
                "seconds": round(time.perf_counter() - began, 2)}

@@ -56,3 +56,28 @@ def test_the_loss_is_a_setting_of_its_own_fits_and_an_unknown_one_names_the_fiel
     assert ce["movielens"]["per_user"] != w1["movielens"]["per_user"]
     with pytest.raises(SystemExit):
         run_recipe(bench.Config, bench.main, [*argv, "--loss", "mse"])
+
+
+def test_item_factors_join_the_movie_vectors_standardised_and_make_fits_of_their_own(tiny_encoder_dir, tmp_path):
+    from types import SimpleNamespace as R
+
+    ml = load_bench("group_predictor_movielens")
+    rng = np.random.default_rng(0)
+    history = {u: [R(movie_id=m, rating=float(rng.integers(1, 11)) / 2) for m in rng.choice(40, 15, replace=False)]
+               for u in range(30)}
+    cf = ml.Collaborative(history, list(range(30)), factors=4, seed=0)
+    vectors = {m: np.ones(3, dtype=np.float32) for m in [*cf.items, 999]}          # 999: rated by no one
+    joined = cf.with_item_factors(vectors)
+    factors = np.stack([joined[m][3:] for m in cf.items])
+    np.testing.assert_allclose(factors.std(0), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(factors / factors[:1], cf.V / cf.V[:1], rtol=1e-4)   # the MF's own factors
+    assert (joined[999][3:] == 0).all() and (joined[999][:3] == 1).all()
+
+    bench = load_bench("group_predictor")
+    argv = ["--encoder", str(tiny_encoder_dir), "--steps", "2", "--parts", "movielens", "--ml-users", "30",
+            "--ml-max-queries", "5", "--ml-factors", "4", "--output-dir", str(tmp_path)]
+    plain = run_recipe(bench.Config, bench.main, argv)
+    with_factors = run_recipe(bench.Config, bench.main, [*argv, "--ml-item-factors"])
+    dims = sorted(json.loads(p.read_text())["dim"] for p in (tmp_path / "models").rglob("group_predictor.json"))
+    assert len(dims) == 4 and dims[2] == dims[0] + 4                                 # gpo, gpo_prior each
+    assert plain["movielens"]["per_user"] != with_factors["movielens"]["per_user"]

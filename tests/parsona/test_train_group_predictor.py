@@ -41,9 +41,16 @@ def test_it_trains_saves_and_reuses_a_finished_run(tmp_path, tiny_encoder_dir, c
     assert "already trained" in capsys.readouterr().out
 
 
+def test_the_loss_is_a_setting_and_the_saved_predictor_keeps_it(tmp_path, tiny_encoder_dir):
+    out = run_recipe(recipe.Config, recipe.main, args(tmp_path, tiny_encoder_dir, "--loss", "cross_entropy_w1"))
+    assert json.loads((out / "group_predictor.json").read_text())["loss"] == "cross_entropy_w1"
+    assert GroupPreferencePredictor.load(out).loss.__name__ == "cross_entropy_w1"
+
+
 @pytest.mark.parametrize("extra, field", [({"prior_group": "Nobody", "use_prior": True}, "prior_group"),
                                           ({"exclude_groups": "Martians"}, "exclude_groups"),
-                                          ({"steps": 0}, "steps"), ({"groups": "missing.jsonl"}, "groups")])
+                                          ({"steps": 0}, "steps"), ({"groups": "missing.jsonl"}, "groups"),
+                                          ({"loss": "mse"}, "loss")])
 def test_bad_settings_name_their_field(tmp_path, tiny_encoder_dir, extra, field):
     settings = {"groups": str(write_groups(tmp_path / "g.jsonl")), "encoder": str(tiny_encoder_dir), "steps": 3,
                 "output_dir": str(tmp_path / "run"), **extra}

@@ -14,7 +14,7 @@ from scipy.stats import wasserstein_distance
 
 from parsona.errors import ConfigError
 from parsona.persona import GroupPreferencePredictor, Question, alignment, preference_from_answers
-from parsona.persona.group_predictor import ordinal_w1
+from parsona.persona.group_predictor import cross_entropy_w1, ordinal_w1
 
 D = 4
 
@@ -107,6 +107,17 @@ def test_alignment_is_one_minus_w1_over_positions():
         assert alignment(p, q) == pytest.approx(1 - w1 / (k - 1))
         loss = ordinal_w1(torch.log(torch.tensor(p))[None], torch.tensor(q)[None], torch.ones(1, k, dtype=torch.bool))
         assert float(loss) == pytest.approx(w1 / (k - 1))
+
+
+def test_the_mixed_loss_is_cross_entropy_plus_w1_in_option_steps_and_ignores_padding():
+    rng = np.random.default_rng(4)
+    k, pad = 5, 3                                                       # 5 real options in a row of 8
+    p, q = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k))
+    expected = -(q * np.log(p)).sum() + wasserstein_distance(np.arange(k), np.arange(k), p, q)
+    logq = torch.log(torch.tensor(np.r_[p, np.full(pad, 0.2)]))[None]   # padding mass must not count
+    target = torch.tensor(np.r_[q, np.zeros(pad)])[None]
+    valid = torch.tensor([[True] * k + [False] * pad])
+    assert float(cross_entropy_w1(logq, target, valid)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("bad, field", [
