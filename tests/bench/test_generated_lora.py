@@ -3,6 +3,8 @@ its expert bank, and its oracle is exactly that bench's diagonal."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from conftest import load_bench
@@ -39,3 +41,36 @@ def test_early_stopped_experts_are_the_ones_the_personalization_bench_trained(ti
     r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main, [*common, "--k", "2"])
     assert len(list((tmp_path / "loras").rglob("adapter_model.safetensors"))) == 4         # reused, none trained again
     assert [r["rows"][a]["oracle"] for a in r["authors"]] == [matrix["nll"][i][1 + i] for i in range(4)]
+
+
+def test_rows_are_kept_shared_between_processes_and_reused(tiny_dir, tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    import fcntl
+    import threading
+    import time
+
+    bench = load_bench("generated_lora")
+    argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "3",
+            "--max-steps", "1", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--k", "2",
+            "--output-dir", str(tmp_path)]
+    run_recipe(bench.Config, bench.main, argv)                        # trains the experts; then rows are scored
+    rows_dir = next((tmp_path / "generated-rows").iterdir())
+    first = {p.stem: p.read_text() for p in rows_dir.glob("*.json")}
+    held = sorted(first)[1]
+    (rows_dir / f"{held}.json").unlink()
+    lock = open(tmp_path / ".locks" / f"generated-{rows_dir.name}-{held}.lock", "a")   # another process's claim
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    scored = []
+    real = bench.score_author
+    monkeypatch.setattr(bench, "score_author", lambda cfg, a, *rest: scored.append(a) or real(cfg, a, *rest))
+    worker = threading.Thread(target=run_recipe, args=(bench.Config, bench.main, argv))
+    worker.start()
+    for _ in range(600):                                              # it waits on the claimed author ...
+        time.sleep(0.1)
+        if not worker.is_alive() or "waiting for the other process" in capsys.readouterr().out:
+            break
+    assert worker.is_alive() and scored == [] and not (rows_dir / f"{held}.json").exists()
+    fcntl.flock(lock, fcntl.LOCK_UN)                                  # ... whose claimant gives up: it scores it
+    lock.close()
+    worker.join(120)
+    assert not worker.is_alive() and scored == [held]                 # the kept rows were not scored again
+    assert json.loads((rows_dir / f"{held}.json").read_text())["oracle"] == json.loads(first[held])["oracle"]
