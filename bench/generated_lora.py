@@ -23,9 +23,10 @@ mix on average (95 % t intervals over authors below 0), and one of them lies wit
 the LoRA bank serves (describe, choose, fetch the chosen experts, blend, load) ≤ 1 s, with the experts
 cold (their files read) and warm (in the ExpertCache, where ``parsona serve`` puts the bank at start).
 
-Each author's row is kept in out/generated-rows/<settings hash>/ as soon as it is scored, and claimed (an
-flock) while it is: a rerun resumes after the last kept row, and the same command started twice scores the
-authors in about half the time (as it trains the experts). Delete that folder to measure again.
+Each author's NLLs are kept in out/generated-rows/<settings hash>/ as soon as they are scored, and claimed
+(an flock) while they are: a rerun resumes after the last kept row, and the same command started twice
+scores the authors in about half the time (as it trains the experts). The latency is timed afresh by
+every run, after all rows are scored and never beside another process's timing.
 
     .venv/bin/python bench/generated_lora.py --output-dir runs/personalization   # trains its experts, or reuses
     # those of: bench/personalization.py --parts lora --population-steps 0 --eval-every 0 --max-steps 40
@@ -88,28 +89,18 @@ class Config:
     """Train emails of the new user that make its description."""
 
 
-def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: dict, encoder, examples, pad,
-                 model) -> dict:
-    """a's NLL per token under every candidate, the oracle's 95 % half-width over a's emails, and how long
-    a's description took to become a served adapter."""
+def score_author(cfg: Config, a: str, bank, loras: dict, described: dict, encoder, examples, pad, model) -> dict:
+    """a's NLL per token under every candidate and the oracle's 95 % half-width over a's emails."""
     from parsona.adapters.generated_lora import blend_exact
     from parsona.adapters.generated_lora.blend import compact as compact_lora
-    from parsona.generate import ExpertCache, Experts, describe, fit_generator, generate_lora
+    from parsona.generate import Experts, describe, fit_generator, generate_lora
     from parsona.logprobs import lora_nll
 
     others = [b for b in loras if b != a]
     D = np.stack([described[b] for b in others])                                # (n - 1, d)
     texts = examples["train"][: cfg.description_emails]
-    cache = ExpertCache()
-    on_disk = Experts(others, D, lambda i: cache.load(dirs[others[i]]))        # as the server reads them
-    seconds = {}
-    for when in WHEN:                   # cold: the files read; warm: from the cache, as once the server has started
-        began = time.perf_counter()
-        blend, info = generate_lora(on_disk, encoder, texts=texts, k=cfg.k, tau=cfg.tau)
-        bank.add("candidate", blend)                                            # servable from here on
-        seconds[when] = time.perf_counter() - began
-        bank.remove("candidate")
     experts = Experts.of([loras[b] for b in others], D, others)
+    blend, info = generate_lora(experts, encoder, texts=texts, k=cfg.k, tau=cfg.tau)
     compact, _ = compact_lora(blend, cfg.rank)                                 # the same experts, compacted
     cvae, _ = generate_lora(experts, encoder, texts=texts, k=cfg.k, tau=cfg.tau,
                             generator=fit_generator(experts, k=cfg.k, tau=cfg.tau, seed=cfg.seed))
@@ -117,7 +108,7 @@ def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: 
     candidates = {"base": None, "nearest": loras[others[int(np.argmax(D @ query))]],
                   "uniform": blend_exact([loras[b] for b in others], [1 / len(others)] * len(others)),
                   "blend": blend, "blend_compact": compact, "cvae": cvae, "oracle": loras[a]}
-    out = {"chosen": list(info["experts"]), "weights": [float(w) for w in info["weights"]], "seconds_to_adapter": seconds}
+    out = {"chosen": list(info["experts"]), "weights": [float(w) for w in info["weights"]]}
     for name, lora in candidates.items():
         if lora is not None:
             bank.add("candidate", lora)
@@ -130,12 +121,35 @@ def score_author(cfg: Config, a: str, bank, dirs: dict, loras: dict, described: 
     return out
 
 
-def row_key(cfg: Config, authors: list[str], dirs: dict) -> str:
-    """A hash of what an author's row depends on: every setting but where it goes, the authors (the bank) and
-    the experts' LoRAs (their cache keys)."""
+def seconds_to_adapter(cfg: Config, a: str, bank, dirs: dict, described: dict, encoder, texts) -> dict:
+    """How long a's texts take to become an adapter the bank serves (describe, choose, fetch the chosen
+    experts, blend, load), with the experts cold (their files read and checked, as far as the page cache
+    goes) and warm (already in an ExpertCache)."""
+    from parsona.generate import ExpertCache, Experts, generate_lora
+
+    others = [b for b in dirs if b != a]
+    cache = ExpertCache()
+    on_disk = Experts(others, np.stack([described[b] for b in others]), lambda i: cache.load(dirs[others[i]]))
+    seconds = {}
+    for when in WHEN:
+        began = time.perf_counter()
+        blend, _ = generate_lora(on_disk, encoder, texts=texts[: cfg.description_emails], k=cfg.k, tau=cfg.tau)
+        bank.add("candidate", blend)                                            # servable from here on
+        seconds[when] = time.perf_counter() - began
+        bank.remove("candidate")
+    return seconds
+
+
+ROW_VERSION = 2      # raise when score_author changes what a row holds: kept rows are then scored again
+
+
+def row_key(cfg: Config, authors: list[str], dirs: dict, encoder_key: str) -> str:
+    """A hash of what an author's row depends on: every setting but where it goes, the encoder, the authors
+    (the bank) and the experts' weights as they are on disk (a LoRA trained again is another key)."""
     settings = {k: v for k, v in asdict(cfg).items() if k != "output_dir"}
-    loras = {a: Path(dirs[a]).parent.name for a in authors}
-    return hashlib.sha256(json.dumps({**settings, "authors": authors, "loras": loras}, sort_keys=True).encode()).hexdigest()[:16]
+    weights = {a: hashlib.sha256((Path(dirs[a]) / "adapter_model.safetensors").read_bytes()).hexdigest() for a in authors}
+    blob = {**settings, "version": ROW_VERSION, "encoder": encoder_key, "authors": authors, "weights": weights}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def main(cfg: Config) -> dict:
@@ -160,7 +174,7 @@ def main(cfg: Config) -> dict:
     encoder = HistoryEncoder(cfg.encoder, progress=False).fit()
     described = {a: UserProfile.from_history(a, encoder.transform(train[a])).persona for a in authors}
     bank, pad = attach(model, LoRAConfig(rank=cfg.rank)), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows_dir = out / "generated-rows" / row_key(cfg, authors, dirs)
+    rows_dir = out / "generated-rows" / row_key(cfg, authors, dirs, encoder.key)
 
     def score(a: str, wait: bool) -> bool:
         """Score and keep a's row unless it is kept already; False if another process is scoring it."""
@@ -170,7 +184,7 @@ def main(cfg: Config) -> dict:
             if mine and not (rows_dir / f"{a}.json").is_file():
                 examples = {"train": train[a],
                             "test": sorted((encode(tokenizer, t, cfg.max_length) for t in test[a]), key=len)}
-                write_json(rows_dir / f"{a}.json", score_author(cfg, a, bank, dirs, loras, described, encoder, examples,
+                write_json(rows_dir / f"{a}.json", score_author(cfg, a, bank, loras, described, encoder, examples,
                                                                  pad, model))
             return mine
 
@@ -178,8 +192,11 @@ def main(cfg: Config) -> dict:
     for a in later:                                       # another process's: wait for it (score it if it gave up)
         print(f"author {a}: waiting for the other process scoring it")
         score(a, wait=True)
-    bank.detach()
     rows = {a: json.loads((rows_dir / f"{a}.json").read_text()) for a in authors}
+    with claimed(out / ".locks" / "generated-timing.lock"):       # timed alone: never beside the other's timing
+        for a in tqdm(authors, desc="timing"):
+            rows[a]["seconds_to_adapter"] = seconds_to_adapter(cfg, a, bank, dirs, described, encoder, train[a])
+    bank.detach()
     v = {c: np.array([rows[a][c] for a in authors]) for c in CANDIDATES}
     reach = v["oracle"] + np.array([rows[a]["oracle_half"] for a in authors])
     seconds = {w: np.array([rows[a]["seconds_to_adapter"][w] for a in authors]) for w in WHEN}

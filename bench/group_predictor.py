@@ -23,8 +23,10 @@ movielens  610 users. 20 % of them (seeded) are held out; the rest are the popul
            mean), user mean (of the context), item-kNN collaborative filtering (cosine on mean-centred
            ratings of the population), and matrix factorisation (biases + truncated SVD of the
            population's residuals, the new user folded in by ridge on the context). With
-           ``--ml-item-factors`` GPO's movie vectors carry the same item factors beside the text
-           embedding, so GPO and MF see the same collaborative signal. 95 % t intervals over users, paired.
+           ``--ml-item-factors`` GPO's movie vectors also carry MF item factors beside the text
+           embedding, fitted on a seeded half of the population while the other half are GPO's
+           meta-training tasks (factors fitted on a task's own ratings would hold its answers, which a
+           held-out user's never do). 95 % t intervals over users, paired.
 
 Goals: GPO beats every baseline on average and on both Democrat and Republican (OpinionQA); GPO beats
 every baseline on held-out users (MovieLens RMSE and alignment). Fitted predictors are saved to
@@ -89,8 +91,9 @@ class Config:
     ml_factors: int = 20
     """MovieLens: item factors of the matrix-factorisation baseline (truncated SVD of the population)."""
     ml_item_factors: bool = False
-    """MovieLens: GPO's movie vectors also hold those item factors (standardised), the collaborative signal the
-    MF baseline folds a user into; otherwise GPO sees only the movie's text embedding and its prior."""
+    """MovieLens: GPO's movie vectors also hold MF item factors (standardised; fitted on half the population, the
+    other half GPO's tasks), the collaborative signal the MF baseline folds a user into; otherwise GPO sees only
+    the movie's text embedding and its prior."""
     loss: str = "cross_entropy"
     """Meta-training loss of the GPO predictors: cross_entropy (the paper's), ordinal_w1 (W1 over the ordinal
     options, what the alignment score measures: a point-like prediction where the answer is one rating) or

@@ -43,11 +43,10 @@ class Collaborative:
         self.V = self.svd.components_.T                                                   # (items, factors)
 
     def with_item_factors(self, vectors: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Each movie's vector with its item factors appended, each factor scaled to unit variance over the
-        items (SVD components are unit-norm columns, ~1/√items per entry: too small beside an embedding);
-        zeros, the mean, for a movie no population user rated. The population's own ratings shaped the
-        factors, so a meta-training task sees factors its user helped fit; a held-out user never does."""
-        V = self.V / np.maximum(self.V.std(0), 1e-12)
+        """Each movie's vector with its item factors appended, each factor standardised over the items (SVD
+        components are unit-norm columns, ~1/√items per entry: too small beside an embedding); zeros, the
+        mean, for a movie no user of these ratings rated."""
+        V = (self.V - self.V.mean(0)) / np.maximum(self.V.std(0), 1e-12)
         zero = np.zeros(V.shape[1], dtype=np.float32)
         return {m: np.concatenate([v, V[self.row(m)].astype(np.float32) if self.row(m) is not None else zero])
                 for m, v in vectors.items()}
@@ -121,11 +120,13 @@ def movielens(cfg, encoder, out: Path) -> dict:
                                 {r.movie_id for u in users for r in history[u]})
     cf = Collaborative(history, population, factors=cfg.ml_factors, seed=cfg.seed)
     key = {"part": "movielens", "encoder": encoder.key, "population": population, "cap": cfg.ml_train_cap}
-    if cfg.ml_item_factors:
-        vectors = cf.with_item_factors(vectors)
+    tasks = population
+    if cfg.ml_item_factors:     # factors from half the population, tasks from the other: no task saw its own answers
+        tasks, factor_users = split_users(population, 0.5, cfg.seed + 1)
+        vectors = Collaborative(history, factor_users, cfg.ml_factors, cfg.seed).with_item_factors(vectors)
         key["item_factors"] = cfg.ml_factors
     train = [[movie_question(vectors[r.movie_id], r.rating, prior(r.movie_id, exclude=r.rating))
-              for r in history[u][-cfg.ml_train_cap:]] for u in population]
+              for r in history[u][-cfg.ml_train_cap:]] for u in tasks]
     models = {"gpo": fit_cached(predictor(cfg, False, 30, 20), train, out, key),
               "gpo_prior": fit_cached(predictor(cfg, True, 30, 20), train, out, key)}
     def as_questions(ratings, answered: bool):

@@ -19,6 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -36,10 +37,11 @@ EXPERT_CACHE_BYTES = 512 << 20   # public experts kept in memory: ~50 rank-8 LoR
 
 class ExpertCache:
     """Public experts' LoRAs kept in memory between requests, at most ``max_bytes`` of them (the least
-    recently used go first). Reading an expert's safetensors file and checking it costs ~50 ms, so a
-    17-expert blend spent most of its second on reads; the bank is public, so one cache serves every
-    user. An expert rebuilt on disk (another inode, size or mtime) is read again. The LoRAs handed out
-    are shared: callers must not modify them (the blends build new tensors)."""
+    recently used go first; 0: none kept). Reading an expert's safetensors file and checking it costs
+    ~50 ms, so a 17-expert blend spent most of its second on reads; the bank is public, so one cache
+    serves every user. An expert whose folder changed (any file's size, times or inode) is read again.
+    The LoRAs handed out are shared: callers must not modify them (the blends build new tensors; a test
+    holds them to it)."""
 
     def __init__(self, max_bytes: int = EXPERT_CACHE_BYTES):
         self.max_bytes = max_bytes
@@ -49,14 +51,14 @@ class ExpertCache:
 
     def load(self, directory) -> object:
         """The PEFT LoRA in ``directory`` (as ``read_peft_lora``), from memory when the file is unchanged."""
-        from parsona.adapters.peft_format import PEFT_WEIGHTS, read_peft_lora
+        from parsona.adapters.peft_format import read_peft_lora
+        from parsona.store_checks import tree_signature
 
         key = os.fspath(directory)
         try:
-            st = os.stat(os.path.join(key, PEFT_WEIGHTS))
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            stamp = tree_signature(Path(key))                           # any file rewritten, even with mtime kept
         except OSError:
-            stamp = None                                                # read_peft_lora names the missing file
+            stamp = None                                                # read_peft_lora names the missing folder
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and stamp is not None and hit[0] == stamp:

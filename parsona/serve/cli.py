@@ -45,8 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--default-preference", type=preference_arg, default=None,
                    help="preference used when a request sends none, e.g. 0.5,0.5 (default: none; such requests get 400)")
     p.add_argument("--max-resident-loras", type=int, default=16, help="user LoRAs kept in memory (LRU, default: 16)")
-    p.add_argument("--expert-cache-mb", type=float, default=512.0,
-                   help="public expert LoRAs kept in memory for POST /v1/adapters/generate (LRU, default: 512)")
+    p.add_argument("--expert-cache-mb", type=megabytes, default=512.0,
+                   help="public expert LoRAs kept in memory for POST /v1/adapters/generate, read in at start "
+                        "(LRU, default: 512; 0: read per request)")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together (default: 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (default: 10)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest adapter upload (default: 64)")
@@ -71,6 +72,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def megabytes(text: str) -> float:
+    """A size in MiB: a finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a size in MiB ≥ 0, got {text!r:.40}")
+    return value
 
 
 def check_expert_bank(store, generated, host) -> None:

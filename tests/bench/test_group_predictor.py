@@ -70,7 +70,8 @@ def test_item_factors_join_the_movie_vectors_standardised_and_make_fits_of_their
     joined = cf.with_item_factors(vectors)
     factors = np.stack([joined[m][3:] for m in cf.items])
     np.testing.assert_allclose(factors.std(0), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(factors / factors[:1], cf.V / cf.V[:1], rtol=1e-4)   # the MF's own factors
+    np.testing.assert_allclose(factors.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(factors * cf.V.std(0) + cf.V.mean(0), cf.V, atol=1e-5)   # the MF's own factors
     assert (joined[999][3:] == 0).all() and (joined[999][:3] == 1).all()
 
     bench = load_bench("group_predictor")

@@ -129,6 +129,8 @@ def test_an_explicit_reference_point_needs_one_value_per_objective():
 
 @pytest.mark.parametrize("argv, message", [
     (["serve", "--port", "99999"], "--port"),
+    (["serve", "--expert-cache-mb", "-1"], "--expert-cache-mb"),
+    (["serve", "--expert-cache-mb", "nan"], "--expert-cache-mb"),
     (["generate"], "prompt"),
 ])
 def test_bad_flags_are_usage_errors(argv, message, capsys):

@@ -3,6 +3,8 @@ new adapter of the caller's, explicit weights over public experts and the caller
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -175,10 +177,15 @@ def test_the_expert_cache_reads_each_expert_once_rereads_a_rebuilt_one_and_stays
     shutil.copytree(lora_dirs[0], expert)
     before = cache.load(expert)
     shutil.rmtree(expert)
-    shutil.copytree(lora_dirs[1], expert)                           # rebuilt in place, as --replace does
+    shutil.copytree(lora_dirs[1], expert)                           # rebuilt in place
     same_update(cache.load(expert), real(lora_dirs[1]))
     assert not torch.equal(before.factors[next(iter(before.factors))][1],
                            cache.load(expert).factors[next(iter(before.factors))][1])
+    weights = expert / "adapter_model.safetensors"
+    kept_times = weights.stat().st_atime_ns, weights.stat().st_mtime_ns
+    shutil.copyfile(lora_dirs[0] / "adapter_model.safetensors", weights)   # rewritten, its times put back
+    os.utime(weights, ns=kept_times)
+    same_update(cache.load(expert), real(lora_dirs[0]))
     cache.load(lora_dirs[2])                                        # a third: the least recently used goes
     assert cache.nbytes <= 2 * one
     reads.clear()
@@ -199,6 +206,22 @@ def test_a_users_own_adapter_never_enters_the_shared_expert_cache(store, lora_di
     kept = set(made.cache._items)
     assert str(store.experts.path(public[2])) in kept and len(kept) >= 2        # the explicit and the chosen ones
     assert kept <= {str(store.experts.path(e)) for e in public}                 # public experts only
+
+
+def test_blends_and_the_generator_leave_the_shared_cached_experts_as_they_were_read(store, encoder):
+    from parsona.adapters.peft_format import read_peft_lora
+
+    made = GeneratedLoRAs(store, encoder, k=3)
+    alice, _ = store.create_user()
+    public = store.experts.vectors(encoder.key)[0]
+    made.make(alice, description="the dog sleeps")
+    made.make(alice, description="the dog sleeps", method="cvae", rank=2)
+    made.make(alice, experts=public[:2], weights=[0.5, 0.5], rank=2)
+    assert len(made.cache._items) == len(public)
+    for path, (_, lora, _) in made.cache._items.items():
+        fresh = read_peft_lora(path)
+        for name, (A, B) in lora.factors.items():
+            assert torch.equal(A, fresh.factors[name][0]) and torch.equal(B, fresh.factors[name][1])
 
 
 def test_an_empty_bank_is_an_error_naming_the_fix(tmp_path, encoder):

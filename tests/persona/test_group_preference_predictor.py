@@ -118,6 +118,12 @@ def test_the_mixed_loss_is_cross_entropy_plus_w1_in_option_steps_and_ignores_pad
     target = torch.tensor(np.r_[q, np.zeros(pad)])[None]
     valid = torch.tensor([[True] * k + [False] * pad])
     assert float(cross_entropy_w1(logq, target, valid)) == pytest.approx(expected)
+    p3, q3 = rng.dirichlet(np.ones(3)), rng.dirichlet(np.ones(3))     # a batch: each row in its own option steps
+    batch = cross_entropy_w1(torch.log(torch.tensor(np.stack([np.r_[p, np.full(pad, 0.2)], np.r_[p3, np.full(5, 0.2)]]))),
+                             torch.tensor(np.stack([np.r_[q, np.zeros(pad)], np.r_[q3, np.zeros(5)]])),
+                             torch.tensor([[True] * k + [False] * pad, [True] * 3 + [False] * 5]))
+    second = -(q3 * np.log(p3)).sum() + wasserstein_distance(np.arange(3), np.arange(3), p3, q3)
+    np.testing.assert_allclose(batch.numpy(), [expected, second], rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad, field", [
