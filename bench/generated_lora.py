@@ -153,13 +153,13 @@ def row_key(cfg: Config, authors: list[str], dirs: dict, encoder_key: str) -> st
 
 
 def main(cfg: Config) -> dict:
+    from tqdm.auto import tqdm
+
     from parsona.adapters import LoRAConfig, attach
     from parsona.adapters.peft_format import read_peft_lora
     from parsona.base_model import load_base_model
     from parsona.bootstrap import t_interval
     from parsona.data.enron import users_split, users_valid
-    from tqdm.auto import tqdm
-
     from parsona.io import claimed, write_json
     from parsona.persona import HistoryEncoder, UserProfile
     from parsona.recipes.train_user_lora import encode, settings_from, train_for_users
