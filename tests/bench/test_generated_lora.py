@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from conftest import load_bench
 from parsona.recipes.config_cli import run_recipe
@@ -18,10 +19,13 @@ def test_it_blends_the_other_authors_loras_and_its_oracle_is_the_lora_diagonal(t
     matrix = run_recipe(load_bench("personalization").Config, load_bench("personalization").main,
                         [*common, "--parts", "lora", "--population-steps", "0", "--eval-every", "0"])["lora"]
     capsys.readouterr()
-    r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main, [*common, "--k", "2"])
+    threads = torch.get_num_threads()
+    r = run_recipe(load_bench("generated_lora").Config, load_bench("generated_lora").main,
+                   [*common, "--k", "2", "--timing-threads", "1"])
     printed = capsys.readouterr().out
     assert "LoRA 1/4" not in printed and "blend − uniform" in printed and "cvae  − base" in printed
-    assert "servable adapter, experts warm: median" in printed
+    assert "servable adapter, experts warm, 1 thread: median" in printed and r["timing_threads"] == 1
+    assert torch.get_num_threads() == threads                                   # the scoring's threads are put back
     assert r["seconds_to_adapter"]["cold"]["max"] > 0 and r["seconds_to_adapter"]["warm"]["max"] > 0
     assert [r["rows"][a]["oracle"] for a in r["authors"]] == [matrix["nll"][i][1 + i] for i in range(4)]
     assert [r["rows"][a]["base"] for a in r["authors"]] == [row[0] for row in matrix["nll"]]
@@ -52,7 +56,7 @@ def test_rows_are_kept_shared_between_processes_and_reused(tiny_dir, tiny_encode
     argv = ["--model", tiny_dir, "--encoder", str(tiny_encoder_dir), "--authors", "4", "--max-emails", "3",
             "--max-steps", "1", "--batch-size", "2", "--max-length", "32", "--rank", "2", "--k", "2",
             "--output-dir", str(tmp_path)]
-    run_recipe(bench.Config, bench.main, argv)                        # trains the experts; then rows are scored
+    run_recipe(bench.Config, bench.main, [*argv, "--timing-threads", "1"])   # trains the experts; rows are scored
     rows_dir = next((tmp_path / "generated-rows").iterdir())
     first = {p.stem: p.read_text() for p in rows_dir.glob("*.json")}
     held = sorted(first)[1]
@@ -72,5 +76,15 @@ def test_rows_are_kept_shared_between_processes_and_reused(tiny_dir, tiny_encode
     fcntl.flock(lock, fcntl.LOCK_UN)                                  # ... whose claimant gives up: it scores it
     lock.close()
     worker.join(120)
-    assert not worker.is_alive() and scored == [held]                 # the kept rows were not scored again
+    assert not worker.is_alive() and scored == [held]                 # the kept rows were not scored again,
+    assert list((tmp_path / "generated-rows").iterdir()) == [rows_dir]     # though timed on other threads
     assert json.loads((rows_dir / f"{held}.json").read_text())["oracle"] == json.loads(first[held])["oracle"]
+
+
+def test_a_negative_timing_thread_count_is_a_usage_error_naming_the_flag(capsys):
+    import pytest
+
+    bench = load_bench("generated_lora")
+    with pytest.raises(SystemExit):
+        run_recipe(bench.Config, bench.main, ["--timing-threads", "-1"])
+    assert "timing_threads" in capsys.readouterr().err.replace("-", "_")
