@@ -254,10 +254,13 @@ def add_generate_lora_parser(sub) -> None:
                    help="instead: comma-separated public expert ids (exp_...) or the user's adapter ids (adp_...)")
     p.add_argument("--weights", type=lambda v: [float(x) for x in v.split(",")], default=None, metavar="W",
                    help="with --experts: one weight each, summing to 1, e.g. 0.7,0.3")
-    p.add_argument("--k", type=positive_int, default=4, help="experts blended, the nearest the description (default: 4)")
-    p.add_argument("--tau", type=float, default=0.1, help="softmax temperature over cosine similarities (default: 0.1)")
+    # None, not the defaults (persona.experts.K and TAU, which --help states; tested): an explicit --experts blend,
+    # which they do not apply to, refuses them only when given
+    p.add_argument("--k", type=positive_int, default=None, help="experts blended, the nearest the description (default: 4)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="softmax temperature over cosine similarities (default: 0.1)")
     p.add_argument("--rank", type=positive_int, default=None, help="compact the blend to this rank by SVD (default: exact)")
-    p.add_argument("--method", choices=("blend", "cvae"), default="blend",
+    p.add_argument("--method", choices=("blend", "cvae"), default=None,
                    help="blend: the top-k softmax blend (default); cvae: SG-LoRA's generator conditioned on them")
     p.add_argument("--name", default="generated", help="the adapter's name (with --user; default: generated)")
     p.add_argument("--encoder", default=None, metavar="DIR",
@@ -363,11 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from parsona.errors import ConfigError
+    from parsona.store_ids import NotFound
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, NotFound) as exc:          # NotFound: an id the store does not hold for this user
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -213,8 +213,9 @@ class GeneratedLoRAs:
                               problem=f"got {method!r:.40}")
         bank = Experts.public(self.store, self.encoder.key, self.cache)
         generator = self._fitted(bank) if method == "cvae" else None
-        return generate_lora(bank, self.encoder, description=description, texts=texts, k=k or self.k,
-                             tau=tau or self.tau, rank=rank, generator=generator)
+        return generate_lora(bank, self.encoder, description=description, texts=texts,
+                             k=self.k if k is None else k, tau=self.tau if tau is None else tau, rank=rank,
+                             generator=generator)
 
     def _explicit(self, user_id: str | None, ids, weights, rank: int | None):
         from parsona.adapters.generated_lora import blend_compact, blend_exact

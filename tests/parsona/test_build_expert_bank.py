@@ -65,3 +65,33 @@ def test_the_enron_authors_become_experts(tmp_path, tiny_dir, tiny_encoder_dir):
         experts = s.experts.list()
         assert len(experts) == 3 and all(e["name"].startswith("enron:") for e in experts)
         assert read_peft_lora(s.experts.path(experts[0]["expert_id"])).rank == 2
+
+
+def test_generate_lora_blends_explicit_experts_and_names_a_bad_one(manifest, tmp_path, tiny_encoder_dir, capsys):
+    store = str(tmp_path / "store")
+    assert main(["build-expert-bank", "--store", store, "--experts", str(manifest), "--encoder", str(tiny_encoder_dir)]) == 0
+    with Store(store) as s:
+        a, b = (e["expert_id"] for e in s.experts.list()[:2])
+        expected = [read_peft_lora(s.experts.path(x)).rank for x in (a, b)]
+    explicit = ["generate-lora", "--store", store, "--encoder", str(tiny_encoder_dir), "--experts", f"{a},{b}"]
+    capsys.readouterr()
+    assert main([*explicit, "--weights", "0.7,0.3", "--output", str(tmp_path / "mix")]) == 0
+    printed = capsys.readouterr().out
+    assert "0.700  e0" in printed and "0.300  e1" in printed
+    assert read_peft_lora(tmp_path / "mix").rank == sum(expected)                 # the exact blend: ranks concatenated
+    assert main([*explicit, "--weights", "0.7,0.2", "--output", str(tmp_path / "bad")]) == 2
+    assert "weights" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*explicit, "--weights", "0.7,0.3", "--k", "2", "--output", str(tmp_path / "bad")]) == 2
+    assert "k:" in capsys.readouterr().err                                        # k picks experts: not with --experts
+    unknown = f"exp_{'0' * 32}"
+    assert main([*explicit[:-1], f"{a},{unknown}", "--weights", "0.5,0.5", "--output", str(tmp_path / "bad")]) == 2
+    assert "experts[1]: not found" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_generate_lora_help_states_the_library_defaults(capsys):
+    from parsona.persona.experts import K, TAU
+
+    with pytest.raises(SystemExit):
+        main(["generate-lora", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {K})" in text and f"(default: {TAU})" in text
