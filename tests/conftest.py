@@ -57,14 +57,14 @@ def tiny_tokenizer():
     return build()
 
 
-def peft_lora_dir(path, seed, r=4, targets=("q_proj", "v_proj", "down_proj")):
-    """A real PEFT LoRA for the byte-level tiny model (vocab 259), with random non-zero weights;
-    README.md removed (the store keeps weights only)."""
+def peft_lora_dir(path, seed, r=4, targets=("q_proj", "v_proj", "down_proj"), alpha=None):
+    """A real PEFT LoRA for the byte-level tiny model (vocab 259), with random non-zero weights and
+    ``lora_alpha`` ``alpha`` (default 2r); README.md removed (the store keeps weights only)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     model = get_peft_model(tiny_causal_lm(vocab_size=259, pad_token_id=0),
-                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False))
+                           LoraConfig(r=r, lora_alpha=alpha or 2 * r, target_modules=list(targets), init_lora_weights=False))
     for p in model.parameters():
         if p.requires_grad:  # PEFT's random init is small: make each user's LoRA clearly matter
             p.data.mul_(8)

@@ -42,9 +42,19 @@ def experts(tmp_path_factory):
             peft_lora_dir(root / "c", seed=2, r=4)]
 
 
-def test_the_exact_blend_is_pefts_cat_combination(experts, tmp_path):
+@pytest.fixture(scope="module")
+def mixed_scale_experts(tmp_path_factory):
+    """Experts whose alpha / r differ (2, 3.5, 0.25): a blend that used one expert's scale for all would show."""
+    root = tmp_path_factory.mktemp("mixed")
+    return [peft_lora_dir(root / "a", seed=0, r=4), peft_lora_dir(root / "b", seed=1, r=2, alpha=7),
+            peft_lora_dir(root / "c", seed=2, r=4, alpha=1)]
+
+
+@pytest.mark.parametrize("bank", ["experts", "mixed_scale_experts"])
+def test_the_exact_blend_is_pefts_cat_combination(bank, request, tmp_path):
     from peft import PeftModel
 
+    experts = request.getfixturevalue(bank)
     weights = [0.5, 0.3, 0.2]
     ours = write_peft_lora(blend_exact([read_peft_lora(d) for d in experts], weights), tmp_path / "blend",
                            PATHS)
