@@ -26,7 +26,8 @@ cold (their files read) and warm (in the ExpertCache, where ``parsona serve`` pu
 Each author's NLLs are kept in out/generated-rows/<settings hash>/ as soon as they are scored, and claimed
 (an flock) while they are: a rerun resumes after the last kept row, and the same command started twice
 scores the authors in about half the time (as it trains the experts). The latency is timed afresh by
-every run, after all rows are scored and never beside another process's timing.
+every run, after all rows are scored and never beside another process's timing, on every core unless
+--timing-threads says otherwise (the scoring keeps OMP_NUM_THREADS).
 
     .venv/bin/python bench/generated_lora.py --output-dir runs/personalization   # trains its experts, or reuses
     # those of: bench/personalization.py --parts lora --population-steps 0 --eval-every 0 --max-steps 40
