@@ -205,11 +205,11 @@ def main(cfg: Config) -> dict:
         print(f"author {a}: waiting for the other process scoring it")
         score(a, wait=True)
     rows = {a: json.loads((rows_dir / f"{a}.json").read_text()) for a in authors}
-    scoring_threads = torch.get_num_threads()
+    scoring_threads, timing_threads = torch.get_num_threads(), cfg.timing_threads or os.cpu_count() or 1
     with claimed(out / ".locks" / "generated-timing.lock"):       # timed alone: never beside the other's timing
-        torch.set_num_threads(cfg.timing_threads or os.cpu_count() or 1)
+        torch.set_num_threads(timing_threads)
         try:
-            for a in tqdm(authors, desc=f"timing ({torch.get_num_threads()} threads)"):
+            for a in tqdm(authors, desc=f"timing ({timing_threads} threads)"):
                 rows[a]["seconds_to_adapter"] = seconds_to_adapter(cfg, a, bank, dirs, described, encoder, train[a])
         finally:
             torch.set_num_threads(scoring_threads)
@@ -221,7 +221,7 @@ def main(cfg: Config) -> dict:
                **{f"{g}_minus_{ref}": t_interval(v[g] - v[ref]) for g in ("blend", "cvae") for ref in ("base", "uniform")},
                "share_reaching_oracle": float(np.mean(np.min([v[g] for g in GENERATED], 0) <= reach)),
                "share_reaching_oracle_by": {g: float(np.mean(v[g] <= reach)) for g in GENERATED},
-               "timing_threads": cfg.timing_threads or os.cpu_count() or 1,
+               "timing_threads": timing_threads,
                "seconds_to_adapter": {w: {"median": float(np.median(t)), "max": float(t.max())} for w, t in seconds.items()}}
     print("\n".join(report(results, v)))
     write_json(out / "results-generated.json", results)
@@ -243,8 +243,8 @@ def report(r: dict, v: dict) -> list[str]:
                  f"(target ≥ 50 %: {'PASS' if share >= 0.5 else 'FAIL'}; {by})")
     for when, t in r["seconds_to_adapter"].items():
         n = r["timing_threads"]
-        lines.append(f"  texts -> servable adapter, experts {when}, {n} thread{'s' * (n > 1)}: median {t['median']:.3f} s, max {t['max']:.3f} s "
-                     f"(target ≤ 1 s: {'PASS' if t['max'] <= 1 else 'FAIL'})")
+        lines.append(f"  texts -> servable adapter, experts {when}, {n} thread{'s' * (n > 1)}: median {t['median']:.3f} s, "
+                     f"max {t['max']:.3f} s (target ≤ 1 s: {'PASS' if t['max'] <= 1 else 'FAIL'})")
     return lines
 
 
