@@ -19,7 +19,10 @@ movielens  610 users. 20 % of them (seeded) are held out; the rest are the popul
            ratings). A held-out user's context is their first ``context`` ratings by time; up to
            ``ml_max_queries`` of the later ones are queries. Predictions are distributions over the 10
            levels (point baselines: a point mass), scored by RMSE of their mean and W1 in stars to the
-           rating given (alignment = 1 − W1/(4.5 stars)). Baselines: item mean (shrunk to the global
+           rating given (alignment = 1 − W1/(4.5 stars)). GPO is also read as a point, as the baselines
+           are (gpo_mean, gpo_prior_mean: its mean; W1 |mean − rating|, that of the distribution on the two
+           levels either side of the mean, the least any distribution with that mean has against a rating):
+           W1 to one rating charges a distribution for its spread, which a point prediction does not have. Baselines: item mean (shrunk to the global
            mean), user mean (of the context), item-kNN collaborative filtering (cosine on mean-centred
            ratings of the population), and matrix factorisation (biases + truncated SVD of the
            population's residuals, the new user folded in by ridge on the context). With

@@ -142,6 +142,7 @@ def movielens(cfg, encoder, out: Path) -> dict:
                  "user_mean": np.full(len(queries), np.mean([r.rating for r in ctx])),
                  "item_knn": cf.item_knn(ctx, queries), "mf": cf.mf(ctx, queries),
                  **{name: np.stack(m.predict(as_questions(ctx, True), as_questions(queries, False))) for name, m in models.items()}}
+        preds |= {f"{name}_mean": preds[name] @ LEVELS for name in models}      # GPO read as a point, as the baselines are
         per_user[u] = {m: [float(v.mean()) for v in scores(p, ratings)] + [len(queries)] for m, p in preds.items()}
     return {"population": len(population), "held_out": len(per_user), "per_user": per_user}
 
@@ -160,15 +161,15 @@ def report_movielens(r: dict) -> list[str]:
         rmse = np.sqrt((table[m][:, 0] * n).sum() / n.sum())
         align = 1 - (table[m][:, 1] * n).sum() / n.sum() / SPAN
         lines.append(f"  {m:10s}  {rmse:.4f}   {align:.4f}")
-    best = "gpo_prior"
-    ok = True
-    for m in methods:
-        if m.startswith("gpo"):
-            continue
-        d_mse = t_interval(table[best][:, 0] - table[m][:, 0])
-        d_w1 = t_interval(table[best][:, 1] - table[m][:, 1])
-        ok &= d_mse["high"] < 0 and d_w1["high"] < 0
-        lines.append(f"  {best} − {m:9s}  squared error {d_mse['mean']:+.4f} [{d_mse['low']:+.4f}, {d_mse['high']:+.4f}]"
-                     f"   W1 {d_w1['mean']:+.4f} [{d_w1['low']:+.4f}, {d_w1['high']:+.4f}]")
-    lines.append(f"  goal ({best} beats every baseline on both, intervals below 0): {'PASS' if ok else 'FAIL'}")
+    for best in ("gpo_prior", "gpo_prior_mean"):
+        ok = True
+        for m in methods:
+            if m.startswith("gpo"):
+                continue
+            d_mse = t_interval(table[best][:, 0] - table[m][:, 0])
+            d_w1 = t_interval(table[best][:, 1] - table[m][:, 1])
+            ok &= d_mse["high"] < 0 and d_w1["high"] < 0
+            lines.append(f"  {best} − {m:9s}  squared error {d_mse['mean']:+.4f} [{d_mse['low']:+.4f}, "
+                         f"{d_mse['high']:+.4f}]   W1 {d_w1['mean']:+.4f} [{d_w1['low']:+.4f}, {d_w1['high']:+.4f}]")
+        lines.append(f"  goal ({best} beats every baseline on both, intervals below 0): {'PASS' if ok else 'FAIL'}")
     return lines

@@ -25,8 +25,12 @@ def test_it_scores_every_method_on_both_datasets_and_reuses_its_fits(tiny_encode
     assert all(set(s) == methods for s in groups.values())
     assert all(0 <= v <= 1 for s in groups.values() for v in np.concatenate(list(s.values())))
     ml = r["movielens"]["per_user"]
-    assert len(ml) == 6 and all(set(u) == {"item_mean", "user_mean", "item_knn", "mf", "gpo", "gpo_prior"}
+    assert len(ml) == 6 and all(set(u) == {"item_mean", "user_mean", "item_knn", "mf", "gpo", "gpo_prior",
+                                                   "gpo_mean", "gpo_prior_mean"}
                                 for u in ml.values())
+    for u in ml.values():                                            # the point read: same mean, no spread charged
+        assert u["gpo_prior_mean"][0] == pytest.approx(u["gpo_prior"][0])
+        assert u["gpo_prior_mean"][1] <= u["gpo_prior"][1] + 1e-9
     models = sorted(p.name for p in (tmp_path / "models").iterdir())
     assert len(models) == 4 * 2 + 2                                  # leave-one-group-out × 2, MovieLens × 2
     run_recipe(bench.Config, bench.main, argv)                       # a rerun loads every fit it saved
@@ -43,6 +47,23 @@ def test_users_split_without_overlap_and_scores_match_by_hand():
     dist[0, [5, 7]] = 0.5                                            # half 3.0, half 4.0 stars
     sq, w1 = ml.scores(dist, np.array([4.0]))
     np.testing.assert_allclose(sq, [0.25]) and np.testing.assert_allclose(w1, [0.5])
+
+
+def test_a_point_read_scores_as_the_two_levels_either_side_of_the_mean_and_never_worse_on_w1():
+    ml = load_bench("group_predictor_movielens")
+    dist = np.zeros((1, 10))
+    dist[0, [5, 6]] = 0.6, 0.4                                       # 3.0 and 3.5 stars: mean 3.2
+    for rating in (0.5, 3.0, 3.5, 5.0):
+        _, w1 = ml.scores(dist, np.array([rating]))
+        _, point = ml.scores(np.array([3.2]), np.array([rating]))
+        np.testing.assert_allclose(w1, point)
+        np.testing.assert_allclose(point, [abs(3.2 - rating)])
+    spread = np.random.default_rng(0).dirichlet(np.ones(10), size=200)
+    ratings = np.random.default_rng(1).integers(1, 11, 200) * 0.5
+    sq, w1 = ml.scores(spread, ratings)
+    sq_point, w1_point = ml.scores(spread @ np.arange(1, 11) * 0.5, ratings)
+    np.testing.assert_allclose(sq, sq_point)                         # the same mean
+    assert (w1_point <= w1 + 1e-12).all() and (w1_point < w1 - 1e-3).mean() > 0.5      # Jensen: spread costs W1
 
 
 def test_the_loss_is_a_setting_of_its_own_fits_and_an_unknown_one_names_the_field(tiny_encoder_dir, tmp_path):
