@@ -103,6 +103,9 @@ class Config:
     cross_entropy_w1 (their sum, W1 in option steps)."""
     seed: int = 0
     """Seed of the splits, the context draws and the predictors."""
+    ensemble: int = 1
+    """gpo_prior: this many predictors, meta-trained from seeds seed, seed + 1, …, their distributions averaged
+    (each fit cached on its own; gpo stays one predictor, the paper's)."""
 
     def __post_init__(self) -> None:
         from parsona.errors import ConfigError
@@ -110,16 +113,38 @@ class Config:
 
         if self.loss not in LOSSES:
             raise ConfigError("loss", f"Choose one of {', '.join(sorted(LOSSES))}.", problem=f"got {self.loss!r}")
+        if self.ensemble < 1:
+            raise ConfigError("ensemble", "Give 1 or more predictors.", problem=f"got {self.ensemble}")
 
 
-def predictor(cfg: Config, use_prior: bool, max_context: int, max_targets: int):
+def predictor(cfg: Config, use_prior: bool, max_context: int, max_targets: int, seed: int | None = None):
     from parsona.persona import GroupPreferencePredictor
     from parsona.persona.group_predictor import LOSSES
 
     return GroupPreferencePredictor(d_model=cfg.d_model, n_layers=cfg.n_layers, steps=cfg.steps,
                                     batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                                     max_context=max_context, max_targets=max_targets, use_prior=use_prior,
-                                    loss=LOSSES[cfg.loss], seed=cfg.seed)
+                                    loss=LOSSES[cfg.loss], seed=cfg.seed if seed is None else seed)
+
+
+class Averaged:
+    """Predictors' distributions averaged, query by query: an ensemble of meta-learners from different seeds."""
+
+    def __init__(self, models: list):
+        self.models = models
+
+    def predict(self, context, queries) -> list[np.ndarray]:
+        return [np.mean(ps, axis=0) for ps in zip(*(m.predict(context, queries) for m in self.models))]
+
+
+def fit_models(cfg: Config, groups: list, prior_groups: list, out: Path, key: dict, prior_key: dict,
+               max_context: int, max_targets: int) -> dict:
+    """{"gpo": one predictor on ``groups``, "gpo_prior": ``cfg.ensemble`` of them (with the prior) on
+    ``prior_groups``}, each fit cached."""
+    gpo = fit_cached(predictor(cfg, False, max_context, max_targets), groups, out, key)
+    priors = [fit_cached(predictor(cfg, True, max_context, max_targets, cfg.seed + i), prior_groups, out, prior_key)
+              for i in range(cfg.ensemble)]
+    return {"gpo": gpo, "gpo_prior": priors[0] if cfg.ensemble == 1 else Averaged(priors)}
 
 
 def fit_cached(model, groups: list, out: Path, key: dict):
@@ -207,9 +232,8 @@ def opinionqa(cfg: Config, encoder, out: Path) -> dict:
         train = [list(t.values()) for t in tables]
         mixed = mixed_groups(tables, cfg.mixed_groups, cfg.mix_scale, cfg.seed)
         key = {"part": "opinionqa", "target": target, "encoder": encoder.key, "test_waves": sorted(test_waves)}
-        models = {"gpo": fit_cached(predictor(cfg, False, 40, 40), train, out, key),
-                  "gpo_prior": fit_cached(predictor(cfg, True, 40, 40), train + mixed, out,
-                                          {**key, "mixed_groups": cfg.mixed_groups, "mix_scale": cfg.mix_scale})}
+        models = fit_models(cfg, train, train + mixed, out, key,
+                            {**key, "mixed_groups": cfg.mixed_groups, "mix_scale": cfg.mix_scale}, 40, 40)
         test_keys = sorted(k for k in tasks.questions[target] if tasks.wave[k] in test_waves)
         scores = defaultdict(lambda: defaultdict(list))                      # method -> qkey -> per draw
         rng = np.random.default_rng(cfg.seed)

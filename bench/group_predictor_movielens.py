@@ -105,7 +105,7 @@ def scores(pred, ratings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def movielens(cfg, encoder, out: Path) -> dict:
-    from group_predictor import fit_cached, predictor
+    from group_predictor import fit_models
 
     from parsona.data.movielens import ratings_by_user, read_movies, read_ratings, read_tags
     from parsona.groups import LEVELS, RatingPrior, movie_question, movielens_vectors
@@ -127,8 +127,7 @@ def movielens(cfg, encoder, out: Path) -> dict:
         key["item_factors"] = cfg.ml_factors
     train = [[movie_question(vectors[r.movie_id], r.rating, prior(r.movie_id, exclude=r.rating))
               for r in history[u][-cfg.ml_train_cap:]] for u in tasks]
-    models = {"gpo": fit_cached(predictor(cfg, False, 30, 20), train, out, key),
-              "gpo_prior": fit_cached(predictor(cfg, True, 30, 20), train, out, key)}
+    models = fit_models(cfg, train, train, out, key, key, 30, 20)
     def as_questions(ratings, answered: bool):
         return [movie_question(vectors[r.movie_id], r.rating if answered else None, prior(r.movie_id)) for r in ratings]
 

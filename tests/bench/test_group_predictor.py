@@ -103,3 +103,28 @@ def test_item_factors_join_the_movie_vectors_standardised_and_make_fits_of_their
     dims = sorted(json.loads(p.read_text())["dim"] for p in (tmp_path / "models").rglob("group_predictor.json"))
     assert len(dims) == 4 and dims[2] == dims[0] + 4                                 # gpo, gpo_prior each
     assert plain["movielens"]["per_user"] != with_factors["movielens"]["per_user"]
+
+
+def test_an_ensemble_averages_its_seeds_fits_and_keeps_the_single_fit_it_extends(tiny_encoder_dir, tmp_path):
+    bench = load_bench("group_predictor")
+    argv = ["--encoder", str(tiny_encoder_dir), "--steps", "3", "--parts", "movielens", "--ml-users", "30",
+            "--ml-max-queries", "5", "--output-dir", str(tmp_path)]
+    one = run_recipe(bench.Config, bench.main, argv)["movielens"]["per_user"]
+    fits = {p.parent.name for p in (tmp_path / "models").rglob("group_predictor.json")}
+    two = run_recipe(bench.Config, bench.main, [*argv, "--ensemble", "2"])["movielens"]["per_user"]
+    fits_two = {p.parent.name for p in (tmp_path / "models").rglob("group_predictor.json")}
+    assert fits < fits_two and len(fits_two) == 3                    # seed 0's fits reused, one more for seed 1
+    assert all(one[u]["gpo"] == two[u]["gpo"] for u in one)          # gpo stays one predictor
+    assert any(one[u]["gpo_prior"] != two[u]["gpo_prior"] for u in one)
+
+    class Fixed:                                                     # the average of two known predictors
+        def __init__(self, p):
+            self.p = np.asarray(p)
+
+        def predict(self, context, queries):
+            return [self.p for _ in queries]
+
+    mean = bench.Averaged([Fixed([1.0, 0.0]), Fixed([0.5, 0.5])]).predict([], [None, None])
+    np.testing.assert_allclose(mean, [[0.75, 0.25]] * 2)
+    with pytest.raises(SystemExit):
+        run_recipe(bench.Config, bench.main, [*argv, "--ensemble", "0"])
