@@ -19,20 +19,21 @@ movielens  610 users. 20 % of them (seeded) are held out; the rest are the popul
            ratings). A held-out user's context is their first ``context`` ratings by time; up to
            ``ml_max_queries`` of the later ones are queries. Predictions are distributions over the 10
            levels (point baselines: a point mass), scored by RMSE of their mean and W1 in stars to the
-           rating given (alignment = 1 − W1/(4.5 stars)). GPO is also read as a point, as the baselines
-           are (gpo_mean, gpo_prior_mean: its mean; W1 |mean − rating|, that of the distribution on the two
-           levels either side of the mean, the least any distribution with that mean has against a rating):
-           W1 to one rating charges a distribution for its spread, which a point prediction does not have. Baselines: item mean (shrunk to the global
-           mean), user mean (of the context), item-kNN collaborative filtering (cosine on mean-centred
-           ratings of the population), and matrix factorisation (biases + truncated SVD of the
-           population's residuals, the new user folded in by ridge on the context). With
+           rating given (alignment = 1 − W1/(4.5 stars)). W1 to one rating charges a distribution for its
+           spread, which a point has not, so GPO is also read as a point, as the baselines are (gpo_mean,
+           gpo_prior_mean: its mean; W1 |mean − rating|, that of the distribution on the two levels either
+           side of the mean, the least any distribution with that mean has). Baselines: item mean (shrunk
+           to the global mean), user mean (of the context), item-kNN collaborative filtering (cosine on
+           mean-centred ratings of the population), and matrix factorisation (biases + truncated SVD of
+           the population's residuals, the new user folded in by ridge on the context). With
            ``--ml-item-factors`` GPO's movie vectors also carry MF item factors beside the text
            embedding, fitted on a seeded half of the population while the other half are GPO's
            meta-training tasks (factors fitted on a task's own ratings would hold its answers, which a
            held-out user's never do). 95 % t intervals over users, paired.
 
 Goals: GPO beats every baseline on average and on both Democrat and Republican (OpinionQA); GPO beats
-every baseline on held-out users (MovieLens RMSE and alignment). Fitted predictors are saved to
+every baseline on held-out users (MovieLens RMSE and alignment). ``--ensemble N`` makes gpo_prior the average
+of N predictors from different seeds. Fitted predictors are saved to
 out/models/<settings hash>/ and reused: a rerun resumes after the last finished fit.
 
     .venv/bin/python bench/group_predictor.py                          # SmolLM2 encoder: about an hour on 2 cores

@@ -155,11 +155,11 @@ def report_movielens(r: dict) -> list[str]:
     n = table[methods[0]][:, 2]
     lines = [f"MovieLens: {r['held_out']} held-out users (population {r['population']}); pooled over "
              f"{int(n.sum())} ratings, paired differences over users",
-             "  method      RMSE     alignment (1 − W1/4.5 stars)"]
+             "  method          RMSE     alignment (1 − W1/4.5 stars)"]
     for m in methods:
         rmse = np.sqrt((table[m][:, 0] * n).sum() / n.sum())
         align = 1 - (table[m][:, 1] * n).sum() / n.sum() / SPAN
-        lines.append(f"  {m:10s}  {rmse:.4f}   {align:.4f}")
+        lines.append(f"  {m:14s}  {rmse:.4f}   {align:.4f}")
     for best in ("gpo_prior", "gpo_prior_mean"):
         ok = True
         for m in methods:
