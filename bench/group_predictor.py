@@ -82,6 +82,9 @@ class Config:
     added to gpo_prior's meta-training tasks (0: the real groups only)."""
     mix_scale: float = 1.0
     """Spread of the synthetic groups' combination coefficients."""
+    mix_random_scale: bool = False
+    """Each synthetic group draws its own spread, uniform in [0, mix_scale]: groups close to the population too,
+    so that gpo_prior learns to read how far a group departs from its context."""
     knn_k: int = 5
     """Neighbours of the token kNN baseline (OpinionQA)."""
     ml_test_share: float = 0.2
@@ -231,10 +234,11 @@ def opinionqa(cfg: Config, encoder, out: Path) -> dict:
         tables = [{k: q for k, q in table.items() if tasks.wave[k] not in test_waves}
                   for g, table in tasks.questions.items() if g != target]
         train = [list(t.values()) for t in tables]
-        mixed = mixed_groups(tables, cfg.mixed_groups, cfg.mix_scale, cfg.seed)
+        mixed = mixed_groups(tables, cfg.mixed_groups, cfg.mix_scale, cfg.seed, cfg.mix_random_scale)
+        mix = {"mixed_groups": cfg.mixed_groups, "mix_scale": cfg.mix_scale,
+               **({"mix_random_scale": True} if cfg.mix_random_scale else {})}      # earlier runs' fits keep their keys
         key = {"part": "opinionqa", "target": target, "encoder": encoder.key, "test_waves": sorted(test_waves)}
-        models = fit_models(cfg, train, train + mixed, out, key,
-                            {**key, "mixed_groups": cfg.mixed_groups, "mix_scale": cfg.mix_scale}, 40, 40)
+        models = fit_models(cfg, train, train + mixed, out, key, {**key, **mix}, 40, 40)
         test_keys = sorted(k for k in tasks.questions[target] if tasks.wave[k] in test_waves)
         scores = defaultdict(lambda: defaultdict(list))                      # method -> qkey -> per draw
         rng = np.random.default_rng(cfg.seed)

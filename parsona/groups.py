@@ -54,14 +54,19 @@ def opinionqa_tasks(encoder, cache_dir: str | Path, rows=None, prior_group: str 
     return OpinionTasks(questions, {k: first[k].wave for k in keys})
 
 
-def mixed_groups(tables: Sequence[dict[str, Question]], n: int, scale: float = 1.0, seed: int = 0) -> list[list[Question]]:
+def mixed_groups(tables: Sequence[dict[str, Question]], n: int, scale: float = 1.0, seed: int = 0,
+                 random_scale: bool = False) -> list[list[Question]]:
     """``n`` synthetic groups, each a random combination of real groups' departures from the population,
 
         log p = log prior + Σ_j c_j (log p_j − log prior)    (then normalised; c_j ~ N(0, scale²), one c per group)
 
     over the questions every table holds. With a handful of real groups a meta-learner can learn those
     groups by heart; on these it must read a group's direction from its context (a direction that may be
-    the opposite of every group it saw)."""
+    the opposite of every group it saw). With ``random_scale`` each synthetic group draws its own spread,
+    c_j ~ N(0, (a·scale)²) with a ~ U(0, 1): groups near the population as well as far from it, so the
+    predictor must also read *how far* a group departs (N(0, scale²) over several groups departs further
+    than most real groups do, and a predictor that learns that overshoots for a group close to the
+    population)."""
     from scipy.special import softmax
 
     from parsona.persona.group_predictor import PRIOR_FLOOR
@@ -72,6 +77,8 @@ def mixed_groups(tables: Sequence[dict[str, Question]], n: int, scale: float = 1
     out = []
     for _ in range(n):
         c = rng.normal(0.0, scale, size=len(tables))
+        if random_scale:
+            c = c * rng.uniform()
         group = []
         for k in keys:
             first = tables[0][k]

@@ -61,6 +61,11 @@ def test_a_mixed_group_is_a_combination_of_departures_from_the_prior():
     z = np.log(prior) + c[0] * (np.log(a) - np.log(prior)) + c[1] * (np.log(b) - np.log(prior))
     np.testing.assert_allclose(mixed[0][0].dist, np.exp(z) / np.exp(z).sum(), atol=1e-6)
     np.testing.assert_allclose(mixed_groups(tables, 1, scale=0.0)[0][0].dist, prior, atol=1e-6)
+    rng = np.random.default_rng(0)                                          # random_scale: c shrunk by s ~ U(0, 1)
+    c, s = rng.normal(0.0, 1.0, size=2), rng.uniform()
+    z = np.log(prior) + s * (c[0] * (np.log(a) - np.log(prior)) + c[1] * (np.log(b) - np.log(prior)))
+    np.testing.assert_allclose(mixed_groups(tables, 1, seed=0, random_scale=True)[0][0].dist,
+                               np.exp(z) / np.exp(z).sum(), atol=1e-6)
 
 
 def test_a_rating_prior_leaves_out_the_users_own_rating_and_sums_to_one():
