@@ -35,6 +35,8 @@ def test_it_scores_every_method_on_both_datasets_and_reuses_its_fits(tiny_encode
     assert len(models) == 4 * 2 + 2                                  # leave-one-group-out × 2, MovieLens × 2
     run_recipe(bench.Config, bench.main, argv)                       # a rerun loads every fit it saved
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == models
+    run_recipe(bench.Config, bench.main, [*argv, "--parts", "opinionqa", "--mix-random-scale"])
+    assert len(list((tmp_path / "models").iterdir())) == len(models) + 4      # new gpo_prior fits; gpo's reused
 
 
 def test_users_split_without_overlap_and_scores_match_by_hand():
