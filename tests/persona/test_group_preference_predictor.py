@@ -149,6 +149,22 @@ def test_an_empty_context_and_a_query_of_one_option_are_refused(fitted, groups):
         GroupPreferencePredictor(steps=1, progress=False).fit([groups[0][:1]])
     with pytest.raises(ConfigError, match="^n_heads"):
         GroupPreferencePredictor(d_model=10, n_heads=4, progress=False).fit(groups)
+    for name, value in (("dropout", 1.0), ("attention_dropout", -0.1), ("attention_dropout", "0.1")):
+        with pytest.raises(ConfigError, match=f"^{name}"):
+            GroupPreferencePredictor(steps=1, progress=False, **{name: value}).fit(groups)
+
+
+def test_attention_dropout_is_its_own_knob_and_acts_only_in_training(groups):
+    """Off by default (fast on CPU); when set, it changes the training (it reaches the attention), and a saved
+    predictor keeps it."""
+    def fit(rate):
+        return GroupPreferencePredictor(d_model=16, n_layers=1, steps=5, dropout=0.0, attention_dropout=rate,
+                                        max_context=6, max_targets=6, progress=False).fit(groups)
+
+    plain, again, dropped = fit(0.0), fit(0.0), fit(0.5)
+    assert plain.losses_ == again.losses_ and plain.losses_ != dropped.losses_
+    assert all(layer.self_attn.dropout == 0.5 for layer in dropped.net_.body.layers)
+    assert GroupPreferencePredictor().get_params()["attention_dropout"] == 0.0
 
 
 def test_a_user_read_as_a_mixture_of_two_groups_gets_their_weights():
