@@ -107,6 +107,9 @@ class Config:
     cross_entropy_w1 (their sum, W1 in option steps)."""
     seed: int = 0
     """Seed of the splits, the context draws and the predictors."""
+    mean_shift: bool = False
+    """GPO's context tokens also carry their question's mean shift, how far up the scale the answer sits from the
+    prior's (the one number a rating mostly says; ``GroupPreferencePredictor(mean_shift=True)``)."""
     ensemble: int = 1
     """gpo_prior: this many predictors, meta-trained from seeds seed, seed + 1, …, their distributions averaged
     (each fit cached on its own; gpo stays one predictor, the paper's)."""
@@ -128,6 +131,7 @@ def predictor(cfg: Config, use_prior: bool, max_context: int, max_targets: int, 
     return GroupPreferencePredictor(d_model=cfg.d_model, n_layers=cfg.n_layers, steps=cfg.steps,
                                     batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                                     max_context=max_context, max_targets=max_targets, use_prior=use_prior,
+                                    mean_shift=cfg.mean_shift,
                                     loss=LOSSES[cfg.loss], seed=cfg.seed if seed is None else seed)
 
 

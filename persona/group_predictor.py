@@ -10,13 +10,16 @@ a feature), with the group's shares of its options when it is answered.
 
 The model. Every option of every question is one token,
 
-    token = [vector (d), i/(K−1), 1/K, y, answered (, log prior, log y − log prior)]   (F = d + 4, or d + 6)
+    token = [vector (d), i/(K−1), 1/K, y, answered (, log prior, log y − log prior) (, shift)]   (F = d + 4 … d + 7)
 
 where y is the group's share of option i in a context question and 0 in a query (so is the log ratio). A transformer encoder
 with no positional encoding, in which every token attends only to the context's tokens (a key-padding
 mask), maps each token to one logit; a question's logits are softmaxed over its own options. So a
 prediction depends neither on the order of the context nor on the other queries, and one forward answers
-any number of queries. With ``use_prior`` (ours, not GPO's) a token also carries the population's log
+any number of queries. With ``mean_shift`` (ours) a context token also carries its question's
+shift = Σ_i i/(K−1) · (y_i − r_i), how far up the scale the group's mean answer sits from the reference's
+(r: the prior, or uniform), so the one number an ordinal answer mostly says (a movie rated a star above
+its mean) is read directly rather than from K shares of which K − 1 are 0. With ``use_prior`` (ours, not GPO's) a token also carries the population's log
 share of its option (OpinionQA's "Overall"; on MovieLens, the other users' ratings of the movie) and its
 logit is added to it: the model learns how a group departs from the population. The output layer starts
 at zero, so an untrained predictor answers the population (uniform without a prior).
@@ -120,12 +123,14 @@ def alignment(pred: np.ndarray, human: np.ndarray) -> float:
     return float(1.0 - np.abs(np.cumsum(pred) - np.cumsum(human))[:-1].sum() / (len(human) - 1))
 
 
-def _width(d: int, use_prior: bool) -> int:
-    """F, a token's width: the vector, place, 1/K, y, answered, and with a prior its log and the log ratio."""
-    return d + 4 + 2 * use_prior
+def _width(d: int, use_prior: bool, mean_shift: bool = False) -> int:
+    """F, a token's width: the vector, place, 1/K, y, answered, with a prior its log and the log ratio, and the
+    question's mean shift."""
+    return d + 4 + 2 * use_prior + mean_shift
 
 
-def _pack(tasks: Sequence[tuple[Sequence[Question], Sequence[Question]]], use_prior: bool) -> dict[str, torch.Tensor]:
+def _pack(tasks: Sequence[tuple[Sequence[Question], Sequence[Question]]], use_prior: bool,
+          mean_shift: bool = False) -> dict[str, torch.Tensor]:
     """Tasks of (context, queries) as padded tensors. Tokens are packed without padding options:
     x (B, N, F) and key (B, N), True for a context token; per question, slot (B, Q, K) is the token of
     each option (0 where the question has fewer), valid (B, Q, K), answered (B, Q), p (B, Q, K) the shares
@@ -135,7 +140,7 @@ def _pack(tasks: Sequence[tuple[Sequence[Question], Sequence[Question]]], use_pr
     K = max(q.vectors.shape[0] for c, t in tasks for q in (*c, *t))
     N = max(sum(q.vectors.shape[0] for q in (*c, *t)) for c, t in tasks)
     d = tasks[0][0][0].vectors.shape[1]
-    x, key = np.zeros((B, N, _width(d, use_prior)), dtype=np.float32), np.zeros((B, N), dtype=bool)
+    x, key = np.zeros((B, N, _width(d, use_prior, mean_shift)), dtype=np.float32), np.zeros((B, N), dtype=bool)
     slot, valid = np.zeros((B, Q, K), dtype=np.int64), np.zeros((B, Q, K), dtype=bool)
     p, logprior = np.zeros((B, Q, K), dtype=np.float32), np.zeros((B, Q, K), dtype=np.float32)
     answered = np.zeros((B, Q), dtype=bool)
@@ -155,6 +160,9 @@ def _pack(tasks: Sequence[tuple[Sequence[Question], Sequence[Question]]], use_pr
                 logprior[b, j, :k] = tok[:, d + 4] = np.log(np.maximum(q.prior, PRIOR_FLOOR))
                 if ctx:                                              # what the model predicts for a query
                     tok[:, d + 5] = np.log(np.maximum(q.dist, PRIOR_FLOOR)) - tok[:, d + 4]
+            if mean_shift and ctx:
+                reference = q.prior if use_prior else np.full(k, 1.0 / k)
+                tok[:, -1] = tok[:, d] @ (q.dist - reference)              # Σ_i place_i (y_i − r_i), every option
             slot[b, j, :k], valid[b, j, :k], answered[b, j], key[b, n : n + k] = np.arange(n, n + k), True, ctx, ctx
             n += k
     return {name: torch.from_numpy(a) for name, a in {"x": x, "key": key, "slot": slot, "valid": valid,
@@ -199,18 +207,20 @@ class GroupPreferencePredictor:
                  attention_dropout: float = 0.0,
                  steps: int = 1000, batch_size: int = 16, learning_rate: float = 1e-3, weight_decay: float = 0.01,
                  min_context: int = 5, max_context: int = 40, max_targets: int = 40, use_prior: bool = False,
-                 loss: Callable = cross_entropy, seed: int = 0, device: str | None = None, progress: bool = True):
+                 mean_shift: bool = False, loss: Callable = cross_entropy, seed: int = 0, device: str | None = None,
+                 progress: bool = True):
         self.d_model, self.n_layers, self.n_heads, self.dropout = d_model, n_layers, n_heads, dropout
         self.attention_dropout = attention_dropout
         self.steps, self.batch_size, self.learning_rate, self.weight_decay = steps, batch_size, learning_rate, weight_decay
         self.min_context, self.max_context, self.max_targets = min_context, max_context, max_targets
         self.use_prior, self.loss, self.seed, self.device, self.progress = use_prior, loss, seed, device, progress
+        self.mean_shift = mean_shift
 
     def get_params(self) -> dict:
         """The hyperparameters that shape the model (what :meth:`save` keeps)."""
         return {k: getattr(self, k) for k in ("d_model", "n_layers", "n_heads", "dropout", "attention_dropout",
                                               "steps", "batch_size", "learning_rate", "weight_decay", "min_context",
-                                              "max_context", "max_targets", "use_prior", "seed")}
+                                              "max_context", "max_targets", "use_prior", "mean_shift", "seed")}
 
     def fit(self, groups: Sequence[Sequence[Question]]) -> "GroupPreferencePredictor":
         """Meta-train on ``groups`` (each a sequence of answered Questions, two or more)."""
@@ -230,8 +240,8 @@ class GroupPreferencePredictor:
         self.device_ = torch.device(self.device) if self.device else _default_device()
         with torch.random.fork_rng(devices=[]):                        # a seeded init; the caller's RNG restored
             torch.manual_seed(self.seed)
-            self.net_ = _Net(_width(dim, self.use_prior), self.d_model, self.n_layers, self.n_heads,
-                             self.dropout, dim, self.attention_dropout).to(self.device_)
+            self.net_ = _Net(_width(dim, self.use_prior, self.mean_shift), self.d_model, self.n_layers,
+                             self.n_heads, self.dropout, dim, self.attention_dropout).to(self.device_)
             V = _distinct_vectors(groups)
             self.net_.shift.copy_(torch.from_numpy(V.mean(0)))
             self.net_.scale.fill_(float(np.sqrt(((V - V.mean(0)) ** 2).sum(1).mean())) + 1e-6)
@@ -243,7 +253,8 @@ class GroupPreferencePredictor:
             self.net_.train()
             self.losses_ = []
             for _ in tqdm(range(self.steps), desc="meta-train", unit="step", disable=not self.progress):
-                loss = self._loss(_pack([self._task(groups, rng) for _ in range(self.batch_size)], self.use_prior))
+                tasks = [self._task(groups, rng) for _ in range(self.batch_size)]
+                loss = self._loss(_pack(tasks, self.use_prior, self.mean_shift))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -296,7 +307,8 @@ class GroupPreferencePredictor:
         queries = [check_question(q, f"queries[{i}]", False, self.use_prior, self.dim_) for i, q in enumerate(queries)]
         if not queries:
             return []
-        batch = {k: v.to(self.device_) for k, v in _pack([(context, queries)], self.use_prior).items()}
+        batch = _pack([(context, queries)], self.use_prior, self.mean_shift)
+        batch = {k: v.to(self.device_) for k, v in batch.items()}
         q = self.net_(batch, self.use_prior)[0, len(context):].exp().double().cpu().numpy()   # (n_queries, K)
         return [row[: query.vectors.shape[0]] / row[: query.vectors.shape[0]].sum() for row, query in zip(q, queries)]
 
@@ -357,8 +369,8 @@ class GroupPreferencePredictor:
         self = cls(**config["params"], loss=LOSSES.get(config["loss"], cross_entropy), device=device, progress=False)
         self.dim_, self.losses_ = config["dim"], []
         self.device_ = torch.device(device) if device else _default_device()
-        self.net_ = _Net(_width(self.dim_, self.use_prior), self.d_model, self.n_layers, self.n_heads, self.dropout,
-                         self.dim_, self.attention_dropout)
+        self.net_ = _Net(_width(self.dim_, self.use_prior, self.mean_shift), self.d_model, self.n_layers,
+                         self.n_heads, self.dropout, self.dim_, self.attention_dropout)
         self.net_.load_state_dict(load_file(path / WEIGHTS_NAME))
         self.net_.to(self.device_).eval()
         return self

@@ -81,6 +81,17 @@ def test_the_loss_is_a_setting_of_its_own_fits_and_an_unknown_one_names_the_fiel
         run_recipe(bench.Config, bench.main, [*argv, "--loss", "mse"])
 
 
+def test_mean_shift_makes_fits_of_their_own_that_read_it(tiny_encoder_dir, tmp_path):
+    bench = load_bench("group_predictor")
+    argv = ["--encoder", str(tiny_encoder_dir), "--steps", "2", "--parts", "movielens", "--ml-users", "30",
+            "--ml-max-queries", "5", "--output-dir", str(tmp_path)]
+    plain = run_recipe(bench.Config, bench.main, argv)["movielens"]["per_user"]
+    shifted = run_recipe(bench.Config, bench.main, [*argv, "--mean-shift"])["movielens"]["per_user"]
+    fits = [json.loads(p.read_text())["params"] for p in (tmp_path / "models").rglob("group_predictor.json")]
+    assert sorted(f["mean_shift"] for f in fits) == [False, False, True, True]        # gpo, gpo_prior each
+    assert plain != shifted
+
+
 def test_item_factors_join_the_movie_vectors_standardised_and_make_fits_of_their_own(tiny_encoder_dir, tmp_path):
     from types import SimpleNamespace as R
 

@@ -34,10 +34,11 @@ def groups():
     return [leaning_group(rng, lean) for lean in rng.choice([-1.0, 1.0], size=24)]
 
 
-@pytest.fixture(scope="module")
-def fitted(groups):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "mean_shift"])
+def fitted(groups, request):
     return GroupPreferencePredictor(d_model=16, n_layers=1, steps=150, learning_rate=3e-3, dropout=0.0,
-                                    max_context=12, max_targets=12, progress=False).fit(groups)
+                                    max_context=12, max_targets=12, mean_shift=request.param,
+                                    progress=False).fit(groups)
 
 
 def queries_of(group):
@@ -86,6 +87,21 @@ def test_it_saves_and_reloads_exactly(fitted, groups, tmp_path):
     context, queries = groups[4][:6], queries_of(groups[4][6:])
     for p, q in zip(fitted.predict(context, queries), again.predict(context, queries)):
         np.testing.assert_array_equal(p, q)
+
+
+def test_a_context_token_carries_its_questions_mean_shift_and_a_query_none():
+    """shift = Σ_i i/(K−1) (y_i − r_i): a top answer against a uniform reference over 3 options is
+    1·(1 − 1/3) + ½·(0 − 1/3) + 0·(0 − 1/3) = 0.5; against a prior (0.2, 0.3, 0.5) a middle answer is
+    1·(0 − 0.5) + ½·(1 − 0.3) + 0 = −0.15."""
+    from parsona.persona.group_predictor import _pack
+
+    v = np.zeros((3, D), dtype=np.float32)
+    top, middle = Question(v, np.array([0.0, 0.0, 1.0])), Question(v, np.array([0.0, 1.0, 0.0]), np.array([.2, .3, .5]))
+    x = _pack([([top], [Question(v)])], use_prior=False, mean_shift=True)["x"][0]          # (6 tokens, F)
+    np.testing.assert_allclose(x[:, -1], [0.5] * 3 + [0.0] * 3, atol=1e-6)
+    x = _pack([([middle], [Question(v, None, middle.prior)])], use_prior=True, mean_shift=True)["x"][0]
+    np.testing.assert_allclose(x[:, -1], [-0.15] * 3 + [0.0] * 3, atol=1e-6)
+    assert _pack([([top], [Question(v)])], use_prior=False)["x"].shape[-1] == D + 4       # off: no feature
 
 
 def test_untrained_it_answers_the_prior_or_uniform(groups):
