@@ -171,8 +171,7 @@ def test_an_empty_context_and_a_query_of_one_option_are_refused(fitted, groups):
 
 
 def test_attention_dropout_is_its_own_knob_and_acts_only_in_training(groups):
-    """Off by default (fast on CPU); when set, it changes the training (it reaches the attention), and a saved
-    predictor keeps it."""
+    """When set, it changes the training (it reaches the attention); 0.1 by default, as ``dropout``."""
     def fit(rate):
         return GroupPreferencePredictor(d_model=16, n_layers=1, steps=5, dropout=0.0, attention_dropout=rate,
                                         max_context=6, max_targets=6, progress=False).fit(groups)
@@ -180,7 +179,30 @@ def test_attention_dropout_is_its_own_knob_and_acts_only_in_training(groups):
     plain, again, dropped = fit(0.0), fit(0.0), fit(0.5)
     assert plain.losses_ == again.losses_ and plain.losses_ != dropped.losses_
     assert all(layer.self_attn.dropout == 0.5 for layer in dropped.net_.body.layers)
-    assert GroupPreferencePredictor().get_params()["attention_dropout"] == 0.0
+    assert GroupPreferencePredictor().get_params()["attention_dropout"] == 0.1
+
+
+def test_the_written_out_attention_is_pytorchs_encoder_layer():
+    """Same state dict, same outputs in training and evaluation (dropout 0), for a context that is a prefix, one
+    that is not, and one token; and its gradients too."""
+    from torch import nn
+
+    from parsona.persona.group_predictor import _EncoderLayer
+
+    torch.manual_seed(0)
+    ref = nn.TransformerEncoderLayer(16, 4, 32, 0.0, batch_first=True, norm_first=True)
+    ours = _EncoderLayer(16, 4, 32, 0.0, batch_first=True, norm_first=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 11, 16, requires_grad=True)
+    key = torch.zeros(3, 11, dtype=torch.bool)
+    key[0, :4], key[1, [0, 2, 6]], key[2, 0] = True, True, True
+    for training in (True, False):
+        ref.train(training), ours.train(training)
+        a, b = ref(x, src_key_padding_mask=~key), ours(x, src_key_padding_mask=~key)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    ga, = torch.autograd.grad(ref(x, src_key_padding_mask=~key).square().sum(), x)
+    gb, = torch.autograd.grad(ours(x, src_key_padding_mask=~key).square().sum(), x)
+    torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-5)
 
 
 def test_a_user_read_as_a_mixture_of_two_groups_gets_their_weights():
