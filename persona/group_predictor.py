@@ -176,9 +176,12 @@ class _EncoderLayer(nn.TransformerEncoderLayer):
     lays each task's context first: about half the pairs go), and so is the attention weights' dropout.
     PyTorch's fused attention with dropout takes a CPU path about 7× slower than the product and the dropout
     written out (bench: 158 vs 21 + 47 ms a layer at 16 tasks × 360 tokens), and it was most of a
-    meta-training step."""
+    meta-training step. (Under ``no_grad`` in eval, PyTorch's fused fast path runs the layer instead: the
+    same function.)"""
 
     def _sa_block(self, x: torch.Tensor, attn_mask, key_padding_mask: torch.Tensor, is_causal: bool = False):
+        if attn_mask is not None or is_causal or key_padding_mask is None:
+            raise NotImplementedError("_EncoderLayer takes a key-padding mask only")
         attn = self.self_attn
         B, N, d = x.shape
         H = attn.num_heads
