@@ -41,9 +41,12 @@ def test_a_group_predictor_picks_among_the_replies(host, tiny_encoder_dir):
     predictor = GroupPreferencePredictor(d_model=8, n_layers=1, steps=5, progress=False).fit(groups)
     torch.nn.init.normal_(predictor.net_.out.weight)                # an opinionated predictor
     reward = GroupPreferenceReward(functools.partial(predictor.shares_for, encoder, groups[0][:4]))
-    best, scores, replies = best_of_n(host, Request(prompt="hello", temperature=1.0, max_new_tokens=6), reward, n=3)
+    request = Request(prompt="hello", temperature=1.0, max_new_tokens=6, seed=3)  # seeds 0, 1: replies the tiny encoder can't tell apart
+    best, scores, replies = best_of_n(host, request, reward, n=3)
     shares = predictor.shares_for(encoder, groups[0][:4], "hello", [r.text for r in replies])
     np.testing.assert_allclose(scores, 3 * shares)
+    top, second = np.sort(shares)[::-1][:2]
+    assert top - second > 1e-5                                      # a real choice, not a tie broken by rounding
     assert best is replies[int(np.argmax(shares))]
 
 
